@@ -1,0 +1,106 @@
+"""Every part of a picovlm model is configured by one small dataclass; this file holds them all.
+
+Keeping configs in one place (instead of argparse flags scattered over scripts) means a checkpoint's
+`config.json` fully describes the model it holds, and a notebook user builds the same model the CLI
+does by constructing the same dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class GPTConfig:
+    """A decoder-only transformer. With the defaults below it maps weight for weight onto HF
+    `LlamaForCausalLM` (RMSNorm, rotate-half RoPE, SwiGLU MLP, grouped-query attention, no biases)."""
+
+    vocab_size: int = 1024
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 4  # < n_head gives grouped-query attention
+    n_embd: int = 128
+    mlp_hidden: int = 384  # SwiGLU hidden width (Llama's intermediate_size)
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+
+
+@dataclass
+class ViTConfig:
+    """Our own vision transformer. `use_cls=True, pos_embed="learned", pre_norm=True,
+    act="quick_gelu"` is the layout of HF `CLIPVisionModel`."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    n_embd: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    mlp_ratio: float = 4.0
+    use_cls: bool = True
+    pos_embed: str = "learned"  # "learned" | "sincos2d"
+    pre_norm: bool = True  # CLIP's `pre_layrnorm` before the first block
+    act: str = "gelu"  # "gelu" | "quick_gelu"
+    norm_eps: float = 1e-5
+    feature_layer: int = -2  # which hidden state feeds the projector (LLaVA: second to last)
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+@dataclass
+class VisionConfig:
+    """Which vision tower to build: `kind` picks an entry of the tower registry."""
+
+    kind: str = "vit"  # "vit" | "hf" (a CLIP/SigLIP vision model from a local folder)
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    hf_path: str = ""  # local folder for kind="hf"
+    hf_feature_layer: int = -2
+    hf_use_cls: bool = False  # keep CLS among the image tokens (LLaVA drops it)
+
+
+@dataclass
+class VLMConfig:
+    """An adapter VLM: vision tower -> projector -> language model."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: str = "pixel_shuffle2"  # a name from the projector registry
+    lm: GPTConfig = field(default_factory=GPTConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VLMConfig:
+        return from_dict(cls, d)
+
+
+def from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """Build a (possibly nested) dataclass from a plain dict, rejecting unknown keys so a typo in a
+    config file is an error rather than a silently ignored setting."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in d.items():
+        ftype = names[name].type
+        sub = _DATACLASSES.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def save_json(obj: Any, path: str | Path) -> None:
+    data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+_DATACLASSES = {c.__name__: c for c in (GPTConfig, ViTConfig, VisionConfig, VLMConfig)}

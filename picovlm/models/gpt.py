@@ -1,0 +1,191 @@
+"""The language model: a small decoder-only GPT in the nanochat style, laid out like Llama.
+
+Read top to bottom: RMSNorm -> rotary embeddings -> attention (grouped-query, with a KV cache) ->
+SwiGLU MLP -> block -> GPT. Module names follow HF `LlamaForCausalLM` (q_proj, gate_proj, ...), and
+RoPE uses the same rotate-half convention, so export is a renaming of keys, not a permutation.
+
+The model takes either token ids or ready-made embeddings (`inputs_embeds`): that second door is
+how a VLM feeds image features in (see `picovlm.models.vlm.merge_image_embeds`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from picovlm.config import GPTConfig
+
+
+class KVCache:
+    """Keys and values of every layer for a batch of sequences that share one write position.
+
+    Batches of prompts of different lengths are left-padded, so all rows advance together and one
+    integer `pos` is enough; padded slots are masked out by the caller's `key_padding_mask`.
+    """
+
+    def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int, device=None, dtype=None):
+        head_dim = cfg.n_embd // cfg.n_head
+        shape = (cfg.n_layer, batch_size, cfg.n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's keys/values for `layer`; return all keys/values so far."""
+        end = self.pos + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions needed, {self.max_len} allocated")
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only some batch rows (used when finished sequences leave a batch)."""
+        self.k = self.k[:, rows]
+        self.v = self.v[:, rows]
+
+
+def rope_tables(head_dim: int, positions: torch.Tensor, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin for rotate-half RoPE at integer `positions` [B, T] -> [B, 1, T, head_dim]."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+    angles = positions.float()[..., None] * inv_freq  # [B, T, head_dim/2]
+    angles = torch.cat((angles, angles), dim=-1)[:, None]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0 and cfg.n_head % cfg.n_kv_head == 0
+        self.layer, self.n_head, self.n_kv_head = layer, cfg.n_head, cfg.n_kv_head
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_head * self.head_dim, cfg.n_embd, bias=False)
+
+    def forward(self, x, cos, sin, attn_mask, kv_cache: KVCache | None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer, k, v)
+        if self.n_kv_head != self.n_head:  # grouped-query: each kv head serves n_head/n_kv_head queries
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        if attn_mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=False)
+        self.up_proj = nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=False)
+        self.down_proj = nn.Linear(cfg.mlp_hidden, cfg.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.mlp_norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, attn_mask, kv_cache):
+        x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask, kv_cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.tok_emb(ids)
+
+    def forward(
+        self,
+        ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, T, vocab] for `ids` [B, T] or `inputs_embeds` [B, T, D].
+
+        key_padding_mask: bool [B, T_past + T], True where a real token sits (left padding is False).
+        With a kv_cache, the new tokens are appended after `kv_cache.pos` positions.
+        """
+        x = self.tok_emb(ids) if inputs_embeds is None else inputs_embeds
+        B, T, _ = x.shape
+        past = kv_cache.pos if kv_cache is not None else 0
+        if past + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {past + T} tokens exceeds the context of {self.cfg.max_seq_len}")
+        if position_ids is None:
+            position_ids = default_positions(key_padding_mask, B, past, T, x.device)
+        cos, sin = rope_tables(self.cfg.n_embd // self.cfg.n_head, position_ids, self.cfg.rope_theta)
+        attn_mask = build_attn_mask(key_padding_mask, past, T, x.device)
+        for block in self.blocks:
+            x = block(x, cos, sin, attn_mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        return self.lm_head(self.norm(x))
+
+
+def default_positions(key_padding_mask, B: int, past: int, T: int, device) -> torch.Tensor:
+    """Positions count real tokens only, so a left-padded prompt gets the same RoPE phases as the
+    same prompt alone (batched generation then matches unbatched generation)."""
+    if key_padding_mask is None:
+        return torch.arange(past, past + T, device=device).expand(B, T)
+    pos = key_padding_mask.long().cumsum(-1) - 1
+    return pos[:, past : past + T].clamp(min=0)
+
+
+def build_attn_mask(key_padding_mask, past: int, T: int, device) -> torch.Tensor | None:
+    """Boolean [B, 1, T, past+T] mask (True = may attend), or None when plain causal suffices."""
+    if key_padding_mask is None and (past == 0 or T == 1):
+        return None  # SDPA's is_causal (prefill) or no mask at all (one new token sees everything)
+    causal = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
+    mask = causal[None, None]
+    if key_padding_mask is not None:
+        mask = mask & key_padding_mask[:, None, None, :]
+        # a fully padded query row would give NaNs; let it see itself (its output is never used)
+        mask = mask | torch.eye(T, past + T, dtype=torch.bool, device=device).roll(past, dims=1)[None, None]
+    return mask

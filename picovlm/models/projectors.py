@@ -1,0 +1,85 @@
+"""The projector registry: a config string picks how patch features become LM input embeddings.
+
+  identity         features pass through (dims must already match)
+  linear           one linear layer (LLaVA 1.0)
+  mlp{N}x_gelu     N linear layers with GELU between them (LLaVA 1.5 uses mlp2x_gelu)
+  pixel_shuffle{r} merge each r x r block of neighbouring patches into one token (r*r fewer image
+                   tokens, r*r wider features), then mlp2x_gelu (nanoVLM, InternVL)
+
+Each projector also says how many tokens it emits for a given patch count (`num_tokens`), which is
+what one `<|image|>` placeholder expands to.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+
+class MLPProjector(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, depth: int):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
+        for _ in range(depth - 1):
+            layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
+        self.net = nn.Sequential(*layers)
+
+    def num_tokens(self, n_patches: int) -> int:
+        return n_patches
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class IdentityProjector(nn.Module):
+    def num_tokens(self, n_patches: int) -> int:
+        return n_patches
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def pixel_shuffle(x: torch.Tensor, grid: int, r: int) -> torch.Tensor:
+    """[B, grid*grid, D] -> [B, (grid/r)^2, r*r*D]: each output token holds an r x r patch block."""
+    B, N, D = x.shape
+    g = grid // r
+    x = x.view(B, g, r, g, r, D).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(B, g * g, r * r * D)
+
+
+class PixelShuffleProjector(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, grid: int, r: int):
+        super().__init__()
+        if grid % r:
+            raise ValueError(f"pixel_shuffle{r} needs a patch grid divisible by {r}, got {grid}x{grid}")
+        self.grid, self.r = grid, r
+        self.mlp = MLPProjector(in_dim * r * r, out_dim, depth=2)
+
+    def num_tokens(self, n_patches: int) -> int:
+        return n_patches // (self.r * self.r)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(pixel_shuffle(x, self.grid, self.r))
+
+
+Builder = Callable[[re.Match, int, int, int], nn.Module]
+PROJECTORS: dict[str, Builder] = {
+    r"identity": lambda m, i, o, g: IdentityProjector(),
+    r"linear": lambda m, i, o, g: MLPProjector(i, o, depth=1),
+    r"mlp(\d+)x_gelu": lambda m, i, o, g: MLPProjector(i, o, depth=int(m.group(1))),
+    r"pixel_shuffle(\d+)": lambda m, i, o, g: PixelShuffleProjector(i, o, g, int(m.group(1))),
+}
+
+
+def build_projector(name: str, in_dim: int, out_dim: int, grid: int) -> nn.Module:
+    """Projector `name` from `in_dim` tower features on a `grid` x `grid` patch grid to `out_dim`."""
+    for pattern, build in PROJECTORS.items():
+        m = re.fullmatch(pattern, name)
+        if m:
+            if name == "identity" and in_dim != out_dim:
+                raise ValueError(f"identity projector needs equal dims, got {in_dim} -> {out_dim}")
+            return build(m, in_dim, out_dim, grid)
+    raise ValueError(f"unknown projector {name!r}; known: identity, linear, mlpNx_gelu, pixel_shuffleR")

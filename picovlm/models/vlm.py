@@ -1,0 +1,101 @@
+"""The adapter VLM: vision tower -> projector -> language model.
+
+This is where image tokens enter the LM. Text reaches the model with one `<|image|>` placeholder
+per image already expanded to as many copies as the projector emits tokens (`expand_image_tokens`),
+so sequence lengths and positions are known before any pixel is seen. The model then embeds the
+text and overwrites the placeholder slots with the projected image features, in order
+(`merge_image_embeds`), and the LM runs on the merged embeddings as if they were words.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from picovlm.config import VLMConfig
+from picovlm.models.gpt import GPT, KVCache
+from picovlm.models.projectors import build_projector
+from picovlm.vision.towers import build_vision_tower
+
+IGNORE_INDEX = -100
+
+
+def expand_image_tokens(
+    ids: list[int], loss_mask: list[int], n_images: int, image_token_id: int, tokens_per_image: int
+) -> tuple[list[int], list[int]]:
+    """Replace each `<|image|>` id by `tokens_per_image` copies (mask 0 there: no loss on images)."""
+    found = ids.count(image_token_id)
+    if found != n_images:
+        raise ValueError(f"text has {found} <|image|> placeholders but {n_images} images were given")
+    out_ids: list[int] = []
+    out_mask: list[int] = []
+    for i, m in zip(ids, loss_mask):
+        if i == image_token_id:
+            out_ids += [i] * tokens_per_image
+            out_mask += [0] * tokens_per_image
+        else:
+            out_ids.append(i)
+            out_mask.append(m)
+    return out_ids, out_mask
+
+
+def merge_image_embeds(
+    text_embeds: torch.Tensor, ids: torch.Tensor, image_embeds: torch.Tensor, image_token_id: int
+) -> torch.Tensor:
+    """Put the image features into the image-token slots of the text embeddings.
+
+    text_embeds [B, T, D]; ids [B, T]; image_embeds [n_images, M, D], ordered by sample, then by
+    position in the text. The k-th image-token slot (row-major over the batch) gets the k-th feature
+    row, so several images per sample, anywhere in the text, need no special handling.
+    """
+    slots = ids == image_token_id
+    n_slots, n_feats = int(slots.sum()), image_embeds.shape[0] * image_embeds.shape[1]
+    if n_slots != n_feats:
+        raise ValueError(
+            f"{n_slots} image-token slots in the text but {image_embeds.shape[0]} images x "
+            f"{image_embeds.shape[1]} tokens = {n_feats} image features"
+        )
+    feats = image_embeds.reshape(-1, image_embeds.shape[-1]).to(text_embeds.dtype)
+    return text_embeds.masked_scatter(slots[..., None], feats)
+
+
+class VLM(nn.Module):
+    def __init__(self, cfg: VLMConfig, image_token_id: int):
+        super().__init__()
+        self.cfg, self.image_token_id = cfg, image_token_id
+        self.tower = build_vision_tower(cfg.vision)
+        self.projector = build_projector(cfg.projector, self.tower.hidden_size, cfg.lm.n_embd, self.tower.grid)
+        self.lm = GPT(cfg.lm)
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.projector.num_tokens(self.tower.num_patches)
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[n, 3, H, W] pixels -> [n, tokens_per_image, lm dim] embeddings."""
+        return self.projector(self.tower(pixels))
+
+    def embed(self, ids: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
+        embeds = self.lm.embed(ids)
+        if pixels is not None and pixels.shape[0] > 0:
+            embeds = merge_image_embeds(embeds, ids, self.encode_images(pixels), self.image_token_id)
+        elif bool((ids == self.image_token_id).any()):
+            raise ValueError("text has <|image|> tokens but no images were given")
+        return embeds
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        pixels: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits, or (with `labels`, IGNORE_INDEX where no loss) the mean next-token loss."""
+        logits = self.lm(inputs_embeds=self.embed(ids, pixels), key_padding_mask=key_padding_mask, kv_cache=kv_cache)
+        if labels is None:
+            return logits
+        return F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+        )

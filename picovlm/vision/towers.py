@@ -1,0 +1,39 @@
+"""The vision tower registry: a config's `kind` picks how images become patch features.
+
+Every tower is an nn.Module with `forward(pixels) -> [B, N, D]` features and the attributes
+`processor` (PIL images -> pixels), `num_patches` (N), `hidden_size` (D) and `grid` (sqrt of the
+patch count, which grid-aware projectors such as pixel shuffle need).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn as nn
+
+from picovlm.config import VisionConfig
+from picovlm.vision.image import ImageProcessor
+from picovlm.vision.vit import ViT
+
+
+def _build_vit(cfg: VisionConfig) -> nn.Module:
+    tower = ViT(cfg.vit)
+    tower.processor = ImageProcessor(cfg.vit.image_size, cfg.vit.image_mean, cfg.vit.image_std)
+    return tower
+
+
+def _build_hf(cfg: VisionConfig) -> nn.Module:
+    from picovlm.vision.hf_tower import HFVisionTower
+
+    if not cfg.hf_path:
+        raise ValueError("vision kind 'hf' needs hf_path: a local folder with a CLIP or SigLIP vision model")
+    return HFVisionTower(cfg.hf_path, cfg.hf_feature_layer, cfg.hf_use_cls)
+
+
+TOWERS: dict[str, Callable[[VisionConfig], nn.Module]] = {"vit": _build_vit, "hf": _build_hf}
+
+
+def build_vision_tower(cfg: VisionConfig) -> nn.Module:
+    if cfg.kind not in TOWERS:
+        raise ValueError(f"unknown vision tower {cfg.kind!r}; known: {', '.join(TOWERS)}")
+    return TOWERS[cfg.kind](cfg)

@@ -1,0 +1,117 @@
+"""Our own vision transformer, laid out like HF `CLIPVisionModel` so its weights map one to one.
+
+pixels -> patch embedding (a strided conv) -> [CLS] + positions -> pre-LayerNorm -> pre-LN blocks.
+`forward` returns the patch features of `cfg.feature_layer` (LLaVA's choice: the second to last
+layer, whose features are less specialised to the contrastive objective than the last), CLS dropped.
+`pooled` returns the CLIP-style image embedding used by contrastive pretraining.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from picovlm.config import ViTConfig
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """Fixed 2D sine-cosine positions [grid*grid, dim]: half the channels encode the row, half the
+    column, so neighbouring patches get similar codes without having to learn them."""
+    assert dim % 4 == 0, "sincos2d positions need n_embd divisible by 4"
+    coords = torch.arange(grid, dtype=torch.float32)
+    omega = 1.0 / (10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4)))
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    parts = [f(axis.flatten()[:, None] * omega) for axis in (rows, cols) for f in (torch.sin, torch.cos)]
+    return torch.cat(parts, dim=1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.out_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = (p(x).view(B, N, self.n_head, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        y = F.scaled_dot_product_attention(q, k, v)  # bidirectional: every patch sees every patch
+        return self.out_proj(y.transpose(1, 2).reshape(B, N, D))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        hidden = int(cfg.n_embd * cfg.mlp_ratio)
+        self.layer_norm1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.layer_norm2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.fc1 = nn.Linear(cfg.n_embd, hidden)
+        self.fc2 = nn.Linear(hidden, cfg.n_embd)
+        self.act = quick_gelu if cfg.act == "quick_gelu" else F.gelu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.fc2(self.act(self.fc1(self.layer_norm2(x))))
+
+
+class ViT(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+        if cfg.pos_embed not in ("learned", "sincos2d"):
+            raise ValueError(f"unknown pos_embed {cfg.pos_embed!r}: expected 'learned' or 'sincos2d'")
+        self.cfg = cfg
+        self.grid = cfg.image_size // cfg.patch_size
+        n_pos = self.grid**2 + int(cfg.use_cls)
+        self.patch_embed = nn.Conv2d(3, cfg.n_embd, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.cls_token = nn.Parameter(torch.randn(cfg.n_embd) * 0.02) if cfg.use_cls else None
+        if cfg.pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.randn(n_pos, cfg.n_embd) * 0.02)
+        else:
+            table = sincos_2d(self.grid, cfg.n_embd)
+            if cfg.use_cls:
+                table = torch.cat([torch.zeros(1, cfg.n_embd), table])
+            self.register_buffer("pos_embed", table, persistent=False)
+        self.pre_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.post_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)  # only for the pooled embedding
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid**2
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cfg.n_embd
+
+    def hidden_states(self, pixels: torch.Tensor, upto: int | None = None) -> torch.Tensor:
+        """Token states after `upto` blocks (all blocks by default): [B, (1+)N, D]."""
+        x = self.patch_embed(pixels).flatten(2).transpose(1, 2)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.size(0), 1, -1).to(x.dtype), x], dim=1)
+        x = self.pre_norm(x + self.pos_embed.to(x.dtype))
+        for block in self.blocks[:upto]:
+            x = block(x)
+        return x
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Patch features [B, N, D] from `feature_layer` (index into the n_layer+1 hidden states,
+        0 = the embeddings). Layers above the chosen one are not computed at all."""
+        upto = self.cfg.feature_layer % (self.cfg.n_layer + 1)
+        x = self.hidden_states(pixels, upto)
+        return x[:, 1:] if self.cls_token is not None else x
+
+    def pooled(self, pixels: torch.Tensor) -> torch.Tensor:
+        """One vector per image: post-LayerNormed CLS (CLIP), or the mean patch without CLS."""
+        x = self.hidden_states(pixels)
+        return self.post_norm(x[:, 0] if self.cls_token is not None else x.mean(dim=1))
+

@@ -1,0 +1,106 @@
+"""Tests for the byte-level BPE tokenizer: training, specials, round trips, save/load."""
+
+import pickle
+
+import pytest
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import models, pre_tokenizers
+
+from picovlm.text.tokenizer import Tokenizer
+from picovlm.text.tokens import IMAGE, SPECIAL_TOKENS
+
+
+def corpus() -> list[str]:
+    subjects = ["a cat", "the dog", "two birds", "a red car", "my friend", "the old man"]
+    verbs = ["sits on", "looks at", "runs past", "jumps over", "stands near"]
+    objects = ["the table", "a green tree", "the river", "a wooden fence", "the house"]
+    sentences = [f"{s} {v} {o}." for s in subjects for v in verbs for o in objects]
+    return sentences + ["café 你好 🙂", "naïve façade, 日本語 😀"] * 5
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer.train(corpus(), vocab_size=400)
+
+
+def test_specials_take_the_first_ids(tok):
+    assert [tok.token_to_id(s) for s in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
+    ids = [tok.bos_id, tok.pad_id, tok.image_id, tok.user_id, tok.assistant_id, tok.end_id]
+    assert ids == list(range(len(SPECIAL_TOKENS)))
+
+
+def test_vocab_and_merges(tok):
+    assert 256 + len(SPECIAL_TOKENS) < tok.vocab_size <= 400
+    text = "the dog jumps over the river."
+    assert len(tok.encode(text)) < len(text.encode())  # merges were learned and are used
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a cat sits on the table.", "café 你好 🙂", "unseen: Ωμέγα ∑ ñ 🦙", "tabs\tand\nnewlines  ", "\x00", ""],
+)
+def test_round_trip(tok, text):
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_specials_are_recognized_in_text(tok):
+    ids = tok.encode(f"look{IMAGE} at this")
+    assert ids.count(tok.image_id) == 1
+    assert tok.decode(ids) == "look at this"
+    assert tok.decode(ids, skip_special=False) == f"look{IMAGE} at this"
+
+
+def test_no_bos_added(tok):
+    assert tok.bos_id not in tok.encode("a cat")
+
+
+def test_encode_batch_matches_encode(tok):
+    texts = ["a cat", f"{IMAGE}the dog", "你好"]
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+
+
+def test_token_to_id_unknown(tok):
+    with pytest.raises(KeyError, match="not in the vocabulary"):
+        tok.token_to_id("<|nope|>")
+
+
+def test_vocab_size_too_small():
+    with pytest.raises(ValueError, match="too small"):
+        Tokenizer.train(["abc"], vocab_size=100)
+
+
+def test_save_load_round_trip(tok, tmp_path):
+    path = tmp_path / "sub" / "tokenizer.json"
+    tok.save(path)
+    loaded = Tokenizer.load(path)
+    texts = corpus()[:20] + [f"{IMAGE} café 🙂"]
+    assert [loaded.encode(t) for t in texts] == [tok.encode(t) for t in texts]
+    assert loaded.vocab_size == tok.vocab_size
+    assert loaded.image_id == tok.image_id
+
+
+def test_pickle_round_trip(tok):
+    clone = pickle.loads(pickle.dumps(tok))
+    assert clone.encode("the dog 你好") == tok.encode("the dog 你好")
+    assert clone.end_id == tok.end_id
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        Tokenizer.load(tmp_path / "nope.json")
+
+
+def test_load_corrupt_file(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid tokenizer"):
+        Tokenizer.load(path)
+
+
+def test_load_foreign_tokenizer(tmp_path):
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    path = tmp_path / "foreign.json"
+    hf.save(str(path))
+    with pytest.raises(ValueError, match=r"not a picovlm tokenizer \(missing special token <\|bos\|>\)"):
+        Tokenizer.load(path)
