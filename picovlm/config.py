@@ -92,6 +92,8 @@ def from_dict(cls: type, d: dict[str, Any]) -> Any:
         sub = _DATACLASSES.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value)
+        elif ftype == "list[StageConfig]":
+            value = [from_dict(StageConfig, v) for v in value]
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value
@@ -103,4 +105,49 @@ def save_json(obj: Any, path: str | Path) -> None:
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
-_DATACLASSES = {c.__name__: c for c in (GPTConfig, ViTConfig, VisionConfig, VLMConfig)}
+@dataclass
+class StageConfig:
+    """One training stage. Every stage runs through the same loop (`picovlm.train.loop.train`);
+    what differs is only this: the task, the data, which parts learn, and the optimizer settings."""
+
+    name: str = "instruct"
+    task: str = "vlm"  # "lm" (text pretraining) | "clip" (contrastive tower pretraining) | "vlm"
+    data: tuple[str, ...] = ()  # .json (LLaVA) / .jsonl files; relative to the recipe's data_dir
+    val_data: tuple[str, ...] = ()
+    trainable: tuple[str, ...] = ("projector", "lm")  # parts that learn; the others are frozen
+    init: dict[str, str] = field(default_factory=dict)  # part -> stage name whose weights it starts from
+    steps: int = 100
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    dtype: str = "float32"  # "float32" | "bfloat16" (autocast)
+    eval_every: int = 0  # 0 = only at the end
+    eval_batches: int = 4
+    save_every: int = 0  # 0 = only at the end
+    log_every: int = 10
+    seed: int = 0
+
+
+def _default_stages() -> list[StageConfig]:
+    return [StageConfig()]
+
+
+@dataclass
+class RecipeConfig:
+    """A full run: the model, the data it is trained on, and the stages in order."""
+
+    model: VLMConfig = field(default_factory=VLMConfig)
+    stages: list[StageConfig] = field(default_factory=_default_stages)
+    data_dir: str = "data/scenes"
+    tokenizer_vocab: int = 512
+    clip_text: GPTConfig = field(default_factory=lambda: GPTConfig(n_layer=2))
+    clip_embed_dim: int = 128
+    device: str = "cpu"
+
+
+_DATACLASSES = {c.__name__: c for c in (GPTConfig, ViTConfig, VisionConfig, VLMConfig, StageConfig, RecipeConfig)}

@@ -8,6 +8,7 @@ positions are unambiguous and nothing overlaps.
 
 import hashlib
 import json
+import math
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -38,6 +39,8 @@ COL_NAMES = ("left", "center", "right")
 
 @dataclass
 class SceneConfig:
+    """What a scene may contain and how it is drawn; names must be keys of SHAPES/COLORS/SIZE_SCALE."""
+
     image_size: int = 64
     min_objects: int = 1
     max_objects: int = 3
@@ -82,12 +85,15 @@ class SceneObject:
 
 @dataclass
 class Scene:
+    """Everything needed to draw the image and to answer any question about it."""
+
     objects: list[SceneObject]
     grid: int = 3
     background: tuple[int, int, int] = (0, 0, 0)
     noise_seed: int = 0  # rendering is a pure function of (scene, cfg), so noise needs its own seed
 
     def place(self, obj: SceneObject) -> str:
+        """The words used for the object's cell, e.g. "top left"."""
         return cell_name(obj.row, obj.col, self.grid)
 
 
@@ -99,7 +105,11 @@ class QA:
 
 
 def cell_name(row: int, col: int, grid: int) -> str:
-    """Name a cell like "top left" or "center"; larger grids map rows/cols to thirds."""
+    """Name a cell like "top left" or "center".
+
+    Grids other than 3x3 map rows and columns to thirds, so with grid > 3 two cells can share a
+    name; questions only ask where a uniquely named object is, so answers stay correct.
+    """
     vertical = ROW_NAMES[int((row + 0.5) * 3 / grid)]
     horizontal = COL_NAMES[int((col + 0.5) * 3 / grid)]
     if vertical == "middle":
@@ -128,9 +138,11 @@ def sample_scene(rng: random.Random, cfg: SceneConfig) -> Scene:
 
 
 def _star(cx: float, cy: float, r: float, points: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
-    angles = [np.pi * k / points - np.pi / 2 for k in range(2 * points)]
-    radii = [r if k % 2 == 0 else r * inner for k in range(2 * points)]
-    return [(cx + rad * np.cos(a), cy + rad * np.sin(a)) for a, rad in zip(angles, radii, strict=True)]
+    corners = []
+    for k in range(2 * points):  # alternate outer and inner corners, starting at the top
+        angle, radius = math.pi * k / points - math.pi / 2, r if k % 2 == 0 else r * inner
+        corners.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
+    return corners
 
 
 def _draw(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
@@ -321,8 +333,9 @@ def build_dataset(out_dir: str | Path, cfg: SceneConfig, n_train: int, n_val: in
             for caption in scene_captions(scene, rng, cfg.captions_per_image):
                 caption_lines.append(json.dumps({"image": image, "text": caption}) + "\n")
         paths[split] = out / f"{split}.json"
-        # Indented so that each record starts on its own line and loader errors point somewhere useful.
-        paths[split].write_text(json.dumps(records, indent=1))
+        # One record per line: readable, fast (the C encoder does not indent) and loader errors get
+        # a line number that points at the record.
+        paths[split].write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
         paths[f"{split}_captions"] = out / f"{split}_captions.jsonl"
         paths[f"{split}_captions"].write_text("".join(caption_lines))
     paths["config"] = out / "scene_config.json"

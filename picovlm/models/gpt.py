@@ -147,8 +147,10 @@ class GPT(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         position_ids: torch.Tensor | None = None,
+        return_hidden: bool = False,
     ) -> torch.Tensor:
-        """Logits [B, T, vocab] for `ids` [B, T] or `inputs_embeds` [B, T, D].
+        """Logits [B, T, vocab] for `ids` [B, T] or `inputs_embeds` [B, T, D] (with `return_hidden`,
+        the final normed hidden states [B, T, D] instead: a text encoder's output).
 
         key_padding_mask: bool [B, T_past + T], True where a real token sits (left padding is False).
         With a kv_cache, the new tokens are appended after `kv_cache.pos` positions.
@@ -166,7 +168,8 @@ class GPT(nn.Module):
             x = block(x, cos, sin, attn_mask, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return self.lm_head(self.norm(x))
+        x = self.norm(x)
+        return x if return_hidden else self.lm_head(x)
 
 
 def default_positions(key_padding_mask, B: int, past: int, T: int, device) -> torch.Tensor:

@@ -1,0 +1,132 @@
+"""Checkpoints: one folder per model, safetensors per part, written atomically.
+
+    model/
+      config.json        what to build ({"task", "model", "image_token_id", "parts", ...})
+      tower.safetensors  one file per part, keys relative to the part
+      lm.safetensors
+      tokenizer.json
+      trainer_state.pt   optimizer, schedule step, RNG and data position (for resuming only)
+
+A part that was frozen and inherited unchanged from an earlier stage is not copied: `parts` maps it
+to that stage's file by a relative path, so a 3-stage run stores its tower once.
+
+Atomicity: everything is written into `model.tmp/`, then renamed into place. A crash leaves either
+the previous complete folder or a `.tmp` folder that nothing loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+CONFIG = "config.json"
+TRAINER_STATE = "trainer_state.pt"
+
+
+def part_of(key: str, parts: dict[str, str]) -> str:
+    """Which part a parameter belongs to: the first part whose prefix starts its name; the part with
+    prefix "" takes whatever no other part claims."""
+    rest = None
+    for name, prefix in parts.items():
+        if prefix == "":
+            rest = name
+        elif key.startswith(prefix):
+            return name
+    if rest is None:
+        raise KeyError(f"parameter {key} belongs to no part of {sorted(parts)}")
+    return rest
+
+
+def part_state(model: nn.Module, parts: dict[str, str], name: str) -> dict[str, torch.Tensor]:
+    """The tensors of one part, prefix removed, tied duplicates dropped (safetensors refuses them)."""
+    prefix, out, seen = parts[name], {}, set()
+    for key, t in model.state_dict(keep_vars=True).items():
+        if part_of(key, parts) != name:
+            continue
+        if t.data_ptr() in seen:  # e.g. a tied lm_head: restored by the tie itself
+            continue
+        seen.add(t.data_ptr())
+        out[key[len(prefix) :]] = t.detach().cpu().contiguous()
+    return out
+
+
+def load_part(model: nn.Module, parts: dict[str, str], name: str, file: Path) -> None:
+    """Load one part's file into the model, checking that every key of the part is there."""
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: weights of part {name!r} not found")
+    stored = load_file(file)
+    missing = set(part_state(model, parts, name)) - set(stored)
+    if missing:
+        raise ValueError(f"{file}: missing {len(missing)} tensors of part {name!r}, e.g. {sorted(missing)[0]}")
+    _, unexpected = model.load_state_dict({parts[name] + k: v for k, v in stored.items()}, strict=False)
+    if unexpected:
+        raise ValueError(f"{file}: {len(unexpected)} unexpected tensors, e.g. {unexpected[0]}")
+
+
+def save_checkpoint(
+    out: Path,
+    model: nn.Module,
+    config: dict[str, Any],
+    parts: dict[str, str],
+    inherited: dict[str, Path],
+    tokenizer_file: Path,
+    trainer_state: dict[str, Any] | None = None,
+) -> None:
+    """Write `out/` atomically. Parts in `inherited` (part -> existing file) are referenced, not copied."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    files = {}
+    for name in parts:
+        if name in inherited:
+            files[name] = os.path.relpath(Path(inherited[name]).resolve(), out.resolve())
+        else:
+            files[name] = f"{name}.safetensors"
+            save_file(part_state(model, parts, name), tmp / files[name])
+    (tmp / CONFIG).write_text(json.dumps({**config, "parts": files, "part_prefixes": parts}, indent=2) + "\n")
+    shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+    for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_config(ckpt: Path) -> dict[str, Any]:
+    path = Path(ckpt) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{ckpt}: not a picovlm checkpoint (no {CONFIG})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: corrupt config ({e})") from None
+
+
+def part_files(ckpt: Path) -> dict[str, Path]:
+    """Absolute file of each part of a checkpoint (following references to earlier stages)."""
+    cfg = read_config(ckpt)
+    return {name: (Path(ckpt) / rel).resolve() for name, rel in cfg["parts"].items()}
+
+
+def load_weights(model: nn.Module, ckpt: Path) -> None:
+    cfg = read_config(ckpt)
+    for name, file in part_files(ckpt).items():
+        load_part(model, cfg["part_prefixes"], name, file)
+
+
+def load_trainer_state(ckpt: Path) -> dict[str, Any]:
+    return torch.load(Path(ckpt) / TRAINER_STATE, map_location="cpu", weights_only=True)

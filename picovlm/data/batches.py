@@ -1,0 +1,120 @@
+"""Samples -> padded tensor batches, for each training task, in a resumable order.
+
+`BatchStream` draws batches from a fixed per-epoch permutation seeded by (seed, epoch), so its whole
+state is two integers: resuming a run replays exactly the batches an uninterrupted run would see.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from picovlm.data.formats import Sample
+from picovlm.models.processor import VLMProcessor
+from picovlm.models.vlm import IGNORE_INDEX
+from picovlm.text.chat import render_conversation
+from picovlm.text.tokenizer import Tokenizer
+from picovlm.text.tokens import IMAGE
+from picovlm.vision.image import ImageProcessor, load_image
+
+CAPTION_PROMPT = "Describe the image."
+Batch = dict[str, torch.Tensor]
+
+
+class ImageCache:
+    """Decoded images kept in memory: small datasets are read from disk once, not once per epoch."""
+
+    def __init__(self, max_items: int = 100_000):
+        self.max_items, self.images = max_items, {}
+
+    def __call__(self, path: Path) -> Image.Image:
+        im = self.images.get(path)
+        if im is None:
+            im = load_image(path)
+            if len(self.images) < self.max_items:
+                self.images[path] = im
+        return im
+
+
+def as_chat(sample: Sample) -> list[dict[str, str]]:
+    """A caption sample becomes a one-turn chat (image + instruction -> caption), as LLaVA's
+    alignment stage does; chat samples pass through."""
+    if sample.meta.get("kind") == "caption":
+        return [{"role": "user", "content": f"{IMAGE}\n{CAPTION_PROMPT}"}, *sample.messages]
+    return sample.messages
+
+
+def pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
+    longest = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (longest - len(r)) for r in rows], dtype=torch.long)
+
+
+def vlm_batch(samples: list[Sample], processor: VLMProcessor, images: ImageCache) -> Batch:
+    """ids, labels (IGNORE_INDEX off the assistant tokens) and the pixels of all images in order."""
+    encoded = [processor.encode_conversation(as_chat(s), [images(p) for p in s.images]) for s in samples]
+    ids = pad_right([e.ids for e in encoded], processor.tokenizer.pad_id)
+    labels = pad_right(
+        [[i if m else IGNORE_INDEX for i, m in zip(e.ids, e.loss_mask, strict=True)] for e in encoded], IGNORE_INDEX
+    )
+    return {"ids": ids, "labels": labels, "pixels": torch.cat([e.pixels for e in encoded])}
+
+
+def text_batch(samples: list[Sample], tokenizer: Tokenizer, max_len: int) -> Batch:
+    """Text-only LM pretraining: the conversations without their images, loss on every token."""
+    rows = []
+    for s in samples:
+        messages = [{**m, "content": m["content"].replace(IMAGE, "").strip()} for m in as_chat(s)]
+        rows.append(render_conversation(tokenizer, messages)[0][:max_len])
+    ids = pad_right(rows, tokenizer.pad_id)
+    return {"ids": ids, "labels": ids.masked_fill(ids == tokenizer.pad_id, IGNORE_INDEX)}
+
+
+def clip_batch(samples: list[Sample], tokenizer: Tokenizer, image_processor: ImageProcessor,
+               images: ImageCache, max_len: int) -> Batch:
+    """Image/caption pairs: pixels, right-padded caption ids ending in <|end|>, and their lengths."""
+    rows = [(tokenizer.encode(s.messages[-1]["content"])[: max_len - 1] + [tokenizer.end_id]) for s in samples]
+    return {
+        "pixels": image_processor([images(s.images[0]) for s in samples]),
+        "ids": pad_right(rows, tokenizer.pad_id),
+        "lengths": torch.tensor([len(r) for r in rows]),
+    }
+
+
+class BatchStream:
+    """Endless batches of `batch_size` samples; each epoch is a new seeded permutation."""
+
+    def __init__(self, samples: list[Sample], batch_size: int, make_batch: Callable[[list[Sample]], Batch],
+                 seed: int = 0):
+        if len(samples) < batch_size:
+            raise ValueError(f"{len(samples)} samples are fewer than one batch of {batch_size}")
+        self.samples, self.batch_size, self.make_batch, self.seed = samples, batch_size, make_batch, seed
+        self.epoch, self.cursor = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        order = list(range(len(self.samples)))
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return order
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> Batch:
+        if self.cursor + self.batch_size > len(self._order):  # drop the ragged tail, start a new epoch
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self._order = self._permutation()
+        picked = self._order[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return self.make_batch([self.samples[i] for i in picked])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self._order = self._permutation()

@@ -1,0 +1,152 @@
+"""A recipe is a list of stages; each stage builds its task (model + data + loss) and runs the one
+training loop. Stage outputs are checkpoints that later stages initialize parts from.
+
+The classic adapter-VLM recipe, as the config in `picovlm.presets` spells it:
+  lm        pretrain the text LM on text (nothing pretrained is available offline)
+  clip      pretrain the vision tower contrastively on image/caption pairs
+  align     only the projector learns, on captions: image features learn to look like words
+  instruct  projector + LM learn on conversations, loss on the assistant's tokens only
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from picovlm.checkpoint import load_part, load_trainer_state, part_files, read_config, save_checkpoint
+from picovlm.config import RecipeConfig, StageConfig
+from picovlm.data.batches import BatchStream, ImageCache, clip_batch, text_batch, vlm_batch
+from picovlm.data.formats import Sample, load_samples
+from picovlm.models.clip import CLIPModel
+from picovlm.models.gpt import GPT
+from picovlm.models.processor import VLMProcessor
+from picovlm.models.vlm import VLM
+from picovlm.text.tokenizer import Tokenizer
+from picovlm.train.loop import History, Task, train
+from picovlm.vision.image import ImageProcessor
+
+VLM_PARTS = {"tower": "tower.", "projector": "projector.", "lm": "lm."}
+CLIP_PARTS = {"tower": "tower.", "clip": ""}
+LM_PARTS = {"lm": ""}
+
+
+def stage_dir(out_dir: Path, stage: str) -> Path:
+    return Path(out_dir) / stage
+
+
+def checkpoint_dir(out_dir: Path, stage: str) -> Path:
+    return stage_dir(out_dir, stage) / "model"
+
+
+def read_samples(files: tuple[str, ...], data_dir: Path) -> list[Sample]:
+    samples: list[Sample] = []
+    for f in files:
+        samples += load_samples(data_dir / f, on_error="skip")
+    if not samples:
+        raise ValueError(f"no usable samples in {', '.join(files) or '(no files given)'}")
+    return samples
+
+
+def train_tokenizer(recipe: RecipeConfig, path: Path) -> Tokenizer:
+    """A byte-level BPE fitted to the text of every stage's training data."""
+    files = sorted({f for s in recipe.stages for f in s.data})
+    texts = (m["content"] for s in read_samples(tuple(files), Path(recipe.data_dir)) for m in s.messages)
+    tok = Tokenizer.train(texts, vocab_size=recipe.tokenizer_vocab)
+    tok.save(path)
+    return tok
+
+
+def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tuple[Task, Any, dict[str, str]]:
+    """(task, batch builder, parts). The model is built with the tokenizer's vocabulary size."""
+    lm_cfg = dataclasses.replace(recipe.model.lm, vocab_size=tok.vocab_size)
+    if stage.task == "lm":
+        model = GPT(lm_cfg)
+        task = Task(model, LM_PARTS, lambda m, b: _lm_loss(m, b), lambda b: b["ids"].numel())
+        return task, lambda s: text_batch(s, tok, lm_cfg.max_seq_len), {"task": "lm", "model": dataclasses.asdict(lm_cfg)}
+    if stage.task == "clip":
+        vit = recipe.model.vision.vit
+        text_cfg = dataclasses.replace(recipe.clip_text, vocab_size=tok.vocab_size)
+        model = CLIPModel(vit, text_cfg, recipe.clip_embed_dim)
+        proc, cache = ImageProcessor(vit.image_size, vit.image_mean, vit.image_std), ImageCache()
+        task = Task(model, CLIP_PARTS, lambda m, b: m(b["pixels"], b["ids"], b["lengths"]),
+                    lambda b: b["pixels"].shape[0], unit="img")
+        config = {"task": "clip", "vit": dataclasses.asdict(vit), "text": dataclasses.asdict(text_cfg),
+                  "embed_dim": recipe.clip_embed_dim}
+        return task, lambda s: clip_batch(s, tok, proc, cache, text_cfg.max_seq_len), config
+    if stage.task == "vlm":
+        cfg = dataclasses.replace(recipe.model, lm=lm_cfg)
+        model = VLM(cfg, tok.image_id)
+        processor = VLMProcessor(tok, model.tower.processor, model.tokens_per_image, lm_cfg.max_seq_len)
+        cache = ImageCache()
+        task = Task(model, VLM_PARTS, lambda m, b: m(b["ids"], b["pixels"], b["labels"]), lambda b: b["ids"].numel())
+        config = {"task": "vlm", "model": cfg.to_dict(), "image_token_id": tok.image_id}
+        return task, lambda s: vlm_batch(s, processor, cache), config
+    raise ValueError(f"stage {stage.name!r}: unknown task {stage.task!r} (lm, clip or vlm)")
+
+
+def _lm_loss(model: GPT, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    logits = model(batch["ids"])
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100
+    )
+
+
+def run_stage(
+    recipe: RecipeConfig, stage: StageConfig, out_dir: Path, tok: Tokenizer, resume: bool = False,
+    until: int | None = None, progress: bool = True,
+) -> tuple[Path, History]:
+    """Train one stage; returns its checkpoint folder."""
+    torch.manual_seed(stage.seed)
+    task, make_batch, config = build_task(recipe, stage, tok)
+    ckpt = checkpoint_dir(out_dir, stage.name)
+    inherited: dict[str, Path] = {}
+    for part, source in stage.init.items():
+        if part not in task.parts:
+            raise ValueError(f"stage {stage.name!r}: cannot init unknown part {part!r}")
+        file = part_files(checkpoint_dir(out_dir, source))[part]
+        load_part(task.model, task.parts, part, file)
+        if part not in stage.trainable:
+            inherited[part] = file  # frozen and unchanged: reference it instead of copying
+    state = None
+    if resume and (ckpt / "trainer_state.pt").is_file():
+        state = load_trainer_state(ckpt)
+        for part, file in part_files(ckpt).items():
+            load_part(task.model, task.parts, part, file)
+    data_dir = Path(recipe.data_dir)
+    batches = BatchStream(read_samples(stage.data, data_dir), stage.batch_size, make_batch, stage.seed)
+    make_val = None
+    if stage.val_data:
+        val_samples = read_samples(stage.val_data, data_dir)
+        bs = min(stage.batch_size, len(val_samples))
+        make_val = lambda: BatchStream(val_samples, bs, make_batch, seed=12345)  # noqa: E731
+    config = {**config, "stage": dataclasses.asdict(stage)}
+
+    def save(trainer_state: dict[str, Any]) -> None:
+        save_checkpoint(ckpt, task.model, {**config, "step": trainer_state["step"]}, task.parts, inherited,
+                        out_dir / "tokenizer.json", trainer_state)
+
+    history = train(task, stage, batches, stage_dir(out_dir, stage.name), save, make_val, state,
+                    recipe.device, until, progress)
+    return ckpt, history
+
+
+def run_recipe(recipe: RecipeConfig, out_dir: Path, only: list[str] | None = None, resume: bool = False,
+               progress: bool = True) -> dict[str, Path]:
+    """Run the recipe's stages in order (or just `only`); the tokenizer is trained once per run."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok_path = out_dir / "tokenizer.json"
+    tok = Tokenizer.load(tok_path) if tok_path.exists() else train_tokenizer(recipe, tok_path)
+    done = {}
+    for stage in recipe.stages:
+        if only and stage.name not in only:
+            continue
+        done[stage.name], _ = run_stage(recipe, stage, out_dir, tok, resume, progress=progress)
+    return done
+
+
+def checkpoint_task(ckpt: Path) -> str:
+    return read_config(ckpt)["task"]

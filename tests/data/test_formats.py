@@ -1,0 +1,199 @@
+import json
+import logging
+
+import pytest
+
+from picovlm.data.formats import IMAGE_TOKEN, DataError, Sample, load_samples, write_llava_json
+
+
+def _qa(question: str = "<image>\nWhat is it?", answer: str = "a circle") -> list[dict]:
+    return [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+
+
+GOOD = {"id": "ok", "image": "a.png", "conversations": _qa()}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"")  # only existence is checked
+    return tmp_path
+
+
+def _jsonl(folder, records: list, name: str = "data.jsonl"):
+    path = folder / name
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+# (bad record, expected message after "{path}:{line}: ")
+BAD_RECORDS = [
+    ("{not json", "invalid JSON"),
+    ([1, 2], "expected a JSON object, got list"),
+    ({"image": "a.png"}, "missing key 'conversations' (or 'text' for a caption)"),
+    ({"image": "a.png", "conversations": []}, "'conversations' must be a non-empty list"),
+    ({"image": "a.png", "conversations": "hi"}, "'conversations' must be a non-empty list"),
+    ({"conversations": ["hi"]}, "turn 0 must be an object"),
+    ({"conversations": [{"from": "human"}]}, "turn 0 needs string 'from' and 'value'"),
+    ({"conversations": [{"from": "human", "value": 3}]}, "turn 0 needs string 'from' and 'value'"),
+    ({"conversations": [{"from": "robot", "value": "hi"}]}, "turn 0 has unknown role 'robot'"),
+    ({"conversations": _qa("hi")[::-1]}, "turn 0 is from the assistant, expected the user"),
+    ({"conversations": _qa("hi")[:1] * 2}, "turn 1 is from the user, expected the assistant"),
+    ({"conversations": _qa("hi") + _qa("more")[:1]}, "conversation must end with an assistant turn"),
+    ({"conversations": [{"from": "system", "value": "hi"}]}, "conversation has no user or assistant turns"),
+    ({"image": "missing.png", "conversations": _qa()}, "image not found: "),
+    ({"image": 7, "conversations": _qa()}, "'image' must be a non-empty string or a list of them"),
+    ({"image": "a.png", "conversations": _qa("no placeholder")}, "0 <image> placeholder(s) for 1 image(s)"),
+    ({"conversations": _qa()}, "1 <image> placeholder(s) for 0 image(s)"),
+    ({"image": ["a.png", "b.png"], "conversations": _qa()}, "1 <image> placeholder(s) for 2 image(s)"),
+    ({**GOOD, "question_types": ["color", "count"]}, "'question_types' must be a list of 1 strings"),
+    ({"image": "a.png", "text": ""}, "'text' must be a non-empty string"),
+    ({"text": "a red circle"}, "a caption record needs exactly one image"),
+]
+
+
+@pytest.mark.parametrize(("record", "what"), BAD_RECORDS)
+def test_each_problem_raises_with_file_and_line(folder, record, what):
+    path = _jsonl(folder, [GOOD, record, GOOD])
+    with pytest.raises(DataError) as info:
+        load_samples(path, on_error="raise")
+    assert str(info.value).startswith(f"{path}:2: {what}")
+    assert "\n" not in str(info.value)
+
+
+def test_skip_mode_keeps_good_records_and_reports_bad_ones(folder, caplog):
+    records = [GOOD, BAD_RECORDS[0][0], GOOD, {"conversations": []}, {"image": "a.png", "text": "a caption"}]
+    path = _jsonl(folder, records)
+    errors: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="picovlm.data.formats"):
+        samples = load_samples(path, errors=errors)
+    assert [s.meta["source"] for s in samples] == [f"{path}:1", f"{path}:3", f"{path}:5"]
+    assert [e.split(": ")[0] for e in errors] == [f"{path}:2", f"{path}:4"]
+    assert [r.getMessage() for r in caplog.records] == errors
+
+
+def test_blank_lines_are_ignored_but_counted(folder):
+    path = folder / "data.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n\n" + json.dumps({"conversations": []}) + "\n")
+    with pytest.raises(DataError, match=r"data\.jsonl:3: "):
+        load_samples(path, on_error="raise")
+
+
+def test_json_array_reports_the_line_where_each_record_starts(folder):
+    path = folder / "data.json"
+    path.write_text(json.dumps([GOOD, GOOD, {"conversations": []}, GOOD], indent=2))
+    lines = [i + 1 for i, line in enumerate(path.read_text().splitlines()) if line == "  {"]  # record starts
+    errors: list[str] = []
+    samples = load_samples(path, errors=errors)
+    assert [s.meta["source"] for s in samples] == [f"{path}:{lines[i]}" for i in (0, 1, 3)]
+    assert errors == [f"{path}:{lines[2]}: 'conversations' must be a non-empty list"]
+
+
+CAPTION = json.dumps({"image": "a.png", "text": "A circle."})
+
+
+@pytest.mark.parametrize(("text", "line", "what"), [
+    ('{"conversations": []}', 1, "expected a JSON list of records"),
+    ("", 1, "expected a JSON list of records"),
+    ("[\nC,\nC\n]".replace("C", CAPTION)[:-3] + "\n]", 4, "invalid JSON"),  # second record unclosed
+    ("[\nC\nC\n]".replace("C", CAPTION), 3, "expected ',' or ']' after a record"),
+    ("[\nC,\n]".replace("C", CAPTION), 3, "invalid JSON"),  # trailing comma
+    ("[\nC,\nC".replace("C", CAPTION), 3, "expected ',' or ']' after a record"),  # unclosed list
+])
+def test_json_array_syntax_errors(folder, text, line, what):
+    path = folder / "data.json"
+    path.write_text(text)
+    with pytest.raises(DataError) as info:
+        load_samples(path, on_error="raise")
+    assert str(info.value).startswith(f"{path}:{line}: {what}")
+
+
+def test_syntax_error_in_json_array_keeps_earlier_records_in_skip_mode(folder):
+    path = folder / "data.json"
+    path.write_text("[\n" + json.dumps(GOOD) + ",\n" + json.dumps(GOOD) + ",\n{oops}\n]")
+    errors: list[str] = []
+    assert len(load_samples(path, errors=errors)) == 2
+    assert len(errors) == 1 and errors[0].startswith(f"{path}:4: invalid JSON")
+
+
+def test_llava_record_becomes_messages(folder):
+    record = {**GOOD, "conversations": [{"from": "system", "value": "be brief"}, *_qa(), *_qa("and?", "no")],
+              "question_types": ["shape", "yesno"]}
+    (sample,) = load_samples(_jsonl(folder, [record]), on_error="raise")
+    assert sample.images == [folder / "a.png"] and sample.image == folder / "a.png"
+    assert sample.messages == [
+        {"role": "user", "content": f"{IMAGE_TOKEN}\nWhat is it?"},
+        {"role": "assistant", "content": "a circle"},
+        {"role": "user", "content": "and?"},
+        {"role": "assistant", "content": "no"},
+    ]
+    assert sample.meta == {"kind": "chat", "id": "ok", "question_types": ["shape", "yesno"],
+                           "source": f"{folder / 'data.jsonl'}:1"}
+
+
+def test_user_and_assistant_role_names_and_text_only_records(folder):
+    record = {"conversations": [{"from": "user", "value": "hi"}, {"from": "assistant", "value": "hello"}]}
+    (sample,) = load_samples(_jsonl(folder, [record]), on_error="raise")
+    assert sample.images == [] and sample.image is None
+    assert [m["role"] for m in sample.messages] == ["user", "assistant"]
+
+
+def test_caption_record(folder):
+    (sample,) = load_samples(_jsonl(folder, [{"image": "a.png", "text": "A red circle."}]), on_error="raise")
+    assert sample.images == [folder / "a.png"]
+    assert sample.messages == [{"role": "assistant", "content": "A red circle."}]
+    assert sample.meta["kind"] == "caption"
+
+
+def test_several_images_per_record(folder):
+    record = {"image": ["a.png", "b.png"], "conversations": _qa("<image> and <image>: same?", "no")}
+    (sample,) = load_samples(_jsonl(folder, [record]), on_error="raise")
+    assert sample.images == [folder / "a.png", folder / "b.png"]
+    assert sample.messages[0]["content"] == f"{IMAGE_TOKEN} and {IMAGE_TOKEN}: same?"
+
+
+def test_image_root_and_check_images(folder):
+    sub = folder / "sub"
+    sub.mkdir()
+    path = _jsonl(sub, [GOOD])
+    with pytest.raises(DataError, match="image not found"):
+        load_samples(path, on_error="raise")
+    assert load_samples(path, on_error="raise", image_root=folder)[0].images == [folder / "a.png"]
+    assert load_samples(path, on_error="raise", check_images=False)[0].images == [sub / "a.png"]
+
+
+def test_bad_arguments(folder):
+    with pytest.raises(ValueError, match="extension"):
+        load_samples(folder / "data.csv")
+    with pytest.raises(ValueError, match="on_error"):
+        load_samples(_jsonl(folder, [GOOD]), on_error="ignore")
+
+
+def test_write_llava_json_round_trips(folder):
+    records = [GOOD, {"image": ["a.png", "b.png"], "conversations": _qa("<image><image>", "two"),
+                      "question_types": ["count"]}, {"conversations": _qa("hi", "hello")}]
+    samples = load_samples(_jsonl(folder, records), on_error="raise")
+    out = folder / "elsewhere" / "out.json"
+    write_llava_json(samples, out)
+    written = json.loads(out.read_text())
+    assert written[0] == {**GOOD, "image": "../a.png"}
+    assert written[1]["image"] == ["../a.png", "../b.png"] and written[1]["question_types"] == ["count"]
+    assert "image" not in written[2]
+    again = load_samples(out, on_error="raise")
+    def resolved(samples: list[Sample]) -> list:
+        return [([p.resolve() for p in s.images], s.messages, s.meta.get("question_types")) for s in samples]
+
+    assert resolved(again) == resolved(samples)
+
+
+def test_write_llava_json_rejects_captions(folder):
+    caption = Sample([folder / "a.png"], [{"role": "assistant", "content": "A circle."}], {"kind": "caption"})
+    with pytest.raises(ValueError, match="not a user/assistant conversation"):
+        write_llava_json([caption], folder / "out.json")
+
+
+@pytest.mark.parametrize("text", ["[]", "[\n\n]\n", "  [ ]  "])
+def test_empty_json_list(folder, text):
+    path = folder / "data.json"
+    path.write_text(text)
+    assert load_samples(path, on_error="raise") == []

@@ -1,0 +1,137 @@
+"""Tests for our ViT: shapes, positions, feature_layer selection, bad configs, HF CLIP parity."""
+
+import pytest
+import torch
+
+from picovlm.config import ViTConfig
+from picovlm.vision.vit import ViT, sincos_2d
+
+
+def tiny_cfg(**kw) -> ViTConfig:
+    base = dict(image_size=16, patch_size=4, n_embd=32, n_layer=3, n_head=4, mlp_ratio=2.0)
+    return ViTConfig(**{**base, **kw})
+
+
+def tiny_vit(seed: int = 0, **kw) -> ViT:
+    torch.manual_seed(seed)
+    return ViT(tiny_cfg(**kw)).eval()
+
+
+def pixels(n: int = 2, size: int = 16) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("use_cls", [True, False])
+@pytest.mark.parametrize("pos_embed", ["learned", "sincos2d"])
+def test_shapes(use_cls, pos_embed):
+    vit = tiny_vit(use_cls=use_cls, pos_embed=pos_embed)
+    x = pixels()
+    assert vit.num_patches == 16 and vit.grid == 4 and vit.hidden_size == 32
+    assert vit(x).shape == (2, 16, 32)  # CLS never among the patch features
+    assert vit.hidden_states(x).shape == (2, 16 + int(use_cls), 32)
+    assert vit.pooled(x).shape == (2, 32)
+    learned = [n for n, _ in vit.named_parameters() if n == "pos_embed"]
+    assert learned == (["pos_embed"] if pos_embed == "learned" else [])
+
+
+def test_sincos2d_table():
+    table = sincos_2d(4, 16)
+    assert table.shape == (16, 16)
+    assert len({tuple(row.tolist()) for row in table}) == 16  # every patch gets its own code
+    # first half of the channels depends only on the row, second half only on the column
+    torch.testing.assert_close(table[1, :8], table[2, :8])  # patches (0, 1) and (0, 2)
+    torch.testing.assert_close(table[4, 8:], table[0, 8:])  # patches (1, 0) and (0, 0)
+    vit = tiny_vit(use_cls=True, pos_embed="sincos2d")
+    torch.testing.assert_close(vit.pos_embed[0], torch.zeros(32))
+    torch.testing.assert_close(vit.pos_embed[1:], sincos_2d(4, 32))
+
+
+@pytest.mark.parametrize("use_cls", [True, False])
+@pytest.mark.parametrize("feature_layer,upto", [(-1, 3), (-2, 2), (0, 0), (1, 1), (3, 3)])
+def test_feature_layer_selects_hidden_state(use_cls, feature_layer, upto):
+    vit = tiny_vit(use_cls=use_cls, feature_layer=feature_layer)
+    x = pixels()
+    expected = vit.hidden_states(x, upto)
+    torch.testing.assert_close(vit(x), expected[:, 1:] if use_cls else expected)
+    if upto < 3:
+        assert not torch.allclose(vit(x), vit.hidden_states(x)[:, int(use_cls) :])
+
+
+def test_layers_above_feature_layer_are_not_used():
+    vit = tiny_vit(feature_layer=-2)
+    x = pixels()
+    before = vit(x)
+    pooled_before = vit.pooled(x)
+    with torch.no_grad():
+        for p in vit.blocks[-1].parameters():
+            p.normal_()
+    torch.testing.assert_close(vit(x), before)
+    assert not torch.allclose(vit.pooled(x), pooled_before)  # ... but the last block does affect pooled
+
+
+def test_bad_configs_raise():
+    with pytest.raises(ValueError, match="not a multiple of patch_size"):
+        ViT(tiny_cfg(image_size=18, patch_size=4))
+    with pytest.raises(ValueError, match="unknown pos_embed 'rope'"):
+        ViT(tiny_cfg(pos_embed="rope"))
+
+
+# --- HF CLIP parity --------------------------------------------------------------------------------
+
+
+def to_hf_clip_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename our ViT keys to HF CLIPVisionModel keys."""
+    top = {
+        "patch_embed.weight": "embeddings.patch_embedding.weight",
+        "cls_token": "embeddings.class_embedding",
+        "pos_embed": "embeddings.position_embedding.weight",
+    }
+    out = {}
+    for key, value in sd.items():
+        if key in top:
+            key = top[key]
+        elif key.startswith("blocks."):
+            _, i, rest = key.split(".", 2)
+            if rest.startswith(("fc1.", "fc2.")):
+                rest = "mlp." + rest
+            key = f"encoder.layers.{i}.{rest}"
+        elif key.startswith("pre_norm."):
+            key = key.replace("pre_norm.", "pre_layrnorm.")
+        elif key.startswith("post_norm."):
+            key = key.replace("post_norm.", "post_layernorm.")
+        out["vision_model." + key] = value
+    return out
+
+
+@pytest.mark.parametrize("feature_layer", [-2, -1, 1])
+def test_matches_hf_clip(feature_layer):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    vit = tiny_vit(use_cls=True, pos_embed="learned", pre_norm=True, act="quick_gelu", feature_layer=feature_layer)
+    with torch.no_grad():
+        for name, p in vit.named_parameters():
+            if "norm" in name:  # non-trivial LayerNorms, so a misplaced one shows up
+                p.uniform_(0.5, 1.5) if name.endswith("weight") else p.normal_(0, 0.1)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.1)
+    c = vit.cfg
+    hf_cfg = CLIPVisionConfig(
+        hidden_size=c.n_embd,
+        intermediate_size=int(c.n_embd * c.mlp_ratio),
+        num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head,
+        image_size=c.image_size,
+        patch_size=c.patch_size,
+        hidden_act="quick_gelu",
+        layer_norm_eps=c.norm_eps,
+    )
+    hf = CLIPVisionModel(hf_cfg).eval()
+    hf_sd = to_hf_clip_state_dict(vit.state_dict())
+    missing, unexpected = hf.load_state_dict(hf_sd, strict=False)
+    assert unexpected == []
+    assert [k for k in missing if "position_ids" not in k] == []  # a non-weight buffer in some versions
+    x = pixels()
+    with torch.no_grad():
+        out = hf(pixel_values=x, output_hidden_states=True)
+        torch.testing.assert_close(vit(x), out.hidden_states[feature_layer][:, 1:], atol=1e-5, rtol=0)
+        torch.testing.assert_close(vit.pooled(x), out.pooler_output, atol=1e-5, rtol=0)
