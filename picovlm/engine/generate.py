@@ -48,11 +48,12 @@ def generate_tokens(
 
     logits = model(ids, pixels, key_padding_mask=mask if padded else None, kv_cache=cache)[:, -1]
     full_ids = ids
-    for _ in range(params.max_tokens):
+    for step in range(params.max_tokens):
+        logits[:, model.image_token_id] = float("-inf")  # images are inputs only: fed back, one would crash
         nxt = sample_next(logits, params, gen)
         yield [None if d else int(t) for t, d in zip(nxt.tolist(), done.tolist())]
         done |= torch.isin(nxt, stops)
-        if bool(done.all()):
+        if bool(done.all()) or step + 1 == params.max_tokens:
             return
         mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
         full_ids = torch.cat([full_ids, nxt[:, None]], dim=1)

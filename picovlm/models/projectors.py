@@ -62,6 +62,8 @@ class PixelShuffleProjector(nn.Module):
         return n_patches // (self.r * self.r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.grid**2:
+            raise ValueError(f"pixel_shuffle{self.r} needs {self.grid**2} patch tokens (no CLS), got {x.shape[1]}")
         return self.mlp(pixel_shuffle(x, self.grid, self.r))
 
 

@@ -96,6 +96,11 @@ class VLM(nn.Module):
         logits = self.lm(inputs_embeds=self.embed(ids, pixels), key_padding_mask=key_padding_mask, kv_cache=kv_cache)
         if labels is None:
             return logits
-        return F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
-        )
+        return masked_lm_loss(logits, labels)
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled positions (0, not NaN, when none are labelled)."""
+    targets = labels[:, 1:].flatten()
+    total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)

@@ -23,7 +23,7 @@ from picovlm.data.formats import Sample, load_samples
 from picovlm.models.clip import CLIPModel
 from picovlm.models.gpt import GPT
 from picovlm.models.processor import VLMProcessor
-from picovlm.models.vlm import VLM
+from picovlm.models.vlm import VLM, masked_lm_loss
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.train.loop import History, Task, train
 from picovlm.vision.image import ImageProcessor
@@ -88,10 +88,7 @@ def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tupl
 
 
 def _lm_loss(model: GPT, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    logits = model(batch["ids"])
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100
-    )
+    return masked_lm_loss(model(batch["ids"]), batch["labels"])
 
 
 def run_stage(

@@ -8,7 +8,14 @@ import torch
 from picovlm.config import VisionConfig
 from picovlm.vision.towers import build_vision_tower
 
-SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=16, patch_size=4)
+SMALL = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=16,
+    patch_size=4,
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +61,9 @@ def test_clip_tower_drops_cls(clip_dir):
 
 
 def test_clip_tower_keeps_cls_and_feature_layer(clip_dir):
-    tower = build_vision_tower(VisionConfig(kind="hf", hf_path=str(clip_dir), hf_use_cls=True, hf_feature_layer=-1))
+    tower = build_vision_tower(
+        VisionConfig(kind="hf", hf_path=str(clip_dir), hf_use_cls=True, hf_feature_layer=-1)
+    )
     assert tower.num_patches == 17
     x = pixels()
     with torch.no_grad():
@@ -83,7 +92,7 @@ def test_siglip_tower(siglip_dir):
     assert (tower.processor.size, tower.processor.mean, tower.processor.std) == (16, (0.5,) * 3, (0.5,) * 3)
 
 
-def test_processor_size_as_int_or_dict(tmp_path, siglip_dir):
+def test_processor_size_as_int_or_dict(tmp_path):
     from picovlm.vision.hf_tower import read_image_processor
 
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": 24}))
@@ -104,6 +113,8 @@ def test_folder_without_config_raises(tmp_path):
 def test_unsupported_model_type_raises(tmp_path):
     from transformers import BertConfig
 
-    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(tmp_path)
+    BertConfig(
+        hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8
+    ).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="unsupported vision model type 'bert'"):
         build_vision_tower(VisionConfig(kind="hf", hf_path=str(tmp_path)))

@@ -1,0 +1,3 @@
+from picovlm.cli import main
+
+raise SystemExit(main())

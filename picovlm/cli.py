@@ -1,0 +1,278 @@
+"""The `picovlm` command: a thin layer over the Python API (parse the arguments, call, print).
+
+    picovlm data --preset tiny --out data/tiny
+    picovlm train --preset tiny --data data/tiny --out runs/tiny
+    picovlm eval --model runs/tiny/instruct/model --data data/tiny/test.json
+    picovlm generate --model runs/tiny/instruct/model --image data/tiny/images/test_000000.png --prompt "..."
+    picovlm chat --model runs/tiny/instruct/model
+    picovlm demo
+
+Anything that goes wrong at run time is reported as one line, `picovlm: error: ...`, with exit code 1:
+the messages of the library already say which file and what is wrong, a traceback adds nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from picovlm.config import RecipeConfig, from_dict, save_json
+from picovlm.data.scenes import build_dataset
+from picovlm.demo import format_results, run_demo
+from picovlm.engine.pipeline import Pipeline
+from picovlm.engine.sampling import SamplingParams
+from picovlm.eval.vqa import evaluate_vqa
+from picovlm.presets import DATA_PRESETS, RECIPES
+from picovlm.text.tokens import IMAGE
+from picovlm.train.stages import run_recipe
+from picovlm.vision.image import ImageError, load_image
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------------------- data, train, eval
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    preset = DATA_PRESETS[args.preset]()
+    overrides = {k: v for k in ("n_train", "n_val", "n_test", "seed") if (v := getattr(args, k)) is not None}
+    preset = dataclasses.replace(preset, **overrides)
+    paths = build_dataset(args.out, preset.scenes, preset.n_train, preset.n_val, preset.n_test, preset.seed)
+    print(f"wrote {preset.n_train} train / {preset.n_val} val / {preset.n_test} test images to {args.out}:")
+    for path in paths.values():
+        print(f"  {path}")
+    return 0
+
+
+def load_recipe(path: Path) -> RecipeConfig:
+    """A RecipeConfig from a JSON file (e.g. one written by `train --dump-config`)."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object with RecipeConfig fields")
+    try:
+        return from_dict(RecipeConfig, d)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.config:
+        recipe = load_recipe(args.config)
+        if args.data:
+            recipe.data_dir = str(args.data)
+    else:
+        recipe = RECIPES[args.preset](str(args.data or f"data/{args.preset}"))
+    if args.dump_config:
+        print(json.dumps(dataclasses.asdict(recipe), indent=2))
+        return 0
+    if args.out is None:
+        raise ValueError("train needs --out (the run folder)")
+    if not Path(recipe.data_dir).is_dir():
+        raise FileNotFoundError(f"{recipe.data_dir}: data folder not found (make one with `picovlm data`)")
+    names = [s.name for s in recipe.stages]
+    only = args.stages.split(",") if args.stages else None
+    unknown = [s for s in only or [] if s not in names]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; the recipe has {', '.join(names)}")
+    done = run_recipe(recipe, args.out, only=only, resume=args.resume)
+    for name, path in done.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    pipe = Pipeline.load(args.model)
+    results = evaluate_vqa(pipe, args.data, batch_size=args.batch_size, limit=args.limit)
+    if args.out:
+        save_json(results, args.out)
+    print(format_results(results))
+    print(json.dumps(results))
+    return 0
+
+
+# ---------------------------------------------------------------------------- generate, chat
+
+
+def _sampling(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, seed=args.seed)
+
+
+def _stream(pipe: Pipeline, messages: list[dict[str, str]], images: list[Image.Image],
+            params: SamplingParams) -> str:
+    """Print the answer as it is decoded; return it whole."""
+    pieces = []
+    for piece in pipe.stream(messages, images, params):
+        print(piece, end="", flush=True)
+        pieces.append(piece)
+    print()
+    return "".join(pieces)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    params = _sampling(args)  # first, so a bad value fails before the model loads
+    pipe = Pipeline.load(args.model)
+    _stream(pipe, [{"role": "user", "content": f"{IMAGE}\n{args.prompt}"}], [load_image(args.image)], params)
+    return 0
+
+
+CHAT_HELP = "/image PATH adds an image to your next message, /reset clears the conversation, /quit exits"
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """A multi-turn conversation: the whole history (messages and images) goes into every prompt."""
+    params = _sampling(args)
+    pipe = Pipeline.load(args.model)
+    messages: list[dict[str, str]] = []
+    images: list[Image.Image] = []  # the images the messages refer to, in order
+    pending = [load_image(args.image)] if args.image else []  # added, not yet sent with a message
+    print(f"picovlm chat ({CHAT_HELP})")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if not line:
+            continue
+        if line == "/quit":
+            return 0
+        if line == "/reset":
+            messages, images, pending = [], [], []
+            print("(conversation cleared)")
+            continue
+        if line.startswith("/image"):
+            try:
+                pending.append(load_image(line.removeprefix("/image").strip()))
+            except ImageError as e:
+                print(f"picovlm: error: {e}", file=sys.stderr)
+                continue
+            print(f"(image added to your next message; {len(images) + len(pending)} in the conversation)")
+            continue
+        if line.startswith("/"):
+            print(f"picovlm: error: unknown command {line.split()[0]}; {CHAT_HELP}", file=sys.stderr)
+            continue
+        content = f"{IMAGE * len(pending)}\n{line}" if pending else line
+        turn = [*messages, {"role": "user", "content": content}]
+        print("picovlm> ", end="", flush=True)
+        try:
+            answer = _stream(pipe, turn, images + pending, params)
+        except ValueError as e:  # e.g. the conversation outgrew the context: the user can /reset
+            print(f"\npicovlm: error: {e} (/reset starts over)", file=sys.stderr)
+            continue
+        messages = [*turn, {"role": "assistant", "content": answer}]
+        images, pending = images + pending, []
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    run_demo(args.out, args.data, args.preset)
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    defaults = SamplingParams()
+    p.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="most tokens to generate")
+    p.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=defaults.top_k,
+                   help="sample among the k likeliest tokens; 0 = off")
+    p.add_argument("--top-p", type=float, default=defaults.top_p,
+                   help="sample among the likeliest tokens covering this probability, in (0, 1]; 1 = off")
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling, for repeatable answers")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="picovlm",
+                                     description="Build, train, evaluate and chat with small VLMs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    presets = sorted(RECIPES)
+
+    p = sub.add_parser("data", help="generate a shapes dataset", description="Generate a procedural shapes "
+                       "dataset: images, LLaVA-style question files and caption files for train/val/test.")
+    p.add_argument("--preset", choices=sorted(DATA_PRESETS), default="demo",
+                   help="dataset preset (default: demo)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write the dataset into")
+    p.add_argument("--n-train", type=_positive_int, help="number of training images (default: the preset's)")
+    p.add_argument("--n-val", type=_positive_int, help="number of validation images (default: the preset's)")
+    p.add_argument("--n-test", type=_positive_int, help="number of test images (default: the preset's)")
+    p.add_argument("--seed", type=int, help="random seed (default: the preset's)")
+    p.set_defaults(run=cmd_data)
+
+    p = sub.add_parser("train", help="train a recipe's stages", description="Train the stages of a recipe in "
+                       "order; each stage writes a checkpoint to OUT/<stage>/model.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", choices=presets, help="a built-in recipe")
+    source.add_argument("--config", type=Path, help="a recipe JSON file (start from --dump-config's output)")
+    p.add_argument("--data", type=Path,
+                   help="dataset folder (default: data/PRESET, or the data_dir of --config)")
+    p.add_argument("--out", type=Path, help="run folder for checkpoints and logs")
+    p.add_argument("--stages", help="comma-separated stages to run, e.g. align,instruct (default: all)")
+    p.add_argument("--resume", action="store_true", help="continue stages from their last checkpoint")
+    p.add_argument("--dump-config", action="store_true", help="print the recipe as JSON and exit")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("eval", help="score a model on VQA data", description="Short-answer VQA accuracy: "
+                       "exact match after normalization, per question type.")
+    p.add_argument("--model", type=Path, required=True,
+                   help="checkpoint folder, e.g. runs/demo/instruct/model")
+    p.add_argument("--data", type=Path, required=True, help="LLaVA-style .json/.jsonl test file")
+    p.add_argument("--limit", type=_positive_int, help="score only the first N questions")
+    p.add_argument("--batch-size", type=_positive_int, default=32,
+                   help="questions decoded together (default: 32)")
+    p.add_argument("--out", type=Path, help="also write the results JSON to this file")
+    p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("generate", help="answer one prompt about an image", description="Answer one prompt "
+                       "about one image, streaming the answer to stdout.")
+    p.add_argument("--model", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--image", type=Path, required=True, help="image file")
+    p.add_argument("--prompt", required=True, help="the question or instruction")
+    _add_sampling_args(p)
+    p.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("chat", help="multi-turn chat in the terminal",
+                       description=f"Multi-turn chat in the terminal. Commands: {CHAT_HELP}.")
+    p.add_argument("--model", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--image", type=Path, help="an image for the first message")
+    _add_sampling_args(p)
+    p.set_defaults(run=cmd_chat)
+
+    p = sub.add_parser("demo", help="data, training, evaluation and a sample chat in one go",
+                       description="Build the data, train every stage from scratch, evaluate and show a "
+                       "sample chat; the last line of output is a JSON summary.")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
+    p.add_argument("--data", type=Path, default=Path("data/demo"), help="dataset folder (default: data/demo)")
+    p.add_argument("--preset", choices=presets, default="demo", help="data and recipe preset (default: demo)")
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2): argparse has printed what to say
+        return int(e.code or 0)
+    try:
+        return args.run(args)
+    except (ValueError, KeyError, OSError) as e:  # incl. DataError, ImageError, FileNotFoundError
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"picovlm: error: {' '.join(str(message).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\npicovlm: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,69 @@
+"""Tests for the projector registry: shapes, token counts, pixel-shuffle grouping, errors."""
+
+import pytest
+import torch
+
+from picovlm.models.projectors import PixelShuffleProjector, build_projector, pixel_shuffle
+
+
+@pytest.mark.parametrize(
+    "name,n_tokens,n_linear",
+    [
+        ("identity", 16, 0),
+        ("linear", 16, 1),
+        ("mlp2x_gelu", 16, 2),
+        ("mlp3x_gelu", 16, 3),
+        ("pixel_shuffle2", 4, 2),
+    ],
+)
+def test_registry_shapes(name, n_tokens, n_linear):
+    in_dim, out_dim = (24, 24) if name == "identity" else (20, 12)
+    proj = build_projector(name, in_dim, out_dim, grid=4)
+    x = torch.randn(3, 16, in_dim)
+    y = proj(x)
+    assert proj.num_tokens(16) == n_tokens
+    assert y.shape == (3, n_tokens, out_dim)
+    assert sum(isinstance(m, torch.nn.Linear) for m in proj.modules()) == n_linear
+    assert sum(isinstance(m, torch.nn.GELU) for m in proj.modules()) == max(n_linear - 1, 0)
+    if name == "identity":
+        assert y is x
+
+
+def test_pixel_shuffle_first_layer_sees_r2_times_the_features():
+    proj = build_projector("pixel_shuffle2", 8, 16, grid=4)
+    assert isinstance(proj, PixelShuffleProjector)
+    assert proj.mlp.net[0].in_features == 32
+    assert build_projector("pixel_shuffle4", 8, 16, grid=8).num_tokens(64) == 4
+
+
+@pytest.mark.parametrize("grid,r", [(4, 2), (6, 3), (6, 2), (4, 4), (3, 1)])
+def test_pixel_shuffle_groups_neighbours(grid, r):
+    # feature of patch (row, col) is [row, col]: every output token must hold an r x r block
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    x = torch.stack([rows.flatten(), cols.flatten()], dim=-1).float()[None].repeat(2, 1, 1)
+    y = pixel_shuffle(x, grid, r)
+    g = grid // r
+    assert y.shape == (2, g * g, r * r * 2)
+    for token in range(g * g):
+        gi, gj = divmod(token, g)  # output tokens are row-major over the coarse grid
+        got = y[1, token].view(r * r, 2).tolist()
+        expected = [[gi * r + i, gj * r + j] for i in range(r) for j in range(r)]
+        assert got == expected
+
+
+def test_pixel_shuffle_accepts_a_sliced_input():
+    full = torch.randn(1, 17, 4)  # e.g. features with a CLS in front, sliced off
+    torch.testing.assert_close(
+        pixel_shuffle(full[:, 1:], 4, 2), pixel_shuffle(full[:, 1:].contiguous(), 4, 2)
+    )
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="unknown projector 'mlp2x_relu'"):
+        build_projector("mlp2x_relu", 8, 8, grid=4)
+    with pytest.raises(ValueError, match="unknown projector"):
+        build_projector("linear2", 8, 8, grid=4)
+    with pytest.raises(ValueError, match="identity projector needs equal dims, got 8 -> 16"):
+        build_projector("identity", 8, 16, grid=4)
+    with pytest.raises(ValueError, match="pixel_shuffle2 needs a patch grid divisible by 2, got 5x5"):
+        build_projector("pixel_shuffle2", 8, 8, grid=5)
