@@ -148,22 +148,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
             return 0
         if not line:
             continue
-        if line == "/quit":
+        command, _, path = line.partition(" ")
+        if command == "/quit":
             return 0
-        if line == "/reset":
+        if command == "/reset":
             messages, images, pending = [], [], []
             print("(conversation cleared)")
             continue
-        if line.startswith("/image"):
+        if command == "/image":
             try:
-                pending.append(load_image(line.removeprefix("/image").strip()))
+                pending.append(load_image(path.strip() or "(no path given)"))
             except ImageError as e:
                 print(f"picovlm: error: {e}", file=sys.stderr)
                 continue
             print(f"(image added to your next message; {len(images) + len(pending)} in the conversation)")
             continue
-        if line.startswith("/"):
-            print(f"picovlm: error: unknown command {line.split()[0]}; {CHAT_HELP}", file=sys.stderr)
+        if command.startswith("/"):
+            print(f"picovlm: error: unknown command {command}; {CHAT_HELP}", file=sys.stderr)
             continue
         content = f"{IMAGE * len(pending)}\n{line}" if pending else line
         turn = [*messages, {"role": "user", "content": content}]
@@ -187,13 +188,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     defaults = SamplingParams()
-    p.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="most tokens to generate")
-    p.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=defaults.top_k,
+    p.add_argument("--max-tokens", metavar="N", type=int, default=defaults.max_tokens,
+                   help=f"most tokens to generate (default: {defaults.max_tokens})")
+    p.add_argument("--temperature", metavar="T", type=float, default=defaults.temperature,
+                   help="0 = greedy (default)")
+    p.add_argument("--top-k", metavar="K", type=int, default=defaults.top_k,
                    help="sample among the k likeliest tokens; 0 = off")
-    p.add_argument("--top-p", type=float, default=defaults.top_p,
+    p.add_argument("--top-p", metavar="P", type=float, default=defaults.top_p,
                    help="sample among the likeliest tokens covering this probability, in (0, 1]; 1 = off")
-    p.add_argument("--seed", type=int, default=None, help="seed for sampling, for repeatable answers")
+    p.add_argument("--seed", metavar="N", type=int, help="seed for sampling, for repeatable answers")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,57 +209,62 @@ def build_parser() -> argparse.ArgumentParser:
                        "dataset: images, LLaVA-style question files and caption files for train/val/test.")
     p.add_argument("--preset", choices=sorted(DATA_PRESETS), default="demo",
                    help="dataset preset (default: demo)")
-    p.add_argument("--out", type=Path, required=True, help="folder to write the dataset into")
-    p.add_argument("--n-train", type=_positive_int, help="number of training images (default: the preset's)")
-    p.add_argument("--n-val", type=_positive_int, help="number of validation images (default: the preset's)")
-    p.add_argument("--n-test", type=_positive_int, help="number of test images (default: the preset's)")
-    p.add_argument("--seed", type=int, help="random seed (default: the preset's)")
+    p.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder to write the dataset into")
+    for split in ("train", "val", "test"):
+        p.add_argument(f"--n-{split}", metavar="N", type=_positive_int,
+                       help=f"number of {split} images (default: the preset's)")
+    p.add_argument("--seed", metavar="N", type=int, help="random seed (default: the preset's)")
     p.set_defaults(run=cmd_data)
 
     p = sub.add_parser("train", help="train a recipe's stages", description="Train the stages of a recipe in "
                        "order; each stage writes a checkpoint to OUT/<stage>/model.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", choices=presets, help="a built-in recipe")
-    source.add_argument("--config", type=Path, help="a recipe JSON file (start from --dump-config's output)")
-    p.add_argument("--data", type=Path,
+    source.add_argument("--config", metavar="FILE", type=Path,
+                        help="a recipe JSON file (start from the output of --dump-config)")
+    p.add_argument("--data", metavar="DIR", type=Path,
                    help="dataset folder (default: data/PRESET, or the data_dir of --config)")
-    p.add_argument("--out", type=Path, help="run folder for checkpoints and logs")
-    p.add_argument("--stages", help="comma-separated stages to run, e.g. align,instruct (default: all)")
+    p.add_argument("--out", metavar="DIR", type=Path, help="run folder for checkpoints and logs")
+    p.add_argument("--stages", metavar="NAMES",
+                   help="comma-separated stages to run, e.g. align,instruct (default: all)")
     p.add_argument("--resume", action="store_true", help="continue stages from their last checkpoint")
     p.add_argument("--dump-config", action="store_true", help="print the recipe as JSON and exit")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("eval", help="score a model on VQA data", description="Short-answer VQA accuracy: "
                        "exact match after normalization, per question type.")
-    p.add_argument("--model", type=Path, required=True,
+    p.add_argument("--model", metavar="DIR", type=Path, required=True,
                    help="checkpoint folder, e.g. runs/demo/instruct/model")
-    p.add_argument("--data", type=Path, required=True, help="LLaVA-style .json/.jsonl test file")
-    p.add_argument("--limit", type=_positive_int, help="score only the first N questions")
-    p.add_argument("--batch-size", type=_positive_int, default=32,
+    p.add_argument("--data", metavar="FILE", type=Path, required=True,
+                   help="LLaVA-style .json/.jsonl test file")
+    p.add_argument("--limit", metavar="N", type=_positive_int, help="score only the first N questions")
+    p.add_argument("--batch-size", metavar="N", type=_positive_int, default=32,
                    help="questions decoded together (default: 32)")
-    p.add_argument("--out", type=Path, help="also write the results JSON to this file")
+    p.add_argument("--out", metavar="FILE", type=Path, help="also write the results JSON to this file")
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("generate", help="answer one prompt about an image", description="Answer one prompt "
                        "about one image, streaming the answer to stdout.")
-    p.add_argument("--model", type=Path, required=True, help="checkpoint folder")
-    p.add_argument("--image", type=Path, required=True, help="image file")
-    p.add_argument("--prompt", required=True, help="the question or instruction")
+    p.add_argument("--model", metavar="DIR", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--image", metavar="FILE", type=Path, required=True, help="image file")
+    p.add_argument("--prompt", metavar="TEXT", required=True, help="the question or instruction")
     _add_sampling_args(p)
     p.set_defaults(run=cmd_generate)
 
     p = sub.add_parser("chat", help="multi-turn chat in the terminal",
                        description=f"Multi-turn chat in the terminal. Commands: {CHAT_HELP}.")
-    p.add_argument("--model", type=Path, required=True, help="checkpoint folder")
-    p.add_argument("--image", type=Path, help="an image for the first message")
+    p.add_argument("--model", metavar="DIR", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--image", metavar="FILE", type=Path, help="an image for the first message")
     _add_sampling_args(p)
     p.set_defaults(run=cmd_chat)
 
     p = sub.add_parser("demo", help="data, training, evaluation and a sample chat in one go",
                        description="Build the data, train every stage from scratch, evaluate and show a "
                        "sample chat; the last line of output is a JSON summary.")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
-    p.add_argument("--data", type=Path, default=Path("data/demo"), help="dataset folder (default: data/demo)")
+    p.add_argument("--out", metavar="DIR", type=Path, default=Path("runs/demo"),
+                   help="run folder (default: runs/demo)")
+    p.add_argument("--data", metavar="DIR", type=Path, default=Path("data/demo"),
+                   help="dataset folder, reused when it holds the preset's data (default: data/demo)")
     p.add_argument("--preset", choices=presets, default="demo", help="data and recipe preset (default: demo)")
     p.set_defaults(run=cmd_demo)
     return parser

@@ -24,11 +24,17 @@ def tok() -> Tokenizer:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> dict[str, Path]:
-    """The tiny dataset and a model trained on it by the tiny recipe, built once per session (a few
-    seconds) and shared by the tests that need a real checkpoint but not a good one."""
-    root = tmp_path_factory.mktemp("tiny_run")
+def tiny_data(tmp_path_factory) -> Path:
+    """The dataset of the tiny preset (16 test images, 3 questions each); do not modify it."""
+    data = tmp_path_factory.mktemp("tiny_data")
     preset = DATA_PRESETS["tiny"]()
-    build_dataset(root / "data", preset.scenes, preset.n_train, preset.n_val, preset.n_test, preset.seed)
-    done = run_recipe(RECIPES["tiny"](str(root / "data")), root / "run", progress=False)
-    return {"data": root / "data", "model": done["instruct"]}
+    build_dataset(data, preset.scenes, preset.n_train, preset.n_val, preset.n_test, preset.seed)
+    return data
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> dict[str, Path]:
+    """{"data", "model"}: a model trained on `tiny_data` by the tiny recipe, once per session (a few
+    seconds), for the tests that need a real checkpoint but not a good one."""
+    done = run_recipe(RECIPES["tiny"](str(tiny_data)), tmp_path_factory.mktemp("tiny_run"), progress=False)
+    return {"data": tiny_data, "model": done["instruct"]}

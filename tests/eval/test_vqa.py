@@ -50,8 +50,8 @@ def test_evaluate_vqa_on_tiny_model(tiny_run, tmp_path):
     test_file = tiny_run["data"] / "test.json"
     n = len(questions_from(load_samples(test_file)))
     predictions = tmp_path / "predictions.jsonl"
-    results = evaluate_vqa(Pipeline.load(tiny_run["model"]), test_file, batch_size=16, predictions=predictions,
-                           progress=False)
+    pipe = Pipeline.load(tiny_run["model"])
+    results = evaluate_vqa(pipe, test_file, batch_size=16, predictions=predictions, progress=False)
     assert 0.0 <= results["accuracy"] <= 1.0
     assert results["n"] == n
     assert sum(r["n"] for r in results["by_type"].values()) == n
@@ -86,8 +86,8 @@ class ScriptedPipeline:
     (lambda q: "not " + q.answer, 0.0),
     (lambda q: "", 0.0),
 ])
-def test_scoring_with_a_fake_pipeline(tiny_run, answer_for, accuracy):
-    test_file = tiny_run["data"] / "test.json"
+def test_scoring_with_a_fake_pipeline(tiny_data, answer_for, accuracy):
+    test_file = tiny_data / "test.json"
     qs = questions_from(load_samples(test_file))
     pipe = ScriptedPipeline(qs, answer_for)
     results = evaluate_vqa(pipe, test_file, batch_size=5, progress=False)
@@ -96,8 +96,8 @@ def test_scoring_with_a_fake_pipeline(tiny_run, answer_for, accuracy):
     assert all(r["accuracy"] == accuracy for r in results["by_type"].values())
 
 
-def test_evaluate_vqa_limit(tiny_run):
-    test_file = tiny_run["data"] / "test.json"
+def test_evaluate_vqa_limit(tiny_data):
+    test_file = tiny_data / "test.json"
     qs = questions_from(load_samples(test_file))
     results = evaluate_vqa(ScriptedPipeline(qs, lambda q: q.answer), test_file, limit=7, progress=False)
     assert results["n"] == 7 and results["accuracy"] == 1.0

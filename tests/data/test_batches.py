@@ -1,0 +1,86 @@
+"""Samples -> batches: labels only on assistant tokens, image order, resumable streams."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from picovlm.data.batches import BatchStream, ImageCache, as_chat, clip_batch, text_batch, vlm_batch
+from picovlm.data.formats import Sample
+from picovlm.models.processor import VLMProcessor
+from picovlm.models.vlm import IGNORE_INDEX
+from picovlm.text.tokens import IMAGE
+from picovlm.vision.image import ImageProcessor
+
+
+@pytest.fixture
+def images(tmp_path) -> list[Path]:
+    paths = []
+    for i, colour in enumerate(["red", "blue", "green"]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (16, 16), colour).save(paths[-1])
+    return paths
+
+
+def chat(image: Path, answer: str) -> Sample:
+    return Sample([image], [{"role": "user", "content": f"{IMAGE}\nwhat is in the picture"},
+                            {"role": "assistant", "content": answer}], {"kind": "chat"})
+
+
+def test_vlm_batch_labels_only_assistant_tokens(tok, images):
+    proc = VLMProcessor(tok, ImageProcessor(16), tokens_per_image=4, max_len=64)
+    batch = vlm_batch([chat(images[0], "red"), chat(images[1], "a blue cat on the mat")], proc, ImageCache())
+    assert batch["pixels"].shape == (2, 3, 16, 16)
+    assert batch["ids"].shape == batch["labels"].shape
+    for row in range(2):
+        labelled = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX].tolist()
+        assert labelled[-1] == tok.end_id
+        assert tok.decode(labelled) == ["red", "a blue cat on the mat"][row]
+    assert int((batch["ids"] == tok.image_id).sum()) == 2 * 4
+    # image order follows sample order: row 0's image is red
+    assert batch["pixels"][0, 0].mean() > batch["pixels"][0, 2].mean()
+
+
+def test_caption_becomes_image_then_caption(images):
+    s = Sample([images[0]], [{"role": "assistant", "content": "a red square"}], {"kind": "caption"})
+    msgs = as_chat(s)
+    assert msgs[0]["role"] == "user" and IMAGE in msgs[0]["content"]
+    assert msgs[1] == {"role": "assistant", "content": "a red square"}
+
+
+def test_text_batch_drops_images_and_labels_every_token(tok, images):
+    batch = text_batch([chat(images[0], "red")], tok, max_len=64)
+    assert not (batch["ids"] == tok.image_id).any()
+    assert torch.equal(batch["labels"], batch["ids"])
+
+
+def test_clip_batch_lengths_point_at_end_token(tok, images):
+    samples = [Sample([p], [{"role": "assistant", "content": t}], {"kind": "caption"})
+               for p, t in zip(images, ["red", "a blue cat", "green mat on the cat"], strict=True)]
+    batch = clip_batch(samples, tok, ImageProcessor(16), ImageCache(), max_len=32)
+    for row, n in enumerate(batch["lengths"].tolist()):
+        assert batch["ids"][row, n - 1] == tok.end_id
+
+
+def test_stream_is_deterministic_and_resumable():
+    samples = list(range(10))
+    a = BatchStream(samples, 3, lambda s: {"x": torch.tensor(s)}, seed=1)
+    first = [next(a)["x"].tolist() for _ in range(7)]  # crosses two epoch boundaries
+    for epoch in (first[0:3], first[3:6]):  # 3 batches of 3 per epoch, the ragged 10th sample dropped
+        seen = sum(epoch, [])
+        assert len(set(seen)) == 9  # no repeats within an epoch
+    b = BatchStream(samples, 3, lambda s: {"x": torch.tensor(s)}, seed=1)
+    for _ in range(4):
+        next(b)
+    state = b.state_dict()
+    c = BatchStream(samples, 3, lambda s: {"x": torch.tensor(s)}, seed=1)
+    c.load_state_dict(state)
+    assert [next(c)["x"].tolist() for _ in range(3)] == first[4:]
+    other = BatchStream(samples, 3, lambda s: {"x": torch.tensor(s)}, seed=2)
+    assert [next(other)["x"].tolist() for _ in range(3)] != first[:3]
+
+
+def test_too_few_samples_for_a_batch():
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        BatchStream([1, 2], 3, lambda s: {})
