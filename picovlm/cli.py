@@ -107,12 +107,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _sampling(args: argparse.Namespace) -> SamplingParams:
-    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, seed=args.seed)
+    return SamplingParams(
+        max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed
+    )
 
 
-def _stream(pipe: Pipeline, messages: list[dict[str, str]], images: list[Image.Image],
-            params: SamplingParams) -> str:
+def _stream(pipe: Pipeline, messages: list[dict[str, str]], images: list[Image.Image], params: SamplingParams) -> str:
     """Print the answer as it is decoded; return it whole."""
     pieces = []
     for piece in pipe.stream(messages, images, params):
@@ -188,83 +188,119 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     defaults = SamplingParams()
-    p.add_argument("--max-tokens", metavar="N", type=int, default=defaults.max_tokens,
-                   help=f"most tokens to generate (default: {defaults.max_tokens})")
-    p.add_argument("--temperature", metavar="T", type=float, default=defaults.temperature,
-                   help="0 = greedy (default)")
-    p.add_argument("--top-k", metavar="K", type=int, default=defaults.top_k,
-                   help="sample among the k likeliest tokens; 0 = off")
-    p.add_argument("--top-p", metavar="P", type=float, default=defaults.top_p,
-                   help="sample among the likeliest tokens covering this probability, in (0, 1]; 1 = off")
+    p.add_argument(
+        "--max-tokens",
+        metavar="N",
+        type=int,
+        default=defaults.max_tokens,
+        help=f"most tokens to generate (default: {defaults.max_tokens})",
+    )
+    p.add_argument("--temperature", metavar="T", type=float, default=defaults.temperature, help="0 = greedy (default)")
+    p.add_argument(
+        "--top-k", metavar="K", type=int, default=defaults.top_k, help="sample among the k likeliest tokens; 0 = off"
+    )
+    p.add_argument(
+        "--top-p",
+        metavar="P",
+        type=float,
+        default=defaults.top_p,
+        help="sample among the likeliest tokens covering this probability, in (0, 1]; 1 = off",
+    )
     p.add_argument("--seed", metavar="N", type=int, help="seed for sampling, for repeatable answers")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="picovlm",
-                                     description="Build, train, evaluate and chat with small VLMs.")
+    parser = argparse.ArgumentParser(prog="picovlm", description="Build, train, evaluate and chat with small VLMs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     presets = sorted(RECIPES)
 
-    p = sub.add_parser("data", help="generate a shapes dataset", description="Generate a procedural shapes "
-                       "dataset: images, LLaVA-style question files and caption files for train/val/test.")
-    p.add_argument("--preset", choices=sorted(DATA_PRESETS), default="demo",
-                   help="dataset preset (default: demo)")
+    p = sub.add_parser(
+        "data",
+        help="generate a shapes dataset",
+        description="Generate a procedural shapes "
+        "dataset: images, LLaVA-style question files and caption files for train/val/test.",
+    )
+    p.add_argument("--preset", choices=sorted(DATA_PRESETS), default="demo", help="dataset preset (default: demo)")
     p.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder to write the dataset into")
     for split in ("train", "val", "test"):
-        p.add_argument(f"--n-{split}", metavar="N", type=_positive_int,
-                       help=f"number of {split} images (default: the preset's)")
+        p.add_argument(
+            f"--n-{split}", metavar="N", type=_positive_int, help=f"number of {split} images (default: the preset's)"
+        )
     p.add_argument("--seed", metavar="N", type=int, help="random seed (default: the preset's)")
     p.set_defaults(run=cmd_data)
 
-    p = sub.add_parser("train", help="train a recipe's stages", description="Train the stages of a recipe in "
-                       "order; each stage writes a checkpoint to OUT/<stage>/model.")
+    p = sub.add_parser(
+        "train",
+        help="train a recipe's stages",
+        description="Train the stages of a recipe in order; each stage writes a checkpoint to OUT/<stage>/model.",
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", choices=presets, help="a built-in recipe")
-    source.add_argument("--config", metavar="FILE", type=Path,
-                        help="a recipe JSON file (start from the output of --dump-config)")
-    p.add_argument("--data", metavar="DIR", type=Path,
-                   help="dataset folder (default: data/PRESET, or the data_dir of --config)")
+    source.add_argument(
+        "--config", metavar="FILE", type=Path, help="a recipe JSON file (start from the output of --dump-config)"
+    )
+    p.add_argument(
+        "--data", metavar="DIR", type=Path, help="dataset folder (default: data/PRESET, or the data_dir of --config)"
+    )
     p.add_argument("--out", metavar="DIR", type=Path, help="run folder for checkpoints and logs")
-    p.add_argument("--stages", metavar="NAMES",
-                   help="comma-separated stages to run, e.g. align,instruct (default: all)")
+    p.add_argument(
+        "--stages", metavar="NAMES", help="comma-separated stages to run, e.g. align,instruct (default: all)"
+    )
     p.add_argument("--resume", action="store_true", help="continue stages from their last checkpoint")
     p.add_argument("--dump-config", action="store_true", help="print the recipe as JSON and exit")
     p.set_defaults(run=cmd_train)
 
-    p = sub.add_parser("eval", help="score a model on VQA data", description="Short-answer VQA accuracy: "
-                       "exact match after normalization, per question type.")
-    p.add_argument("--model", metavar="DIR", type=Path, required=True,
-                   help="checkpoint folder, e.g. runs/demo/instruct/model")
-    p.add_argument("--data", metavar="FILE", type=Path, required=True,
-                   help="LLaVA-style .json/.jsonl test file")
+    p = sub.add_parser(
+        "eval",
+        help="score a model on VQA data",
+        description="Short-answer VQA accuracy: exact match after normalization, per question type.",
+    )
+    p.add_argument(
+        "--model", metavar="DIR", type=Path, required=True, help="checkpoint folder, e.g. runs/demo/instruct/model"
+    )
+    p.add_argument("--data", metavar="FILE", type=Path, required=True, help="LLaVA-style .json/.jsonl test file")
     p.add_argument("--limit", metavar="N", type=_positive_int, help="score only the first N questions")
-    p.add_argument("--batch-size", metavar="N", type=_positive_int, default=32,
-                   help="questions decoded together (default: 32)")
+    p.add_argument(
+        "--batch-size", metavar="N", type=_positive_int, default=32, help="questions decoded together (default: 32)"
+    )
     p.add_argument("--out", metavar="FILE", type=Path, help="also write the results JSON to this file")
     p.set_defaults(run=cmd_eval)
 
-    p = sub.add_parser("generate", help="answer one prompt about an image", description="Answer one prompt "
-                       "about one image, streaming the answer to stdout.")
+    p = sub.add_parser(
+        "generate",
+        help="answer one prompt about an image",
+        description="Answer one prompt about one image, streaming the answer to stdout.",
+    )
     p.add_argument("--model", metavar="DIR", type=Path, required=True, help="checkpoint folder")
     p.add_argument("--image", metavar="FILE", type=Path, required=True, help="image file")
     p.add_argument("--prompt", metavar="TEXT", required=True, help="the question or instruction")
     _add_sampling_args(p)
     p.set_defaults(run=cmd_generate)
 
-    p = sub.add_parser("chat", help="multi-turn chat in the terminal",
-                       description=f"Multi-turn chat in the terminal. Commands: {CHAT_HELP}.")
+    p = sub.add_parser(
+        "chat",
+        help="multi-turn chat in the terminal",
+        description=f"Multi-turn chat in the terminal. Commands: {CHAT_HELP}.",
+    )
     p.add_argument("--model", metavar="DIR", type=Path, required=True, help="checkpoint folder")
     p.add_argument("--image", metavar="FILE", type=Path, help="an image for the first message")
     _add_sampling_args(p)
     p.set_defaults(run=cmd_chat)
 
-    p = sub.add_parser("demo", help="data, training, evaluation and a sample chat in one go",
-                       description="Build the data, train every stage from scratch, evaluate and show a "
-                       "sample chat; the last line of output is a JSON summary.")
-    p.add_argument("--out", metavar="DIR", type=Path, default=Path("runs/demo"),
-                   help="run folder (default: runs/demo)")
-    p.add_argument("--data", metavar="DIR", type=Path, default=Path("data/demo"),
-                   help="dataset folder, reused when it holds the preset's data (default: data/demo)")
+    p = sub.add_parser(
+        "demo",
+        help="data, training, evaluation and a sample chat in one go",
+        description="Build the data, train every stage from scratch, evaluate and show a "
+        "sample chat; the last line of output is a JSON summary.",
+    )
+    p.add_argument("--out", metavar="DIR", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        type=Path,
+        default=Path("data/demo"),
+        help="dataset folder, reused when it holds the preset's data (default: data/demo)",
+    )
     p.add_argument("--preset", choices=presets, default="demo", help="data and recipe preset (default: demo)")
     p.set_defaults(run=cmd_demo)
     return parser

@@ -88,8 +88,7 @@ def sample_chat(pipe: Pipeline, data: Path) -> tuple[Path, list[Exchange]]:
     exchanges = []
     for q in questions_from([first])[:SAMPLE_QUESTIONS]:
         answer = pipe.ask(image, q.question)
-        exchanges.append(Exchange(q.question, answer, q.answer,
-                                  normalize_answer(answer) == normalize_answer(q.answer)))
+        exchanges.append(Exchange(q.question, answer, q.answer, normalize_answer(answer) == normalize_answer(q.answer)))
     captions = load_samples(data / "test_captions.jsonl", on_error="raise")
     reference = next(c.messages[0]["content"] for c in captions if c.image == first.image)
     exchanges.append(Exchange(CAPTION_PROMPT, pipe.ask(image, CAPTION_PROMPT), reference, None))
@@ -127,8 +126,17 @@ def save_sample_figure(image_path: Path, exchanges: list[Exchange], title: str, 
     ax_text.axis("off")
     step = 1 / max(len(lines), 20)
     for i, (text, colour, weight) in enumerate(lines):
-        ax_text.text(0, 1 - i * step, text, color=colour, fontweight=weight, fontsize=9, va="top",
-                     family="DejaVu Sans", transform=ax_text.transAxes)
+        ax_text.text(
+            0,
+            1 - i * step,
+            text,
+            color=colour,
+            fontweight=weight,
+            fontsize=9,
+            va="top",
+            family="DejaVu Sans",
+            transform=ax_text.transAxes,
+        )
     fig.savefig(path)
 
 
@@ -136,8 +144,9 @@ def _header(step: int, text: str) -> None:
     print(f"\n== [{step}/4] {text}", flush=True)
 
 
-def run_demo(out: Path = Path("runs/demo"), data: Path = Path("data/demo"), preset: str = "demo",
-             progress: bool = True) -> dict:
+def run_demo(
+    out: Path = Path("runs/demo"), data: Path = Path("data/demo"), preset: str = "demo", progress: bool = True
+) -> dict:
     """Data -> train (every stage, from scratch) -> evaluate -> sample chat, with a printed report.
 
     Writes `out/eval.json`, `out/predictions.jsonl` and `out/sample.png`, and prints its summary as the

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from picovlm.config import GPTConfig, RecipeConfig, StageConfig, ViTConfig, VisionConfig, VLMConfig
+from picovlm.config import GPTConfig, RecipeConfig, StageConfig, VisionConfig, ViTConfig, VLMConfig
 from picovlm.data.scenes import SceneConfig
 
 
@@ -24,16 +24,50 @@ class DataPreset:
 def _stages(steps: dict[str, int], batch: dict[str, int], lr: dict[str, float]) -> list[StageConfig]:
     captions, chat = ("train_captions.jsonl",), ("train.json",)
     return [
-        StageConfig(name="lm", task="lm", data=(*captions, *chat), trainable=("lm",), steps=steps["lm"],
-                    batch_size=batch["lm"], lr=lr["lm"], warmup_steps=steps["lm"] // 10),
-        StageConfig(name="clip", task="clip", data=captions, trainable=("tower", "clip"), steps=steps["clip"],
-                    batch_size=batch["clip"], lr=lr["clip"], warmup_steps=steps["clip"] // 10),
-        StageConfig(name="align", task="vlm", data=captions, val_data=("val_captions.jsonl",),
-                    trainable=("projector",), init={"tower": "clip", "lm": "lm"}, steps=steps["align"],
-                    batch_size=batch["align"], lr=lr["align"], warmup_steps=steps["align"] // 10),
-        StageConfig(name="instruct", task="vlm", data=chat, val_data=("val.json",), trainable=("projector", "lm"),
-                    init={"tower": "clip", "projector": "align", "lm": "lm"}, steps=steps["instruct"],
-                    batch_size=batch["instruct"], lr=lr["instruct"], warmup_steps=steps["instruct"] // 10),
+        StageConfig(
+            name="lm",
+            task="lm",
+            data=(*captions, *chat),
+            trainable=("lm",),
+            steps=steps["lm"],
+            batch_size=batch["lm"],
+            lr=lr["lm"],
+            warmup_steps=steps["lm"] // 10,
+        ),
+        StageConfig(
+            name="clip",
+            task="clip",
+            data=captions,
+            trainable=("tower", "clip"),
+            steps=steps["clip"],
+            batch_size=batch["clip"],
+            lr=lr["clip"],
+            warmup_steps=steps["clip"] // 10,
+        ),
+        StageConfig(
+            name="align",
+            task="vlm",
+            data=captions,
+            val_data=("val_captions.jsonl",),
+            trainable=("projector",),
+            init={"tower": "clip", "lm": "lm"},
+            steps=steps["align"],
+            batch_size=batch["align"],
+            lr=lr["align"],
+            warmup_steps=steps["align"] // 10,
+        ),
+        StageConfig(
+            name="instruct",
+            task="vlm",
+            data=chat,
+            val_data=("val.json",),
+            trainable=("projector", "lm"),
+            init={"tower": "clip", "projector": "align", "lm": "lm"},
+            steps=steps["instruct"],
+            batch_size=batch["instruct"],
+            lr=lr["instruct"],
+            warmup_steps=steps["instruct"] // 10,
+        ),
     ]
 
 
@@ -59,8 +93,9 @@ def demo_recipe(data_dir: str = "data/demo") -> RecipeConfig:
 
 
 def tiny_data() -> DataPreset:
-    return DataPreset(SceneConfig(image_size=32, min_objects=1, max_objects=2, questions_per_image=3),
-                      n_train=64, n_val=16, n_test=16)
+    return DataPreset(
+        SceneConfig(image_size=32, min_objects=1, max_objects=2, questions_per_image=3), n_train=64, n_val=16, n_test=16
+    )
 
 
 def tiny_recipe(data_dir: str) -> RecipeConfig:
@@ -69,9 +104,11 @@ def tiny_recipe(data_dir: str) -> RecipeConfig:
     lm = GPTConfig(n_layer=2, n_head=2, n_kv_head=1, n_embd=32, mlp_hidden=64, max_seq_len=128)
     return RecipeConfig(
         model=VLMConfig(vision=VisionConfig(kind="vit", vit=vit), projector="pixel_shuffle2", lm=lm),
-        stages=_stages(steps={"lm": 4, "clip": 4, "align": 4, "instruct": 6},
-                       batch={k: 8 for k in ("lm", "clip", "align", "instruct")},
-                       lr={k: 1e-3 for k in ("lm", "clip", "align", "instruct")}),
+        stages=_stages(
+            steps={"lm": 4, "clip": 4, "align": 4, "instruct": 6},
+            batch={k: 8 for k in ("lm", "clip", "align", "instruct")},
+            lr={k: 1e-3 for k in ("lm", "clip", "align", "instruct")},
+        ),
         data_dir=data_dir,
         tokenizer_vocab=300,
         clip_text=GPTConfig(n_layer=1, n_head=2, n_kv_head=2, n_embd=32, mlp_hidden=64, max_seq_len=64),

@@ -28,8 +28,23 @@ def test_data_train_eval_generate(tmp_path, capsys):
     assert printed["n"] == 5 and "overall" in out
 
     image = data / "images" / "test_000000.png"
-    args = ["generate", "--model", str(model), "--image", str(image), "--prompt", "What colour?",
-            "--max-tokens", "5", "--temperature", "1", "--top-k", "5", "--seed", "0"]
+    args = [
+        "generate",
+        "--model",
+        str(model),
+        "--image",
+        str(image),
+        "--prompt",
+        "What colour?",
+        "--max-tokens",
+        "5",
+        "--temperature",
+        "1",
+        "--top-k",
+        "5",
+        "--seed",
+        "0",
+    ]
     assert main(args) == 0
     assert capsys.readouterr().out.endswith("\n")
 
@@ -48,15 +63,20 @@ def test_dump_config_round_trips(tmp_path, capsys):
     assert from_dict(RecipeConfig, dumped) == tiny_recipe("somewhere")
 
 
-@pytest.mark.parametrize("command, flags", [
-    ("data", ["--preset", "--out", "--n-train", "--n-val", "--n-test", "--seed"]),
-    ("train", ["--preset", "--config", "--data", "--out", "--stages", "--resume", "--dump-config"]),
-    ("eval", ["--model", "--data", "--limit", "--batch-size", "--out"]),
-    ("generate", ["--model", "--image", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p",
-                  "--seed"]),
-    ("chat", ["--model", "--image", "--max-tokens", "--temperature", "/image", "/reset", "/quit"]),
-    ("demo", ["--out", "--data", "--preset"]),
-])
+@pytest.mark.parametrize(
+    "command, flags",
+    [
+        ("data", ["--preset", "--out", "--n-train", "--n-val", "--n-test", "--seed"]),
+        ("train", ["--preset", "--config", "--data", "--out", "--stages", "--resume", "--dump-config"]),
+        ("eval", ["--model", "--data", "--limit", "--batch-size", "--out"]),
+        (
+            "generate",
+            ["--model", "--image", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p", "--seed"],
+        ),
+        ("chat", ["--model", "--image", "--max-tokens", "--temperature", "/image", "/reset", "/quit"]),
+        ("demo", ["--out", "--data", "--preset"]),
+    ],
+)
 def test_help(command, flags, capsys):
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
@@ -96,11 +116,24 @@ def _error_cases(tiny_run, tmp_path):
     }
 
 
-@pytest.mark.parametrize("case", [
-    "missing model", "missing data", "missing image", "not an image", "bad top-p", "bad temperature",
-    "special token in prompt", "corrupt config", "unknown config key", "unknown stage", "missing data folder",
-    "no --out", "chat image missing",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing model",
+        "missing data",
+        "missing image",
+        "not an image",
+        "bad top-p",
+        "bad temperature",
+        "special token in prompt",
+        "corrupt config",
+        "unknown config key",
+        "unknown stage",
+        "missing data folder",
+        "no --out",
+        "chat image missing",
+    ],
+)
 def test_errors_are_one_line(case, tiny_run, tmp_path, capsys):
     argv = _error_cases(tiny_run, tmp_path)[case]
     assert main(argv) == 1
@@ -140,8 +173,21 @@ def test_chat_keeps_history_and_images(tiny_run, monkeypatch, capsys):
     image = tiny_run["data"] / "images" / "test_000000.png"
     calls = _record_streams(monkeypatch)
     missing = image.parent / "no.png"
-    _script(monkeypatch, [f"/image {image}", "what colour?", "", "and the shape?", f"/image {missing}",
-                          "/bogus", "/reset", "how many?", "/quit", "never read"])
+    _script(
+        monkeypatch,
+        [
+            f"/image {image}",
+            "what colour?",
+            "",
+            "and the shape?",
+            f"/image {missing}",
+            "/bogus",
+            "/reset",
+            "how many?",
+            "/quit",
+            "never read",
+        ],
+    )
     assert main(["chat", "--model", str(tiny_run["model"]), "--max-tokens", "4"]) == 0
     out, err = capsys.readouterr()
     assert out.count("picovlm> ") == 3

@@ -40,8 +40,11 @@ def test_ensure_dataset_reuses_only_a_matching_build(tmp_path):
 
 
 def test_format_results():
-    results = {"accuracy": 0.5, "n": 4, "by_type": {"color": {"accuracy": 1.0, "n": 2},
-                                                    "count": {"accuracy": 0.0, "n": 2}}}
+    results = {
+        "accuracy": 0.5,
+        "n": 4,
+        "by_type": {"color": {"accuracy": 1.0, "n": 2}, "count": {"accuracy": 0.0, "n": 2}},
+    }
     assert format_results(results).splitlines() == [
         "  color      1.000  (n=2)",
         "  count      0.000  (n=2)",

@@ -74,8 +74,9 @@ def text_batch(samples: list[Sample], tokenizer: Tokenizer, max_len: int) -> Bat
     return {"ids": ids, "labels": ids.masked_fill(ids == tokenizer.pad_id, IGNORE_INDEX)}
 
 
-def clip_batch(samples: list[Sample], tokenizer: Tokenizer, image_processor: ImageProcessor,
-               images: ImageCache, max_len: int) -> Batch:
+def clip_batch(
+    samples: list[Sample], tokenizer: Tokenizer, image_processor: ImageProcessor, images: ImageCache, max_len: int
+) -> Batch:
     """Image/caption pairs: pixels, right-padded caption ids ending in <|end|>, and their lengths."""
     rows = [(tokenizer.encode(s.messages[-1]["content"])[: max_len - 1] + [tokenizer.end_id]) for s in samples]
     return {
@@ -88,8 +89,9 @@ def clip_batch(samples: list[Sample], tokenizer: Tokenizer, image_processor: Ima
 class BatchStream:
     """Endless batches of `batch_size` samples; each epoch is a new seeded permutation."""
 
-    def __init__(self, samples: list[Sample], batch_size: int, make_batch: Callable[[list[Sample]], Batch],
-                 seed: int = 0):
+    def __init__(
+        self, samples: list[Sample], batch_size: int, make_batch: Callable[[list[Sample]], Batch], seed: int = 0
+    ):
         if len(samples) < batch_size:
             raise ValueError(f"{len(samples)} samples are fewer than one batch of {batch_size}")
         self.samples, self.batch_size, self.make_batch, self.seed = samples, batch_size, make_batch, seed

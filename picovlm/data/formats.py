@@ -62,8 +62,10 @@ def _check(condition: bool, message: str) -> None:
 def _image_paths(record: dict, root: Path, check_images: bool) -> list[Path]:
     value = record.get("image")
     names = [] if value is None else [value] if isinstance(value, str) else value
-    _check(isinstance(names, list) and all(isinstance(n, str) and n for n in names),
-           "'image' must be a non-empty string or a list of them")
+    _check(
+        isinstance(names, list) and all(isinstance(n, str) and n for n in names),
+        "'image' must be a non-empty string or a list of them",
+    )
     paths = [root / n for n in names]  # an absolute name stays absolute
     if check_images:
         for path in paths:
@@ -84,8 +86,10 @@ def _parse_conversation(record: dict, images: list[Path]) -> Sample:
     messages = []
     for k, turn in enumerate(turns):
         _check(isinstance(turn, dict), f"turn {k} must be an object")
-        _check(isinstance(turn.get("from"), str) and isinstance(turn.get("value"), str),
-               f"turn {k} needs string 'from' and 'value'")
+        _check(
+            isinstance(turn.get("from"), str) and isinstance(turn.get("value"), str),
+            f"turn {k} needs string 'from' and 'value'",
+        )
         _check(turn["from"] in ROLES, f"turn {k} has unknown role {turn['from']!r}")
         role = ROLES[turn["from"]]
         if role is None:  # a system prompt: dropped
@@ -162,8 +166,13 @@ def _json_array_records(text: str) -> Iterator[tuple[int, Any]]:
         pos = _WHITESPACE.match(text, pos + 1).end()
 
 
-def load_samples(path: str | Path, on_error: str = "skip", image_root: str | Path | None = None,
-                 errors: list[str] | None = None, check_images: bool = True) -> list[Sample]:
+def load_samples(
+    path: str | Path,
+    on_error: str = "skip",
+    image_root: str | Path | None = None,
+    errors: list[str] | None = None,
+    check_images: bool = True,
+) -> list[Sample]:
     """Read a `.json` or `.jsonl` file into samples.
 
     Image names are resolved against `image_root` (default: the file's folder). Every problem is

@@ -57,8 +57,11 @@ class SceneConfig:
         # Accept lists too, so a config read back from JSON compares equal to the original.
         self.shapes, self.colors, self.sizes = tuple(self.shapes), tuple(self.colors), tuple(self.sizes)
         self.background = tuple(self.background)
-        for name, values, known in (("shape", self.shapes, SHAPES), ("colour", self.colors, COLORS),
-                                    ("size", self.sizes, SIZE_SCALE)):
+        for name, values, known in (
+            ("shape", self.shapes, SHAPES),
+            ("colour", self.colors, COLORS),
+            ("size", self.sizes, SIZE_SCALE),
+        ):
             unknown = [v for v in values if v not in known]
             if unknown or not values:
                 raise ValueError(f"unknown or missing {name}s {unknown}; choose from {list(known)}")
@@ -198,6 +201,7 @@ def scene_captions(scene: Scene, rng: random.Random, n: int = 2) -> list[str]:
 
     Objects are listed in a random order so the model cannot rely on reading order.
     """
+
     def listing() -> str:
         objs = rng.sample(scene.objects, len(scene.objects))
         return _join([f"{_describe(o)} {_at(scene.place(o))}" for o in objs])
@@ -252,25 +256,28 @@ def _question_pools(scene: Scene, cfg: SceneConfig) -> dict[str, list[list[QA]]]
         return a if SIZE_SCALE[a.size] > SIZE_SCALE[b.size] else b
 
     return {
-        "color": [[QA(f"What colour is the {o.shape}?", o.color, "color")
-                   for o in _unique(objs, lambda o: o.shape)]],
-        "shape": [[QA(f"What shape is the {o.color} object?", o.shape, "shape")
-                   for o in _unique(objs, lambda o: o.color)]],
+        "color": [[QA(f"What colour is the {o.shape}?", o.color, "color") for o in _unique(objs, lambda o: o.shape)]],
+        "shape": [
+            [QA(f"What shape is the {o.color} object?", o.shape, "shape") for o in _unique(objs, lambda o: o.color)]
+        ],
         "position": [[QA(f"Where is the {o.name}?", scene.place(o), "position") for o in named]],
         "count": [
             [QA("How many objects are there?", str(len(objs)), "count")],
-            [QA(f"How many {_plural(s)} are there?", str(sum(o.shape == s for o in objs)), "count")
-             for s in cfg.shapes],
+            [
+                QA(f"How many {_plural(s)} are there?", str(sum(o.shape == s for o in objs)), "count")
+                for s in cfg.shapes
+            ],
         ],
         "yesno": [
             [QA(f"Is there {_with_article(f'{c} {s}')}?", "yes", "yesno") for c, s in sorted(present)],
             [QA(f"Is there {_with_article(f'{c} {s}')}?", "no", "yesno") for c, s in absent],
         ],
         "compare": [
-            [QA(f"Is the {a.name} bigger than the {b.name}?", "yes" if bigger(a, b) is a else "no", "compare")
-             for a, b in pairs],
-            [QA(f"Which is bigger, the {a.name} or the {b.name}?", bigger(a, b).name, "compare")
-             for a, b in pairs],
+            [
+                QA(f"Is the {a.name} bigger than the {b.name}?", "yes" if bigger(a, b) is a else "no", "compare")
+                for a, b in pairs
+            ],
+            [QA(f"Which is bigger, the {a.name} or the {b.name}?", bigger(a, b).name, "compare") for a, b in pairs],
         ],
     }
 
@@ -306,12 +313,12 @@ def llava_record(sample_id: str, image: str, qas: list[QA]) -> dict:
     for k, qa in enumerate(qas):
         question = ("<image>\n" if k == 0 else "") + qa.question
         conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": qa.answer}]
-    return {"id": sample_id, "image": image, "conversations": conversations,
-            "question_types": [qa.qtype for qa in qas]}
+    return {"id": sample_id, "image": image, "conversations": conversations, "question_types": [qa.qtype for qa in qas]}
 
 
-def build_dataset(out_dir: str | Path, cfg: SceneConfig, n_train: int, n_val: int, n_test: int,
-                  seed: int = 0) -> dict[str, Path]:
+def build_dataset(
+    out_dir: str | Path, cfg: SceneConfig, n_train: int, n_val: int, n_test: int, seed: int = 0
+) -> dict[str, Path]:
     """Write images, LLaVA-style QA files and caption files for the train/val/test splits.
 
     Each split draws its scenes independently from its own seed, so splits are deterministic and

@@ -51,7 +51,7 @@ def generate_tokens(
     for step in range(params.max_tokens):
         logits[:, model.image_token_id] = float("-inf")  # images are inputs only: fed back, one would crash
         nxt = sample_next(logits, params, gen)
-        yield [None if d else int(t) for t, d in zip(nxt.tolist(), done.tolist())]
+        yield [None if d else int(t) for t, d in zip(nxt.tolist(), done.tolist(), strict=True)]
         done |= torch.isin(nxt, stops)
         if bool(done.all()) or step + 1 == params.max_tokens:
             return

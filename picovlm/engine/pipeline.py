@@ -1,8 +1,8 @@
 """The inference API a notebook, the CLI and the server share: load a checkpoint, ask, stream.
 
-    pipe = Pipeline.load("runs/demo/instruct/model")
-    pipe.ask("scene.png", "What colour is the circle?")
-    for piece in pipe.stream([{"role": "user", "content": "<|image|>\\nDescribe it."}], [image]): ...
+pipe = Pipeline.load("runs/demo/instruct/model")
+pipe.ask("scene.png", "What colour is the circle?")
+for piece in pipe.stream([{"role": "user", "content": "<|image|>\\nDescribe it."}], [image]): ...
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ Messages = list[dict[str, str]]
 class Pipeline:
     def __init__(self, model: VLM, tokenizer: Tokenizer):
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.processor = VLMProcessor(tokenizer, model.tower.processor, model.tokens_per_image, model.cfg.lm.max_seq_len)
+        self.processor = VLMProcessor(
+            tokenizer, model.tower.processor, model.tokens_per_image, model.cfg.lm.max_seq_len
+        )
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Pipeline:
@@ -47,13 +49,19 @@ class Pipeline:
         return next(self.model.parameters()).device
 
     def _stream_ids(self, batch: list[Messages], images: list[list[Image.Image]], params: SamplingParams):
-        encoded = [self.processor.encode_prompt(m, ims, reserve=params.max_tokens) for m, ims in zip(batch, images, strict=True)]
+        encoded = [
+            self.processor.encode_prompt(m, ims, reserve=params.max_tokens)
+            for m, ims in zip(batch, images, strict=True)
+        ]
         pixels = torch.cat([e.pixels for e in encoded]).to(self.device, next(self.model.parameters()).dtype)
         stop_ids = (self.tokenizer.end_id,)
-        yield from generate_tokens(self.model, [e.ids for e in encoded], pixels, params, stop_ids, self.tokenizer.pad_id)
+        yield from generate_tokens(
+            self.model, [e.ids for e in encoded], pixels, params, stop_ids, self.tokenizer.pad_id
+        )
 
-    def generate(self, batch: list[Messages], images: list[list[Image.Image]], params: SamplingParams | None = None
-                 ) -> list[str]:
+    def generate(
+        self, batch: list[Messages], images: list[list[Image.Image]], params: SamplingParams | None = None
+    ) -> list[str]:
         """Answers to several conversations at once (batched decoding), each cut at a stop string."""
         params = params or SamplingParams()
         answers: list[list[int]] = [[] for _ in batch]
@@ -64,8 +72,9 @@ class Pipeline:
         texts = [self.tokenizer.decode(ids) for ids in answers]
         return [t[: _first_stop(t, params.stop)] if _first_stop(t, params.stop) is not None else t for t in texts]
 
-    def stream(self, messages: Messages, images: list[Image.Image], params: SamplingParams | None = None
-               ) -> Iterator[str]:
+    def stream(
+        self, messages: Messages, images: list[Image.Image], params: SamplingParams | None = None
+    ) -> Iterator[str]:
         """Text pieces of one answer as they are decoded; stops at <|end|> or a stop string."""
         params = params or SamplingParams()
         decoder, text = StreamDecoder(self.tokenizer), ""

@@ -48,12 +48,22 @@ def questions_from(samples: Iterable[Sample]) -> list[Question]:
         qtypes = s.meta.get("question_types") or ["all"] * (len(s.messages) // 2)
         for k in range(0, len(s.messages) - 1, 2):
             q = s.messages[k]["content"].replace(IMAGE, "").strip()
-            out.append(Question(s.images[0], q, s.messages[k + 1]["content"], qtypes[k // 2], f"{s.meta.get('id', '')}#{k // 2}"))
+            out.append(
+                Question(
+                    s.images[0], q, s.messages[k + 1]["content"], qtypes[k // 2], f"{s.meta.get('id', '')}#{k // 2}"
+                )
+            )
     return out
 
 
-def evaluate_vqa(pipe: Pipeline, data: str | Path, batch_size: int = 32, limit: int | None = None,
-                 predictions: Path | None = None, progress: bool = True) -> dict:
+def evaluate_vqa(
+    pipe: Pipeline,
+    data: str | Path,
+    batch_size: int = 32,
+    limit: int | None = None,
+    predictions: Path | None = None,
+    progress: bool = True,
+) -> dict:
     """{"accuracy", "n", "by_type": {qtype: {"accuracy", "n"}}}; each prediction optionally to JSONL."""
     qs = questions_from(load_samples(data, on_error="raise"))[:limit]
     params = SamplingParams(max_tokens=16)
@@ -67,8 +77,19 @@ def evaluate_vqa(pipe: Pipeline, data: str | Path, batch_size: int = 32, limit: 
             ok = int(normalize_answer(a) == normalize_answer(q.answer))
             right[q.qtype].append(ok)
             if out:
-                out.write(json.dumps({"id": q.id, "type": q.qtype, "question": q.question, "answer": q.answer,
-                                      "prediction": a, "correct": bool(ok)}) + "\n")
+                out.write(
+                    json.dumps(
+                        {
+                            "id": q.id,
+                            "type": q.qtype,
+                            "question": q.question,
+                            "answer": q.answer,
+                            "prediction": a,
+                            "correct": bool(ok),
+                        }
+                    )
+                    + "\n"
+                )
     if out:
         out.close()
     total = [x for v in right.values() for x in v]

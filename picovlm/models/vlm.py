@@ -30,7 +30,7 @@ def expand_image_tokens(
         raise ValueError(f"text has {found} <|image|> placeholders but {n_images} images were given")
     out_ids: list[int] = []
     out_mask: list[int] = []
-    for i, m in zip(ids, loss_mask):
+    for i, m in zip(ids, loss_mask, strict=True):
         if i == image_token_id:
             out_ids += [i] * tokens_per_image
             out_mask += [0] * tokens_per_image

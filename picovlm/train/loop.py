@@ -108,8 +108,11 @@ def train(
 
     def trainer_state(step: int) -> dict[str, Any]:
         return {
-            "step": step, "optimizer": opt.state_dict(), "data": batches.state_dict(),
-            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+            "step": step,
+            "optimizer": opt.state_dict(),
+            "data": batches.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
             "history": {"train": history.train, "val": history.val},
         }
 

@@ -65,16 +65,29 @@ def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tupl
     if stage.task == "lm":
         model = GPT(lm_cfg)
         task = Task(model, LM_PARTS, lambda m, b: _lm_loss(m, b), lambda b: b["ids"].numel())
-        return task, lambda s: text_batch(s, tok, lm_cfg.max_seq_len), {"task": "lm", "model": dataclasses.asdict(lm_cfg)}
+        return (
+            task,
+            lambda s: text_batch(s, tok, lm_cfg.max_seq_len),
+            {"task": "lm", "model": dataclasses.asdict(lm_cfg)},
+        )
     if stage.task == "clip":
         vit = recipe.model.vision.vit
         text_cfg = dataclasses.replace(recipe.clip_text, vocab_size=tok.vocab_size)
         model = CLIPModel(vit, text_cfg, recipe.clip_embed_dim)
         proc, cache = ImageProcessor(vit.image_size, vit.image_mean, vit.image_std), ImageCache()
-        task = Task(model, CLIP_PARTS, lambda m, b: m(b["pixels"], b["ids"], b["lengths"]),
-                    lambda b: b["pixels"].shape[0], unit="img")
-        config = {"task": "clip", "vit": dataclasses.asdict(vit), "text": dataclasses.asdict(text_cfg),
-                  "embed_dim": recipe.clip_embed_dim}
+        task = Task(
+            model,
+            CLIP_PARTS,
+            lambda m, b: m(b["pixels"], b["ids"], b["lengths"]),
+            lambda b: b["pixels"].shape[0],
+            unit="img",
+        )
+        config = {
+            "task": "clip",
+            "vit": dataclasses.asdict(vit),
+            "text": dataclasses.asdict(text_cfg),
+            "embed_dim": recipe.clip_embed_dim,
+        }
         return task, lambda s: clip_batch(s, tok, proc, cache, text_cfg.max_seq_len), config
     if stage.task == "vlm":
         cfg = dataclasses.replace(recipe.model, lm=lm_cfg)
@@ -92,8 +105,13 @@ def _lm_loss(model: GPT, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def run_stage(
-    recipe: RecipeConfig, stage: StageConfig, out_dir: Path, tok: Tokenizer, resume: bool = False,
-    until: int | None = None, progress: bool = True,
+    recipe: RecipeConfig,
+    stage: StageConfig,
+    out_dir: Path,
+    tok: Tokenizer,
+    resume: bool = False,
+    until: int | None = None,
+    progress: bool = True,
 ) -> tuple[Path, History]:
     """Train one stage; returns its checkpoint folder."""
     torch.manual_seed(stage.seed)
@@ -122,16 +140,25 @@ def run_stage(
     config = {**config, "stage": dataclasses.asdict(stage)}
 
     def save(trainer_state: dict[str, Any]) -> None:
-        save_checkpoint(ckpt, task.model, {**config, "step": trainer_state["step"]}, task.parts, inherited,
-                        out_dir / "tokenizer.json", trainer_state)
+        save_checkpoint(
+            ckpt,
+            task.model,
+            {**config, "step": trainer_state["step"]},
+            task.parts,
+            inherited,
+            out_dir / "tokenizer.json",
+            trainer_state,
+        )
 
-    history = train(task, stage, batches, stage_dir(out_dir, stage.name), save, make_val, state,
-                    recipe.device, until, progress)
+    history = train(
+        task, stage, batches, stage_dir(out_dir, stage.name), save, make_val, state, recipe.device, until, progress
+    )
     return ckpt, history
 
 
-def run_recipe(recipe: RecipeConfig, out_dir: Path, only: list[str] | None = None, resume: bool = False,
-               progress: bool = True) -> dict[str, Path]:
+def run_recipe(
+    recipe: RecipeConfig, out_dir: Path, only: list[str] | None = None, resume: bool = False, progress: bool = True
+) -> dict[str, Path]:
     """Run the recipe's stages in order (or just `only`); the tokenizer is trained once per run."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

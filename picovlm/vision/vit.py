@@ -114,4 +114,3 @@ class ViT(nn.Module):
         """One vector per image: post-LayerNormed CLS (CLIP), or the mean patch without CLS."""
         x = self.hidden_states(pixels)
         return self.post_norm(x[:, 0] if self.cls_token is not None else x.mean(dim=1))
-

@@ -24,8 +24,11 @@ def images(tmp_path) -> list[Path]:
 
 
 def chat(image: Path, answer: str) -> Sample:
-    return Sample([image], [{"role": "user", "content": f"{IMAGE}\nwhat is in the picture"},
-                            {"role": "assistant", "content": answer}], {"kind": "chat"})
+    return Sample(
+        [image],
+        [{"role": "user", "content": f"{IMAGE}\nwhat is in the picture"}, {"role": "assistant", "content": answer}],
+        {"kind": "chat"},
+    )
 
 
 def test_vlm_batch_labels_only_assistant_tokens(tok, images):
@@ -56,8 +59,10 @@ def test_text_batch_drops_images_and_labels_every_token(tok, images):
 
 
 def test_clip_batch_lengths_point_at_end_token(tok, images):
-    samples = [Sample([p], [{"role": "assistant", "content": t}], {"kind": "caption"})
-               for p, t in zip(images, ["red", "a blue cat", "green mat on the cat"], strict=True)]
+    samples = [
+        Sample([p], [{"role": "assistant", "content": t}], {"kind": "caption"})
+        for p, t in zip(images, ["red", "a blue cat", "green mat on the cat"], strict=True)
+    ]
     batch = clip_batch(samples, tok, ImageProcessor(16), ImageCache(), max_len=32)
     for row, n in enumerate(batch["lengths"].tolist()):
         assert batch["ids"][row, n - 1] == tok.end_id

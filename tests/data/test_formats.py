@@ -92,14 +92,17 @@ def test_json_array_reports_the_line_where_each_record_starts(folder):
 CAPTION = json.dumps({"image": "a.png", "text": "A circle."})
 
 
-@pytest.mark.parametrize(("text", "line", "what"), [
-    ('{"conversations": []}', 1, "expected a JSON list of records"),
-    ("", 1, "expected a JSON list of records"),
-    ("[\nC,\nC\n]".replace("C", CAPTION)[:-3] + "\n]", 4, "invalid JSON"),  # second record unclosed
-    ("[\nC\nC\n]".replace("C", CAPTION), 3, "expected ',' or ']' after a record"),
-    ("[\nC,\n]".replace("C", CAPTION), 3, "invalid JSON"),  # trailing comma
-    ("[\nC,\nC".replace("C", CAPTION), 3, "expected ',' or ']' after a record"),  # unclosed list
-])
+@pytest.mark.parametrize(
+    ("text", "line", "what"),
+    [
+        ('{"conversations": []}', 1, "expected a JSON list of records"),
+        ("", 1, "expected a JSON list of records"),
+        ("[\nC,\nC\n]".replace("C", CAPTION)[:-3] + "\n]", 4, "invalid JSON"),  # second record unclosed
+        ("[\nC\nC\n]".replace("C", CAPTION), 3, "expected ',' or ']' after a record"),
+        ("[\nC,\n]".replace("C", CAPTION), 3, "invalid JSON"),  # trailing comma
+        ("[\nC,\nC".replace("C", CAPTION), 3, "expected ',' or ']' after a record"),  # unclosed list
+    ],
+)
 def test_json_array_syntax_errors(folder, text, line, what):
     path = folder / "data.json"
     path.write_text(text)
@@ -117,8 +120,11 @@ def test_syntax_error_in_json_array_keeps_earlier_records_in_skip_mode(folder):
 
 
 def test_llava_record_becomes_messages(folder):
-    record = {**GOOD, "conversations": [{"from": "system", "value": "be brief"}, *_qa(), *_qa("and?", "no")],
-              "question_types": ["shape", "yesno"]}
+    record = {
+        **GOOD,
+        "conversations": [{"from": "system", "value": "be brief"}, *_qa(), *_qa("and?", "no")],
+        "question_types": ["shape", "yesno"],
+    }
     (sample,) = load_samples(_jsonl(folder, [record]), on_error="raise")
     assert sample.images == [folder / "a.png"] and sample.image == folder / "a.png"
     assert sample.messages == [
@@ -127,8 +133,12 @@ def test_llava_record_becomes_messages(folder):
         {"role": "user", "content": "and?"},
         {"role": "assistant", "content": "no"},
     ]
-    assert sample.meta == {"kind": "chat", "id": "ok", "question_types": ["shape", "yesno"],
-                           "source": f"{folder / 'data.jsonl'}:1"}
+    assert sample.meta == {
+        "kind": "chat",
+        "id": "ok",
+        "question_types": ["shape", "yesno"],
+        "source": f"{folder / 'data.jsonl'}:1",
+    }
 
 
 def test_user_and_assistant_role_names_and_text_only_records(folder):
@@ -170,8 +180,11 @@ def test_bad_arguments(folder):
 
 
 def test_write_llava_json_round_trips(folder):
-    records = [GOOD, {"image": ["a.png", "b.png"], "conversations": _qa("<image><image>", "two"),
-                      "question_types": ["count"]}, {"conversations": _qa("hi", "hello")}]
+    records = [
+        GOOD,
+        {"image": ["a.png", "b.png"], "conversations": _qa("<image><image>", "two"), "question_types": ["count"]},
+        {"conversations": _qa("hi", "hello")},
+    ]
     samples = load_samples(_jsonl(folder, records), on_error="raise")
     out = folder / "elsewhere" / "out.json"
     write_llava_json(samples, out)
@@ -180,6 +193,7 @@ def test_write_llava_json_round_trips(folder):
     assert written[1]["image"] == ["../a.png", "../b.png"] and written[1]["question_types"] == ["count"]
     assert "image" not in written[2]
     again = load_samples(out, on_error="raise")
+
     def resolved(samples: list[Sample]) -> list:
         return [([p.resolve() for p in s.images], s.messages, s.meta.get("question_types")) for s in samples]
 

@@ -76,10 +76,13 @@ def _check_answer(scene: Scene, cfg: SceneConfig, qa) -> None:
 
 def test_cell_names():
     names = [cell_name(r, c, 3) for r in range(3) for c in range(3)]
-    assert names == ["top left", "top", "top right", "left", "center", "right",
-                     "bottom left", "bottom", "bottom right"]
+    assert names == ["top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right"]
     assert [cell_name(r, c, 2) for r in range(2) for c in range(2)] == [
-        "top left", "top right", "bottom left", "bottom right"]
+        "top left",
+        "top right",
+        "bottom left",
+        "bottom right",
+    ]
     assert cell_name(0, 0, 1) == "center"
     assert {cell_name(r, c, 5) for r in range(5) for c in range(5)} == set(names)
 

@@ -121,12 +121,8 @@ def test_top_k_1_and_tiny_top_p_are_argmax():
     logits = logits_batch()
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
-        assert torch.equal(
-            sample_next(logits, SamplingParams(temperature=5.0, top_k=1), g), logits.argmax(-1)
-        )
-        assert torch.equal(
-            sample_next(logits, SamplingParams(temperature=5.0, top_p=1e-6), g), logits.argmax(-1)
-        )
+        assert torch.equal(sample_next(logits, SamplingParams(temperature=5.0, top_k=1), g), logits.argmax(-1))
+        assert torch.equal(sample_next(logits, SamplingParams(temperature=5.0, top_p=1e-6), g), logits.argmax(-1))
 
 
 def test_top_k_never_samples_outside_the_top_k():
@@ -144,9 +140,7 @@ def test_top_k_never_samples_outside_the_top_k():
 def test_top_p_keeps_the_smallest_covering_set():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     g = torch.Generator().manual_seed(0)
-    draws = {
-        int(sample_next(probs.log(), SamplingParams(temperature=1.0, top_p=0.75), g)) for _ in range(200)
-    }
+    draws = {int(sample_next(probs.log(), SamplingParams(temperature=1.0, top_p=0.75), g)) for _ in range(200)}
     assert draws == {0, 1}  # 0.5 < 0.75, 0.5 + 0.3 >= 0.75
 
 
@@ -156,9 +150,7 @@ def test_sampling_follows_the_distribution():
     draws = sample_next(probs.log().expand(4000, 3), SamplingParams(temperature=1.0), g)
     torch.testing.assert_close(torch.bincount(draws, minlength=3) / 4000, probs, atol=0.03, rtol=0)
     hot = sample_next(probs.log().expand(4000, 3), SamplingParams(temperature=100.0), g)  # ~uniform
-    torch.testing.assert_close(
-        torch.bincount(hot, minlength=3) / 4000, torch.full((3,), 1 / 3), atol=0.03, rtol=0
-    )
+    torch.testing.assert_close(torch.bincount(hot, minlength=3) / 4000, torch.full((3,), 1 / 3), atol=0.03, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -9,18 +9,21 @@ from picovlm.eval.vqa import evaluate_vqa, normalize_answer, questions_from
 from picovlm.text.tokens import IMAGE
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Red", "red"),
-    ("red.", "red"),
-    ("  Top   LEFT! ", "top left"),
-    ("The blue circle", "blue circle"),
-    ("an orange square", "orange square"),
-    ("theory", "theory"),  # only whole words are articles
-    ("Two", "2"),
-    ("ten.", "10"),
-    ("3", "3"),
-    ("Yes, it is.", "yes it is"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Red", "red"),
+        ("red.", "red"),
+        ("  Top   LEFT! ", "top left"),
+        ("The blue circle", "blue circle"),
+        ("an orange square", "orange square"),
+        ("theory", "theory"),  # only whole words are articles
+        ("Two", "2"),
+        ("ten.", "10"),
+        ("3", "3"),
+        ("Yes, it is.", "yes it is"),
+    ],
+)
 def test_normalize_answer(text, expected):
     assert normalize_answer(text) == expected
 
@@ -80,12 +83,15 @@ class ScriptedPipeline:
         return answers
 
 
-@pytest.mark.parametrize("answer_for, accuracy", [
-    (lambda q: q.answer, 1.0),
-    (lambda q: f"The {q.answer.upper()}.", 1.0),  # normalization forgives case, articles, punctuation
-    (lambda q: "not " + q.answer, 0.0),
-    (lambda q: "", 0.0),
-])
+@pytest.mark.parametrize(
+    "answer_for, accuracy",
+    [
+        (lambda q: q.answer, 1.0),
+        (lambda q: f"The {q.answer.upper()}.", 1.0),  # normalization forgives case, articles, punctuation
+        (lambda q: "not " + q.answer, 0.0),
+        (lambda q: "", 0.0),
+    ],
+)
 def test_scoring_with_a_fake_pipeline(tiny_data, answer_for, accuracy):
     test_file = tiny_data / "test.json"
     qs = questions_from(load_samples(test_file))

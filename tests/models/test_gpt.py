@@ -99,9 +99,7 @@ def test_left_padded_batch_matches_rows_alone():
     cache = KVCache(model.cfg, batch_size=3, max_len=T + 1)
     model(ids, key_padding_mask=mask, kv_cache=cache)
     nxt = torch.tensor([[20], [21], [22]])
-    step = model(
-        nxt, key_padding_mask=torch.cat([mask, torch.ones(3, 1, dtype=torch.bool)], 1), kv_cache=cache
-    )
+    step = model(nxt, key_padding_mask=torch.cat([mask, torch.ones(3, 1, dtype=torch.bool)], 1), kv_cache=cache)
     for i, r in enumerate(rows):
         alone = model(ids_of(r + [20 + i]))[0, -1]
         torch.testing.assert_close(step[i, -1], alone, atol=1e-5, rtol=0)

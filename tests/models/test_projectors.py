@@ -53,9 +53,7 @@ def test_pixel_shuffle_groups_neighbours(grid, r):
 
 def test_pixel_shuffle_accepts_a_sliced_input():
     full = torch.randn(1, 17, 4)  # e.g. features with a CLS in front, sliced off
-    torch.testing.assert_close(
-        pixel_shuffle(full[:, 1:], 4, 2), pixel_shuffle(full[:, 1:].contiguous(), 4, 2)
-    )
+    torch.testing.assert_close(pixel_shuffle(full[:, 1:], 4, 2), pixel_shuffle(full[:, 1:].contiguous(), 4, 2))
 
 
 def test_errors():

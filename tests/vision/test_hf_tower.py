@@ -61,9 +61,7 @@ def test_clip_tower_drops_cls(clip_dir):
 
 
 def test_clip_tower_keeps_cls_and_feature_layer(clip_dir):
-    tower = build_vision_tower(
-        VisionConfig(kind="hf", hf_path=str(clip_dir), hf_use_cls=True, hf_feature_layer=-1)
-    )
+    tower = build_vision_tower(VisionConfig(kind="hf", hf_path=str(clip_dir), hf_use_cls=True, hf_feature_layer=-1))
     assert tower.num_patches == 17
     x = pixels()
     with torch.no_grad():
@@ -113,8 +111,6 @@ def test_folder_without_config_raises(tmp_path):
 def test_unsupported_model_type_raises(tmp_path):
     from transformers import BertConfig
 
-    BertConfig(
-        hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8
-    ).save_pretrained(tmp_path)
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="unsupported vision model type 'bert'"):
         build_vision_tower(VisionConfig(kind="hf", hf_path=str(tmp_path)))

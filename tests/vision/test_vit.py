@@ -107,9 +107,7 @@ def to_hf_clip_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 def test_matches_hf_clip(feature_layer):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    vit = tiny_vit(
-        use_cls=True, pos_embed="learned", pre_norm=True, act="quick_gelu", feature_layer=feature_layer
-    )
+    vit = tiny_vit(use_cls=True, pos_embed="learned", pre_norm=True, act="quick_gelu", feature_layer=feature_layer)
     with torch.no_grad():
         for name, p in vit.named_parameters():
             if "norm" in name:  # non-trivial LayerNorms, so a misplaced one shows up
