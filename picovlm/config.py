@@ -116,6 +116,7 @@ class StageConfig:
     val_data: tuple[str, ...] = ()
     trainable: tuple[str, ...] = ("projector", "lm")  # parts that learn; the others are frozen
     init: dict[str, str] = field(default_factory=dict)  # part -> stage name whose weights it starts from
+    lr_scale: dict[str, float] = field(default_factory=dict)  # part -> multiplier of lr (e.g. a gentler tower)
     steps: int = 100
     batch_size: int = 16
     grad_accum: int = 1

@@ -94,7 +94,7 @@ def train(
     device = torch.device(device)
     model = task.model.to(device).train()
     freeze(task, cfg.trainable)
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg, task.parts)
     history, start = History(), 0
     if resume is not None:
         opt.load_state_dict(resume["optimizer"])
@@ -126,7 +126,7 @@ def train(
     for step in bar:
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         loss_sum = 0.0
         for _ in range(cfg.grad_accum):
             batch = to_device(next(batches), device)

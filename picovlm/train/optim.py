@@ -7,20 +7,28 @@ import math
 import torch
 import torch.nn as nn
 
+from picovlm.checkpoint import part_of
 from picovlm.config import StageConfig
 
 
-def make_optimizer(model: nn.Module, cfg: StageConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; weight decay only on matrices (not on norms, biases,
-    CLS/position vectors or the temperature), which is what decay is meant to regularize."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+def make_optimizer(model: nn.Module, cfg: StageConfig, parts: dict[str, str]) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters. Weight decay only on matrices (not on norms, biases,
+    CLS/position vectors or the temperature), which is what decay is meant to regularize; each part's
+    learning rate is `lr` times its `lr_scale` (1 by default), kept in the group as "lr_scale"."""
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((part_of(name, parts), p.ndim >= 2), []).append(p)
+    if not groups:
         raise ValueError(f"stage {cfg.name!r}: nothing to train (trainable={list(cfg.trainable)})")
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    return torch.optim.AdamW(
+        [
+            {"params": ps, "weight_decay": cfg.weight_decay if matrix else 0.0, "lr_scale": cfg.lr_scale.get(part, 1.0)}
+            for (part, matrix), ps in groups.items()
+        ],
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+    )
 
 
 def lr_at(step: int, cfg: StageConfig) -> float:

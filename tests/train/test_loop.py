@@ -41,12 +41,21 @@ def test_lr_schedule_warmup_then_cosine():
     assert all(a >= b for a, b in zip(mids, mids[1:], strict=False))
 
 
-def test_weight_decay_only_on_matrices(recipe, tokenizer):
+def test_weight_decay_only_on_matrices_and_lr_scale_per_part(recipe, tokenizer):
     task, _, _ = build_task(recipe, solo_stage(recipe), tokenizer[0])
-    opt = make_optimizer(task.model, StageConfig(weight_decay=0.1))
-    decay, no_decay = opt.param_groups
-    assert decay["weight_decay"] == 0.1 and all(p.ndim >= 2 for p in decay["params"])
-    assert no_decay["weight_decay"] == 0.0 and all(p.ndim < 2 for p in no_decay["params"])
+    for p in task.model.tower.parameters():
+        p.requires_grad = False
+    opt = make_optimizer(task.model, StageConfig(weight_decay=0.1, lr_scale={"lm": 0.5}), task.parts)
+    names = {id(p): n for n, p in task.model.named_parameters()}
+    seen = set()
+    for group in opt.param_groups:
+        matrices = {p.ndim >= 2 for p in group["params"]}
+        assert len(matrices) == 1 and group["weight_decay"] == (0.1 if matrices.pop() else 0.0)
+        part = {names[id(p)].split(".")[0] for p in group["params"]}
+        assert len(part) == 1
+        assert group["lr_scale"] == (0.5 if part == {"lm"} else 1.0)
+        seen |= part
+    assert seen == {"projector", "lm"}  # frozen parts are not in the optimizer
 
 
 def test_frozen_parts_do_not_change(recipe, tokenizer, tmp_path):
