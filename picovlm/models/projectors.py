@@ -6,6 +6,10 @@
   pixel_shuffle{r} merge each r x r block of neighbouring patches into one token (r*r fewer image
                    tokens, r*r wider features), then mlp2x_gelu (nanoVLM, InternVL)
 
+Any of them with a "+pos" suffix (e.g. pixel_shuffle2+pos) also adds a learned embedding per image
+token slot, as Honeybee's abstractors do: the LM's RoPE only sees relative distances, so without it
+an image token's place in the picture must survive the tower inside its features.
+
 Each projector also says how many tokens it emits for a given patch count (`num_tokens`), which is
 what one `<|image|>` placeholder expands to.
 """
@@ -67,6 +71,21 @@ class PixelShuffleProjector(nn.Module):
         return self.mlp(pixel_shuffle(x, self.grid, self.r))
 
 
+class SlotPositions(nn.Module):
+    """Wraps a projector and adds a learned vector per output token slot (its place in the grid)."""
+
+    def __init__(self, inner: nn.Module, n_tokens: int, dim: int):
+        super().__init__()
+        self.inner = inner
+        self.pos = nn.Parameter(torch.randn(n_tokens, dim) * 0.02)
+
+    def num_tokens(self, n_patches: int) -> int:
+        return self.inner.num_tokens(n_patches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) + self.pos.to(x.dtype)
+
+
 Builder = Callable[[re.Match, int, int, int], nn.Module]
 PROJECTORS: dict[str, Builder] = {
     r"identity": lambda m, i, o, g: IdentityProjector(),
@@ -78,10 +97,13 @@ PROJECTORS: dict[str, Builder] = {
 
 def build_projector(name: str, in_dim: int, out_dim: int, grid: int) -> nn.Module:
     """Projector `name` from `in_dim` tower features on a `grid` x `grid` patch grid to `out_dim`."""
+    if name.endswith("+pos"):
+        inner = build_projector(name.removesuffix("+pos"), in_dim, out_dim, grid)
+        return SlotPositions(inner, inner.num_tokens(grid * grid), out_dim)
     for pattern, build in PROJECTORS.items():
         m = re.fullmatch(pattern, name)
         if m:
             if name == "identity" and in_dim != out_dim:
                 raise ValueError(f"identity projector needs equal dims, got {in_dim} -> {out_dim}")
             return build(m, in_dim, out_dim, grid)
-    raise ValueError(f"unknown projector {name!r}; known: identity, linear, mlpNx_gelu, pixel_shuffleR")
+    raise ValueError(f"unknown projector {name!r}; known: identity, linear, mlpNx_gelu, pixel_shuffleR (+pos)")

@@ -65,3 +65,18 @@ def test_errors():
         build_projector("identity", 8, 16, grid=4)
     with pytest.raises(ValueError, match="pixel_shuffle2 needs a patch grid divisible by 2, got 5x5"):
         build_projector("pixel_shuffle2", 8, 8, grid=5)
+
+
+def test_pos_suffix_adds_a_learned_vector_per_slot():
+    proj = build_projector("pixel_shuffle2+pos", 8, 16, grid=4)
+    assert proj.num_tokens(16) == 4
+    x = torch.randn(2, 16, 8)
+    out = proj(x)
+    assert out.shape == (2, 4, 16)
+    torch.testing.assert_close(out - proj.inner(x), proj.pos.expand(2, -1, -1))
+    # the same features in two slots now come out different: the slot is visible to the LM
+    same = torch.zeros(1, 16, 8)
+    y = proj(same)
+    assert not torch.allclose(y[0, 0], y[0, 1])
+    with pytest.raises(ValueError, match="unknown projector"):
+        build_projector("linear+posx", 8, 16, grid=4)
