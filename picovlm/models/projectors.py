@@ -60,6 +60,9 @@ class PixelShuffleProjector(nn.Module):
         if grid % r:
             raise ValueError(f"pixel_shuffle{r} needs a patch grid divisible by {r}, got {grid}x{grid}")
         self.grid, self.r = grid, r
+        # InternVL normalizes the merged features first: tower outputs are un-normalized and their
+        # scale is arbitrary, and the LM should not have to undo it
+        self.norm = nn.LayerNorm(in_dim * r * r)
         self.mlp = MLPProjector(in_dim * r * r, out_dim, depth=2)
 
     def num_tokens(self, n_patches: int) -> int:
@@ -68,7 +71,7 @@ class PixelShuffleProjector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.grid**2:
             raise ValueError(f"pixel_shuffle{self.r} needs {self.grid**2} patch tokens (no CLS), got {x.shape[1]}")
-        return self.mlp(pixel_shuffle(x, self.grid, self.r))
+        return self.mlp(self.norm(pixel_shuffle(x, self.grid, self.r)))
 
 
 class SlotPositions(nn.Module):
