@@ -127,6 +127,8 @@ def test_matches_hf_clip(feature_layer):
     )
     hf = CLIPVisionModel(hf_cfg).eval()
     hf_sd = to_hf_clip_state_dict(vit.state_dict())
+    if not any(k.startswith("vision_model.") for k in hf.state_dict()):  # transformers >= 5 drops the prefix
+        hf_sd = {k.removeprefix("vision_model."): v for k, v in hf_sd.items()}
     missing, unexpected = hf.load_state_dict(hf_sd, strict=False)
     assert unexpected == []
     assert [k for k in missing if "position_ids" not in k] == []  # a non-weight buffer in some versions
