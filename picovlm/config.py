@@ -29,6 +29,7 @@ class GPTConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys (Qwen3/OLMo2 layout; False = Llama)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The language model: a small decoder-only GPT in the nanochat style, laid out like Llama.
 
-Read top to bottom: RMSNorm -> rotary embeddings -> attention (grouped-query, with a KV cache) ->
+Read top to bottom: RMSNorm -> rotary embeddings -> attention (grouped-query, optional QK-norm, KV cache) ->
 SwiGLU MLP -> block -> GPT. Module names follow HF `LlamaForCausalLM` (q_proj, gate_proj, ...), and
 RoPE uses the same rotate-half convention, so export is a renaming of keys, not a permutation.
 
@@ -74,13 +74,17 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * self.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * self.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * self.head_dim, cfg.n_embd, bias=False)
+        # With normalized q and k an attention logit is a scaled cosine: a head can focus sharply as soon
+        # as directions align, instead of first growing its weights (long plateaus in small models).
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
 
     def forward(self, x, cos, sin, attn_mask, kv_cache: KVCache | None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)
         if self.n_kv_head != self.n_head:  # grouped-query: each kv head serves n_head/n_kv_head queries

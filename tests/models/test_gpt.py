@@ -174,3 +174,35 @@ def test_matches_hf_llama(tie):
     with torch.no_grad():
         ours, theirs = model(x), hf(input_ids=x).logits
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_qk_norm_matches_hf_qwen3():
+    """qk_norm=True is the Qwen3 layout: RMSNorm per head on queries and keys, before RoPE."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    model = tiny_gpt(n_head=4, n_kv_head=2, qk_norm=True, norm_eps=1e-6)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    c = model.cfg
+    hf_cfg = Qwen3Config(
+        hidden_size=c.n_embd,
+        intermediate_size=c.mlp_hidden,
+        num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head,
+        num_key_value_heads=c.n_kv_head,
+        head_dim=c.n_embd // c.n_head,
+        rms_norm_eps=c.norm_eps,
+        rope_theta=c.rope_theta,
+        max_position_embeddings=c.max_seq_len,
+        vocab_size=c.vocab_size,
+        tie_word_embeddings=False,
+        attention_bias=False,
+    )
+    hf = Qwen3ForCausalLM(hf_cfg).eval()
+    missing, unexpected = hf.load_state_dict(to_hf_llama_state_dict(model.state_dict()), strict=False)
+    assert missing == [] and unexpected == []
+    x = torch.randint(0, c.vocab_size, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(input_ids=x).logits, atol=1e-4, rtol=0)
