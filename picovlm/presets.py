@@ -1,7 +1,7 @@
 """Named, ready-to-run configurations: the data and recipe of `make demo`, and a tiny one for tests.
 
-Presets are plain config objects: print one, change a field, run it. Nothing here is special-cased
-anywhere else in the code.
+Presets are plain config objects: print one (`picovlm train --preset demo --dump-config`), change a
+field, run it. Nothing here is special-cased anywhere else in the code.
 """
 
 from __future__ import annotations
@@ -21,69 +21,62 @@ class DataPreset:
     seed: int = 0
 
 
-def _stages(steps: dict[str, int], batch: dict[str, int], lr: dict[str, float]) -> list[StageConfig]:
+@dataclass
+class Budget:
+    """How long and how hard one stage trains."""
+
+    steps: int
+    batch_size: int
+    lr: float
+
+
+def adapter_stages(lm: Budget, clip: Budget, align: Budget, instruct: Budget, **instruct_kw) -> list[StageConfig]:
+    """The four stages of the adapter-VLM recipe on a dataset laid out like `build_dataset`'s."""
     captions, chat = ("train_captions.jsonl",), ("train.json",)
+
+    def stage(name: str, b: Budget, **kw) -> StageConfig:
+        return StageConfig(name=name, steps=b.steps, batch_size=b.batch_size, lr=b.lr, warmup_steps=b.steps // 10, **kw)
+
     return [
-        StageConfig(
-            name="lm",
-            task="lm",
-            data=(*captions, *chat),
-            trainable=("lm",),
-            steps=steps["lm"],
-            batch_size=batch["lm"],
-            lr=lr["lm"],
-            warmup_steps=steps["lm"] // 10,
-        ),
-        StageConfig(
-            name="clip",
-            task="clip",
-            data=captions,
-            trainable=("tower", "clip"),
-            steps=steps["clip"],
-            batch_size=batch["clip"],
-            lr=lr["clip"],
-            warmup_steps=steps["clip"] // 10,
-        ),
-        StageConfig(
-            name="align",
+        stage("lm", lm, task="lm", data=(*captions, *chat), trainable=("lm",)),
+        stage("clip", clip, task="clip", data=captions, trainable=("tower", "clip")),
+        stage(
+            "align",
+            align,
             task="vlm",
             data=captions,
             val_data=("val_captions.jsonl",),
             trainable=("projector",),
             init={"tower": "clip", "lm": "lm"},
-            steps=steps["align"],
-            batch_size=batch["align"],
-            lr=lr["align"],
-            warmup_steps=steps["align"] // 10,
         ),
-        StageConfig(
-            name="instruct",
+        stage(
+            "instruct",
+            instruct,
             task="vlm",
             data=chat,
             val_data=("val.json",),
-            trainable=("projector", "lm"),
             init={"tower": "clip", "projector": "align", "lm": "lm"},
-            steps=steps["instruct"],
-            batch_size=batch["instruct"],
-            lr=lr["instruct"],
-            warmup_steps=steps["instruct"] // 10,
+            **{"trainable": ("projector", "lm"), **instruct_kw},
         ),
     ]
 
 
 def demo_data() -> DataPreset:
+    """Scenes of one or two objects (the generator allows up to grid*grid) on a 3x3 grid."""
     return DataPreset(SceneConfig(image_size=64, min_objects=1, max_objects=2), n_train=4000, n_val=200, n_test=500)
 
 
 def demo_recipe(data_dir: str = "data/demo") -> RecipeConfig:
+    """Sized for 2 CPU cores and about 10 minutes; see the README for what each choice bought."""
     vit = ViTConfig(image_size=64, patch_size=8, n_embd=128, n_layer=4, n_head=4, feature_layer=-1)
-    lm = GPTConfig(n_layer=4, n_head=4, n_kv_head=4, n_embd=128, mlp_hidden=384, max_seq_len=192)
+    lm = GPTConfig(n_layer=4, n_head=4, n_kv_head=4, n_embd=128, mlp_hidden=384, max_seq_len=192, qk_norm=True)
     return RecipeConfig(
-        model=VLMConfig(vision=VisionConfig(kind="vit", vit=vit), projector="pixel_shuffle2", lm=lm),
-        stages=_stages(
-            steps={"lm": 150, "clip": 300, "align": 100, "instruct": 400},
-            batch={"lm": 32, "clip": 64, "align": 32, "instruct": 32},
-            lr={"lm": 3e-3, "clip": 1e-3, "align": 3e-3, "instruct": 1e-3},
+        model=VLMConfig(vision=VisionConfig(kind="vit", vit=vit), projector="pixel_shuffle2+pos", lm=lm),
+        stages=adapter_stages(
+            lm=Budget(60, 32, 3e-3),
+            clip=Budget(150, 64, 2e-3),
+            align=Budget(60, 32, 3e-3),
+            instruct=Budget(800, 16, 2e-3),
         ),
         data_dir=data_dir,
         tokenizer_vocab=512,
@@ -102,13 +95,10 @@ def tiny_recipe(data_dir: str) -> RecipeConfig:
     """Seconds to run: for tests of the plumbing, not of learning."""
     vit = ViTConfig(image_size=32, patch_size=8, n_embd=32, n_layer=2, n_head=2)
     lm = GPTConfig(n_layer=2, n_head=2, n_kv_head=1, n_embd=32, mlp_hidden=64, max_seq_len=128)
+    tiny = Budget(4, 8, 1e-3)
     return RecipeConfig(
         model=VLMConfig(vision=VisionConfig(kind="vit", vit=vit), projector="pixel_shuffle2", lm=lm),
-        stages=_stages(
-            steps={"lm": 4, "clip": 4, "align": 4, "instruct": 6},
-            batch={k: 8 for k in ("lm", "clip", "align", "instruct")},
-            lr={k: 1e-3 for k in ("lm", "clip", "align", "instruct")},
-        ),
+        stages=adapter_stages(lm=tiny, clip=tiny, align=tiny, instruct=Budget(6, 8, 1e-3)),
         data_dir=data_dir,
         tokenizer_vocab=300,
         clip_text=GPTConfig(n_layer=1, n_head=2, n_kv_head=2, n_embd=32, mlp_hidden=64, max_seq_len=64),
