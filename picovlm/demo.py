@@ -183,7 +183,7 @@ def run_demo(
         expected = "reference" if e.correct is None else "expected"
         print(f"  you>     {e.question}")
         print(f"  picovlm> {_answer_line(e)}  ({expected}: {e.expected})")
-    title = f"picovlm {preset} demo: {results['accuracy']:.1%} VQA accuracy on {results['n']} test questions"
+    title = f"picovlm demo ({preset} preset): {results['accuracy']:.1%} VQA accuracy on {results['n']} test questions"
     save_sample_figure(image, exchanges, title, out / "sample.png")
     print(f"saved {out / 'sample.png'}; predictions in {out / 'predictions.jsonl'}")
 
