@@ -70,7 +70,7 @@ class Pipeline:
                 if token is not None and token != self.tokenizer.end_id:
                     answers[row].append(token)
         texts = [self.tokenizer.decode(ids) for ids in answers]
-        return [t[: _first_stop(t, params.stop)] if _first_stop(t, params.stop) is not None else t for t in texts]
+        return [t[: _first_stop(t, params.stop)] for t in texts]
 
     def stream(
         self, messages: Messages, images: list[Image.Image], params: SamplingParams | None = None
@@ -101,5 +101,6 @@ class Pipeline:
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    """Where the earliest stop string starts, or None (so `text[:None]` keeps it all)."""
     hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     return min(hits) if hits else None

@@ -68,30 +68,26 @@ def evaluate_vqa(
     qs = questions_from(load_samples(data, on_error="raise"))[:limit]
     params = SamplingParams(max_tokens=16)
     right: dict[str, list[int]] = defaultdict(list)
-    out = open(predictions, "w") if predictions else None
+    records = []
     for i in tqdm(range(0, len(qs), batch_size), desc="eval", disable=not progress):
         chunk = qs[i : i + batch_size]
         prompts = [[{"role": "user", "content": f"{IMAGE}\n{q.question}"}] for q in chunk]
         answers = pipe.generate(prompts, [[load_image(q.image)] for q in chunk], params)
         for q, a in zip(chunk, answers, strict=True):
-            ok = int(normalize_answer(a) == normalize_answer(q.answer))
-            right[q.qtype].append(ok)
-            if out:
-                out.write(
-                    json.dumps(
-                        {
-                            "id": q.id,
-                            "type": q.qtype,
-                            "question": q.question,
-                            "answer": q.answer,
-                            "prediction": a,
-                            "correct": bool(ok),
-                        }
-                    )
-                    + "\n"
-                )
-    if out:
-        out.close()
+            ok = normalize_answer(a) == normalize_answer(q.answer)
+            right[q.qtype].append(int(ok))
+            records.append(
+                {
+                    "id": q.id,
+                    "type": q.qtype,
+                    "question": q.question,
+                    "answer": q.answer,
+                    "prediction": a,
+                    "correct": ok,
+                }
+            )
+    if predictions:
+        Path(predictions).write_text("".join(json.dumps(r) + "\n" for r in records))
     total = [x for v in right.values() for x in v]
     return {
         "accuracy": sum(total) / max(1, len(total)),

@@ -44,11 +44,6 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.pos += n
 
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only some batch rows (used when finished sequences leave a batch)."""
-        self.k = self.k[:, rows]
-        self.v = self.v[:, rows]
-
 
 def rope_tables(head_dim: int, positions: torch.Tensor, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin for rotate-half RoPE at integer `positions` [B, T] -> [B, 1, T, head_dim]."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from picovlm.checkpoint import load_part, load_trainer_state, part_files, read_config, save_checkpoint
+from picovlm.checkpoint import load_part, load_trainer_state, part_files, save_checkpoint
 from picovlm.config import RecipeConfig, StageConfig
 from picovlm.data.batches import BatchStream, ImageCache, clip_batch, text_batch, vlm_batch
 from picovlm.data.formats import Sample, load_samples
@@ -170,7 +170,3 @@ def run_recipe(
             continue
         done[stage.name], _ = run_stage(recipe, stage, out_dir, tok, resume, progress=progress)
     return done
-
-
-def checkpoint_task(ckpt: Path) -> str:
-    return read_config(ckpt)["task"]
