@@ -140,17 +140,15 @@ def to_hf_llama_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-@pytest.mark.parametrize("tie", [False, True])
-def test_matches_hf_llama(tie):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    model = tiny_gpt(tie_embeddings=tie, n_head=4, n_kv_head=2, rope_theta=500.0, norm_eps=1e-6)
+def hf_twin(model: GPT, config_cls, model_cls, **extra):
+    """An HF causal LM with `model`'s weights (norm weights randomized first, so a misplaced norm shows
+    up), checking that every key maps."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.uniform_(0.5, 1.5)  # non-trivial norm weights, so a misplaced norm shows up
+                p.uniform_(0.5, 1.5)
     c = model.cfg
-    hf_cfg = LlamaConfig(
+    hf_cfg = config_cls(
         hidden_size=c.n_embd,
         intermediate_size=c.mlp_hidden,
         num_hidden_layers=c.n_layer,
@@ -162,18 +160,29 @@ def test_matches_hf_llama(tie):
         vocab_size=c.vocab_size,
         tie_word_embeddings=c.tie_embeddings,
         attention_bias=False,
-        mlp_bias=False,
-        hidden_act="silu",
+        **extra,
     )
-    hf = LlamaForCausalLM(hf_cfg).eval()
+    hf = model_cls(hf_cfg).eval()
     missing, unexpected = hf.load_state_dict(to_hf_llama_state_dict(model.state_dict()), strict=False)
     assert missing == [] and unexpected == []
+    return hf
+
+
+def assert_same_logits(model: GPT, hf) -> None:
+    x = torch.randint(0, model.cfg.vocab_size, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(input_ids=x).logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_matches_hf_llama(tie):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = tiny_gpt(tie_embeddings=tie, n_head=4, n_kv_head=2, rope_theta=500.0, norm_eps=1e-6)
+    hf = hf_twin(model, LlamaConfig, LlamaForCausalLM, mlp_bias=False, hidden_act="silu")
     if tie:
         assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
-    x = torch.randint(0, c.vocab_size, (2, 11))
-    with torch.no_grad():
-        ours, theirs = model(x), hf(input_ids=x).logits
-    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    assert_same_logits(model, hf)
 
 
 def test_qk_norm_matches_hf_qwen3():
@@ -181,28 +190,6 @@ def test_qk_norm_matches_hf_qwen3():
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     model = tiny_gpt(n_head=4, n_kv_head=2, qk_norm=True, norm_eps=1e-6)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-    c = model.cfg
-    hf_cfg = Qwen3Config(
-        hidden_size=c.n_embd,
-        intermediate_size=c.mlp_hidden,
-        num_hidden_layers=c.n_layer,
-        num_attention_heads=c.n_head,
-        num_key_value_heads=c.n_kv_head,
-        head_dim=c.n_embd // c.n_head,
-        rms_norm_eps=c.norm_eps,
-        rope_theta=c.rope_theta,
-        max_position_embeddings=c.max_seq_len,
-        vocab_size=c.vocab_size,
-        tie_word_embeddings=False,
-        attention_bias=False,
+    assert_same_logits(
+        model, hf_twin(model, Qwen3Config, Qwen3ForCausalLM, head_dim=model.cfg.n_embd // model.cfg.n_head)
     )
-    hf = Qwen3ForCausalLM(hf_cfg).eval()
-    missing, unexpected = hf.load_state_dict(to_hf_llama_state_dict(model.state_dict()), strict=False)
-    assert missing == [] and unexpected == []
-    x = torch.randint(0, c.vocab_size, (2, 11))
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), hf(input_ids=x).logits, atol=1e-4, rtol=0)
