@@ -26,7 +26,6 @@ from picovlm.models.processor import VLMProcessor
 from picovlm.models.vlm import VLM, masked_lm_loss
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.train.loop import History, Task, train
-from picovlm.vision.image import ImageProcessor
 
 VLM_PARTS = {"tower": "tower.", "projector": "projector.", "lm": "lm."}
 CLIP_PARTS = {"tower": "tower.", "clip": ""}
@@ -64,7 +63,7 @@ def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tupl
     lm_cfg = dataclasses.replace(recipe.model.lm, vocab_size=tok.vocab_size)
     if stage.task == "lm":
         model = GPT(lm_cfg)
-        task = Task(model, LM_PARTS, lambda m, b: _lm_loss(m, b), lambda b: b["ids"].numel())
+        task = Task(model, LM_PARTS, _lm_loss, lambda b: b["ids"].numel())
         return (
             task,
             lambda s: text_batch(s, tok, lm_cfg.max_seq_len),
@@ -74,7 +73,7 @@ def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tupl
         vit = recipe.model.vision.vit
         text_cfg = dataclasses.replace(recipe.clip_text, vocab_size=tok.vocab_size)
         model = CLIPModel(vit, text_cfg, recipe.clip_embed_dim)
-        proc, cache = ImageProcessor(vit.image_size, vit.image_mean, vit.image_std), ImageCache()
+        proc, cache = model.tower.processor, ImageCache()
         task = Task(
             model,
             CLIP_PARTS,
@@ -136,7 +135,10 @@ def run_stage(
     if stage.val_data:
         val_samples = read_samples(stage.val_data, data_dir)
         bs = min(stage.batch_size, len(val_samples))
-        make_val = lambda: BatchStream(val_samples, bs, make_batch, seed=12345)  # noqa: E731
+
+        def make_val() -> BatchStream:  # the same validation batches at every evaluation
+            return BatchStream(val_samples, bs, make_batch, seed=12345)
+
     config = {**config, "stage": dataclasses.asdict(stage)}
 
     def save(trainer_state: dict[str, Any]) -> None:

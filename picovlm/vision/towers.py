@@ -12,14 +12,11 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from picovlm.config import VisionConfig
-from picovlm.vision.image import ImageProcessor
 from picovlm.vision.vit import ViT
 
 
 def _build_vit(cfg: VisionConfig) -> nn.Module:
-    tower = ViT(cfg.vit)
-    tower.processor = ImageProcessor(cfg.vit.image_size, cfg.vit.image_mean, cfg.vit.image_std)
-    return tower
+    return ViT(cfg.vit)
 
 
 def _build_hf(cfg: VisionConfig) -> nn.Module:

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from picovlm.config import ViTConfig
+from picovlm.vision.image import ImageProcessor
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -84,6 +85,7 @@ class ViT(nn.Module):
         self.pre_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.post_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)  # only for the pooled embedding
+        self.processor = ImageProcessor(cfg.image_size, cfg.image_mean, cfg.image_std)  # what it was trained on
 
     @property
     def num_patches(self) -> int:
