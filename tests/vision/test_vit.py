@@ -69,11 +69,29 @@ def test_layers_above_feature_layer_are_not_used():
     assert not torch.allclose(vit.pooled(x), pooled_before)  # ... but the last block does affect pooled
 
 
+def test_conv_stem_sees_across_patch_borders():
+    vit = tiny_vit(stem="conv", use_cls=False)
+    x = pixels()
+    assert vit(x).shape == (2, 16, 32)
+    # A pixel change at the right edge of patch (0, 0) moves patch (0, 1)'s features through the
+    # 3x3 receptive fields; with the linear patch embedding the features of patch (0, 1) stay put.
+    for stem, moves in (("conv", True), ("patch", False)):
+        embed = tiny_vit(stem=stem, use_cls=False).patch_embed
+        y = x.clone()
+        y[:, :, 0, 3] += 1.0
+        changed = not torch.allclose(embed(x)[..., 0, 1], embed(y)[..., 0, 1])
+        assert changed == moves, stem
+
+
 def test_bad_configs_raise():
     with pytest.raises(ValueError, match="not a multiple of patch_size"):
         ViT(tiny_cfg(image_size=18, patch_size=4))
     with pytest.raises(ValueError, match="unknown pos_embed 'rope'"):
         ViT(tiny_cfg(pos_embed="rope"))
+    with pytest.raises(ValueError, match="unknown stem 'hybrid'"):
+        ViT(tiny_cfg(stem="hybrid"))
+    with pytest.raises(ValueError, match="power-of-two patch_size"):
+        ViT(tiny_cfg(image_size=18, patch_size=6, stem="conv"))
 
 
 # --- HF CLIP parity --------------------------------------------------------------------------------
