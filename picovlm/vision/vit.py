@@ -51,6 +51,12 @@ class ConvStem(nn.Module):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GELU()]
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Conv2d(widths[-1], n_embd, 1)
+        # PyTorch's default conv init shrinks the signal about 2.5x per layer; after the stack the
+        # image content would be drowned by the position embeddings and training stalls. He init
+        # keeps the scale through the GELUs.
+        for conv in self.convs[::2]:
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.proj(self.convs(pixels))
