@@ -5,6 +5,7 @@
     picovlm eval --model runs/tiny/instruct/model --data data/tiny/test.json
     picovlm generate --model runs/tiny/instruct/model --image data/tiny/images/test_000000.png --prompt "..."
     picovlm chat --model runs/tiny/instruct/model
+    picovlm serve --model runs/tiny/instruct/model --port 8000
     picovlm demo
 
 Anything that goes wrong at run time is reported as one line, `picovlm: error: ...`, with exit code 1:
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -178,6 +180,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
         images, pending = images + pending, []
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from picovlm.serve.api import run_server
+    except ImportError as e:
+        raise ValueError(f"serving needs FastAPI and uvicorn: pip install 'picovlm[serve]' ({e})") from None
+    from picovlm.serve.protocol import Limits
+
+    limits = Limits(
+        max_images=args.max_images,
+        allow_image_urls=args.allow_image_urls,
+        max_body_bytes=args.max_body_mb * 1024 * 1024,
+    )
+    api_key = args.api_key or os.environ.get("PICOVLM_API_KEY") or None
+    run_server(args.model, args.host, args.port, args.name, api_key, limits, args.max_batch)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     run_demo(args.out, args.data, args.preset)
     return 0
@@ -286,6 +305,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", metavar="FILE", type=Path, help="an image for the first message")
     _add_sampling_args(p)
     p.set_defaults(run=cmd_chat)
+
+    p = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible server and web chat page",
+        description="Serve a model over HTTP: POST /v1/chat/completions (OpenAI format, streaming), "
+        "GET /v1/models, GET /health, and a chat page at /. Concurrent requests are decoded in one batch.",
+    )
+    p.add_argument("--model", metavar="DIR", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--name", default="picovlm", help="the model name clients send (default: picovlm)")
+    p.add_argument(
+        "--api-key", metavar="KEY", help="require Authorization: Bearer KEY (default: $PICOVLM_API_KEY, else no auth)"
+    )
+    p.add_argument("--max-batch", metavar="N", type=_positive_int, default=16, help="most requests decoded together")
+    p.add_argument("--max-images", metavar="N", type=_positive_int, default=8, help="most images per request")
+    p.add_argument("--max-body-mb", metavar="MB", type=_positive_int, default=32, help="largest request body")
+    p.add_argument("--allow-image-urls", action="store_true", help="fetch http(s) image URLs (default: data URLs only)")
+    p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser(
         "demo",

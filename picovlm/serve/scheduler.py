@@ -113,7 +113,6 @@ class _Request:
     seq: Sequence
     emit: Callable[[Event], None]
     text: _Text
-    done: bool = False
 
     def deliver(self, event: Event) -> None:
         try:
@@ -223,26 +222,24 @@ class Scheduler:
         if not self._running:
             return
         self.stats["max_rows"] = max(self.stats["max_rows"], len(self.batch))
-        stopped = set()
         outs = self.batch.step()
         self.stats["steps"] += 1
         self.stats["tokens"] += len(outs)
+        finals: list[tuple[_Request, Event]] = []
         for out in outs:
             r = self._running[out.key]
             ended = out.finished == "stop"  # the end token itself is not text
             piece, hit = r.text.push(None if ended else out.token, last=out.finished is not None)
-            n = r.seq.generated
             if hit or out.finished:
-                self._finish(r, Event(piece, "stop" if hit else out.finished, n))
-                if not out.finished:
-                    stopped.add(out.key)  # a stop string: still in the batch, take it out
+                finals.append((r, Event(piece, "stop" if hit else out.finished, r.seq.generated)))
             elif piece:
-                r.deliver(Event(piece, None, n))
-        self.batch.remove(stopped)
-        for key in [k for k, r in self._running.items() if r.done]:
-            del self._running[key]
+                r.deliver(Event(piece, None, r.seq.generated))
+        # forget finished requests before telling their clients, so a client never sees its slot still taken
+        self.batch.remove({r.handle.key for r, _ in finals})  # rows cut by a stop string are still there
+        for r, event in finals:
+            del self._running[r.handle.key]
+            self._finish(r, event)
 
     def _finish(self, r: _Request, event: Event) -> None:
-        r.done = True
         self.stats["completed" if event.error is None else "errors"] += 1
         r.deliver(event)
