@@ -28,11 +28,12 @@ from picovlm.data.scenes import build_dataset
 from picovlm.demo import format_results, run_demo
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
+from picovlm.engine.session import ChatSession
 from picovlm.eval.vqa import evaluate_vqa
 from picovlm.presets import DATA_PRESETS, RECIPES
 from picovlm.text.tokens import IMAGE
 from picovlm.train.stages import run_recipe
-from picovlm.vision.image import ImageError, load_image
+from picovlm.vision.image import load_image
 
 
 def _positive_int(text: str) -> int:
@@ -131,16 +132,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-CHAT_HELP = "/image PATH adds an image to your next message, /reset clears the conversation, /quit exits"
+CHAT_HELP = (
+    "/image PATH adds an image to your next message, /save FILE.json writes the conversation (LLaVA format), "
+    "/reset clears it, /quit exits"
+)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """A multi-turn conversation: the whole history (messages and images) goes into every prompt."""
-    params = _sampling(args)
-    pipe = Pipeline.load(args.model)
-    messages: list[dict[str, str]] = []
-    images: list[Image.Image] = []  # the images the messages refer to, in order
-    pending = [load_image(args.image)] if args.image else []  # added, not yet sent with a message
+    params = _sampling(args)  # first, so a bad value fails before the model loads
+    session = ChatSession(Pipeline.load(args.model), params)
+    if args.image:
+        session.attach(args.image)
     print(f"picovlm chat ({CHAT_HELP})")
     while True:
         try:
@@ -150,34 +153,30 @@ def cmd_chat(args: argparse.Namespace) -> int:
             return 0
         if not line:
             continue
-        command, _, path = line.partition(" ")
-        if command == "/quit":
-            return 0
-        if command == "/reset":
-            messages, images, pending = [], [], []
-            print("(conversation cleared)")
-            continue
-        if command == "/image":
-            try:
-                pending.append(load_image(path.strip() or "(no path given)"))
-            except ImageError as e:
-                print(f"picovlm: error: {e}", file=sys.stderr)
-                continue
-            print(f"(image added to your next message; {len(images) + len(pending)} in the conversation)")
-            continue
-        if command.startswith("/"):
-            print(f"picovlm: error: unknown command {command}; {CHAT_HELP}", file=sys.stderr)
-            continue
-        content = f"{IMAGE * len(pending)}\n{line}" if pending else line
-        turn = [*messages, {"role": "user", "content": content}]
-        print("picovlm> ", end="", flush=True)
+        command, _, arg = line.partition(" ")
+        arg, answering = arg.strip(), False
         try:
-            answer = _stream(pipe, turn, images + pending, params)
-        except ValueError as e:  # e.g. the conversation outgrew the context: the user can /reset
-            print(f"\npicovlm: error: {e} (/reset starts over)", file=sys.stderr)
-            continue
-        messages = [*turn, {"role": "assistant", "content": answer}]
-        images, pending = images + pending, []
+            if command == "/quit":
+                return 0
+            elif command == "/reset":
+                session.reset()
+                print("(conversation cleared)")
+            elif command == "/image":
+                n = session.attach(arg or "(no path given)")
+                print(f"(image added to your next message; {n} in the conversation)")
+            elif command == "/save":
+                print(f"(saved to {session.save(arg or '(no file given)')})")
+            elif command.startswith("/"):
+                raise ValueError(f"unknown command {command}; {CHAT_HELP}")
+            else:
+                print("picovlm> ", end="", flush=True)
+                answering = True
+                for piece in session.send(line):
+                    print(piece, end="", flush=True)
+                print()
+        except (ValueError, OSError) as e:  # a bad path, or the conversation outgrew the context
+            lead, hint = ("\n", " (/reset starts over)") if answering else ("", "")
+            print(f"{lead}picovlm: error: {e}{hint}", file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
