@@ -148,6 +148,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--no-ignore-eos", action="store_true", help="let answers end at <|end|> (short, uneven)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds for the whole run")
+    ap.add_argument("--threads", type=int, default=1, help="the server's torch threads (default: 1)")
     args = ap.parse_args()
     if not 1 <= args.clients <= 64 or not 1 <= args.rounds <= 20:
         sys.exit("bench: --clients must be in [1, 64] and --rounds in [1, 20]")
@@ -160,7 +161,7 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "picovlm", "serve", "--model", str(args.model), "--port", str(port)]
-    cmd += ["--name", "bench", "--max-batch", str(max(args.clients, 1))]
+    cmd += ["--name", "bench", "--max-batch", str(args.clients), "--threads", str(args.threads)]
     deadline = time.monotonic() + args.timeout
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -192,6 +193,7 @@ def main() -> None:
         "model": str(args.model),
         "max_tokens": args.max_tokens,
         "ignore_eos": not args.no_ignore_eos,
+        "server_threads": args.threads,
         "sequential": seq,
         "concurrent": con,
         "speedup": round(speedup, 2),

@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from picovlm.config import RecipeConfig, from_dict, save_json
@@ -192,6 +193,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_mb * 1024 * 1024,
     )
     api_key = args.api_key or os.environ.get("PICOVLM_API_KEY") or None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     run_server(args.model, args.host, args.port, args.name, api_key, limits, args.max_batch)
     return 0
 
@@ -322,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", metavar="N", type=_positive_int, default=8, help="most images per request")
     p.add_argument("--max-body-mb", metavar="MB", type=_positive_int, default=32, help="largest request body")
     p.add_argument("--allow-image-urls", action="store_true", help="fetch http(s) image URLs (default: data URLs only)")
+    p.add_argument(
+        "--threads",
+        metavar="N",
+        type=_positive_int,
+        help="torch CPU threads (default: torch's choice; 1 is often fastest for small models on a busy CPU)",
+    )
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser(

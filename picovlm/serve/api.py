@@ -197,22 +197,26 @@ def create_app(
             raise APIError(503, str(e), code="server_overloaded", type="server_error") from None
         cid = new_id()
 
-        async def relay() -> AsyncIterator[Event]:
-            """The request's events; if the client leaves first (cancellation), its row is freed."""
+        async def relay() -> AsyncIterator[list[Event]]:
+            """The request's events, all that are ready at once (one write for several tokens when the
+            client falls behind); if the client leaves first (cancellation), its row is freed."""
             finished = False
             try:
                 while not finished:
-                    event: Event = await events.get()
-                    finished = event.finish_reason is not None
-                    yield event
+                    ready = [await events.get()]
+                    while not events.empty():
+                        ready.append(events.get_nowait())
+                    finished = ready[-1].finish_reason is not None
+                    yield ready
             finally:
                 if not finished:
                     handle.cancel()
 
         if not req.stream:
             pieces, last = [], Event()
-            async for last in relay():
-                pieces.append(last.text)
+            async for ready in relay():
+                pieces += [e.text for e in ready]
+                last = ready[-1]
             if last.error is not None:
                 raise APIError(500, f"generation failed: {last.error}", type="server_error")
             return completion(
@@ -224,16 +228,19 @@ def create_app(
 
         async def stream() -> AsyncIterator[str]:
             yield piece({"role": "assistant", "content": ""})
-            async for event in relay():
-                if event.error is not None:
-                    yield _sse(APIError(500, f"generation failed: {event.error}", type="server_error").body())
-                    return
-                if event.text:
-                    yield piece({"content": event.text})
-                if event.finish_reason is not None:
-                    yield piece({}, event.finish_reason)
-                    if req.include_usage:
-                        yield piece(None, use=usage(handle.prompt_tokens, event.completion_tokens))
+            async for ready in relay():
+                out = []
+                for event in ready:
+                    if event.error is not None:
+                        yield _sse(APIError(500, f"generation failed: {event.error}", type="server_error").body())
+                        return
+                    if event.text:
+                        out.append(piece({"content": event.text}))
+                    if event.finish_reason is not None:
+                        out.append(piece({}, event.finish_reason))
+                        if req.include_usage:
+                            out.append(piece(None, use=usage(handle.prompt_tokens, event.completion_tokens)))
+                yield "".join(out)
             yield _sse("[DONE]")
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
