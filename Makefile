@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
 # The venv gets the CPU build of torch 2.13.0 first, so nothing later pulls a multi-GB CUDA build.
+# Debian's chromium is installed when missing (the chat-page tests run in a real browser).
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
@@ -10,6 +11,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	@# the web-page tests drive a real headless Chromium; Playwright cannot download one here, so use Debian's
+	command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium) \
+		|| (sudo apt-get update -q && sudo apt-get install -y -q chromium) \
+		|| echo "warning: could not install chromium; tests/serve/test_web.py will fail (set PICOVLM_CHROMIUM)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -5,6 +5,7 @@
     picovlm eval --model runs/tiny/instruct/model --data data/tiny/test.json
     picovlm generate --model runs/tiny/instruct/model --image data/tiny/images/test_000000.png --prompt "..."
     picovlm chat --model runs/tiny/instruct/model
+    picovlm serve --model runs/tiny/instruct/model --port 8000
     picovlm demo
 
 Anything that goes wrong at run time is reported as one line, `picovlm: error: ...`, with exit code 1:
@@ -16,9 +17,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from picovlm.config import RecipeConfig, from_dict, save_json
@@ -26,11 +29,12 @@ from picovlm.data.scenes import build_dataset
 from picovlm.demo import format_results, run_demo
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
+from picovlm.engine.session import ChatSession
 from picovlm.eval.vqa import evaluate_vqa
 from picovlm.presets import DATA_PRESETS, RECIPES
 from picovlm.text.tokens import IMAGE
 from picovlm.train.stages import run_recipe
-from picovlm.vision.image import ImageError, load_image
+from picovlm.vision.image import load_image
 
 
 def _positive_int(text: str) -> int:
@@ -129,16 +133,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-CHAT_HELP = "/image PATH adds an image to your next message, /reset clears the conversation, /quit exits"
+CHAT_HELP = (
+    "/image PATH adds an image to your next message, /save FILE.json writes the conversation (LLaVA format), "
+    "/reset clears it, /quit exits"
+)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """A multi-turn conversation: the whole history (messages and images) goes into every prompt."""
-    params = _sampling(args)
-    pipe = Pipeline.load(args.model)
-    messages: list[dict[str, str]] = []
-    images: list[Image.Image] = []  # the images the messages refer to, in order
-    pending = [load_image(args.image)] if args.image else []  # added, not yet sent with a message
+    params = _sampling(args)  # first, so a bad value fails before the model loads
+    session = ChatSession(Pipeline.load(args.model), params)
+    if args.image:
+        session.attach(args.image)
     print(f"picovlm chat ({CHAT_HELP})")
     while True:
         try:
@@ -148,34 +154,49 @@ def cmd_chat(args: argparse.Namespace) -> int:
             return 0
         if not line:
             continue
-        command, _, path = line.partition(" ")
-        if command == "/quit":
-            return 0
-        if command == "/reset":
-            messages, images, pending = [], [], []
-            print("(conversation cleared)")
-            continue
-        if command == "/image":
-            try:
-                pending.append(load_image(path.strip() or "(no path given)"))
-            except ImageError as e:
-                print(f"picovlm: error: {e}", file=sys.stderr)
-                continue
-            print(f"(image added to your next message; {len(images) + len(pending)} in the conversation)")
-            continue
-        if command.startswith("/"):
-            print(f"picovlm: error: unknown command {command}; {CHAT_HELP}", file=sys.stderr)
-            continue
-        content = f"{IMAGE * len(pending)}\n{line}" if pending else line
-        turn = [*messages, {"role": "user", "content": content}]
-        print("picovlm> ", end="", flush=True)
+        command, _, arg = line.partition(" ")
+        arg, answering = arg.strip(), False
         try:
-            answer = _stream(pipe, turn, images + pending, params)
-        except ValueError as e:  # e.g. the conversation outgrew the context: the user can /reset
-            print(f"\npicovlm: error: {e} (/reset starts over)", file=sys.stderr)
-            continue
-        messages = [*turn, {"role": "assistant", "content": answer}]
-        images, pending = images + pending, []
+            if command == "/quit":
+                return 0
+            elif command == "/reset":
+                session.reset()
+                print("(conversation cleared)")
+            elif command == "/image":
+                n = session.attach(arg or "(no path given)")
+                print(f"(image added to your next message; {n} in the conversation)")
+            elif command == "/save":
+                print(f"(saved to {session.save(arg or '(no file given)')})")
+            elif command.startswith("/"):
+                raise ValueError(f"unknown command {command}; {CHAT_HELP}")
+            else:
+                print("picovlm> ", end="", flush=True)
+                answering = True
+                for piece in session.send(line):
+                    print(piece, end="", flush=True)
+                print()
+        except (ValueError, OSError) as e:  # a bad path, or the conversation outgrew the context
+            lead, hint = ("\n", " (/reset starts over)") if answering else ("", "")
+            print(f"{lead}picovlm: error: {e}{hint}", file=sys.stderr)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from picovlm.serve.api import run_server
+    except ImportError as e:
+        raise ValueError(f"serving needs FastAPI and uvicorn: pip install 'picovlm[serve]' ({e})") from None
+    from picovlm.serve.protocol import Limits
+
+    limits = Limits(
+        max_images=args.max_images,
+        allow_image_urls=args.allow_image_urls,
+        max_body_bytes=args.max_body_mb * 1024 * 1024,
+    )
+    api_key = args.api_key or os.environ.get("PICOVLM_API_KEY") or None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_server(args.model, args.host, args.port, args.name, api_key, limits, args.max_batch)
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -286,6 +307,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", metavar="FILE", type=Path, help="an image for the first message")
     _add_sampling_args(p)
     p.set_defaults(run=cmd_chat)
+
+    p = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible server and web chat page",
+        description="Serve a model over HTTP: POST /v1/chat/completions (OpenAI format, streaming), "
+        "GET /v1/models, GET /health, and a chat page at /. Concurrent requests are decoded in one batch.",
+    )
+    p.add_argument("--model", metavar="DIR", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--name", default="picovlm", help="the model name clients send (default: picovlm)")
+    p.add_argument(
+        "--api-key", metavar="KEY", help="require Authorization: Bearer KEY (default: $PICOVLM_API_KEY, else no auth)"
+    )
+    p.add_argument("--max-batch", metavar="N", type=_positive_int, default=16, help="most requests decoded together")
+    p.add_argument("--max-images", metavar="N", type=_positive_int, default=8, help="most images per request")
+    p.add_argument("--max-body-mb", metavar="MB", type=_positive_int, default=32, help="largest request body")
+    p.add_argument("--allow-image-urls", action="store_true", help="fetch http(s) image URLs (default: data URLs only)")
+    p.add_argument(
+        "--threads",
+        metavar="N",
+        type=_positive_int,
+        help="torch CPU threads (default: torch's choice; 1 is often fastest for small models on a busy CPU)",
+    )
+    p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser(
         "demo",

@@ -5,6 +5,7 @@ import pytest
 
 from picovlm.cli import main
 from picovlm.config import RecipeConfig, from_dict
+from picovlm.data.formats import load_samples
 from picovlm.engine.pipeline import Pipeline
 from picovlm.presets import tiny_recipe
 from picovlm.text.tokens import IMAGE
@@ -73,7 +74,7 @@ def test_dump_config_round_trips(tmp_path, capsys):
             "generate",
             ["--model", "--image", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p", "--seed"],
         ),
-        ("chat", ["--model", "--image", "--max-tokens", "--temperature", "/image", "/reset", "/quit"]),
+        ("chat", ["--model", "--image", "--max-tokens", "--temperature", "/image", "/save", "/reset", "/quit"]),
         ("demo", ["--out", "--data", "--preset"]),
     ],
 )
@@ -207,3 +208,18 @@ def test_chat_image_flag_and_eof(tiny_run, monkeypatch, capsys):
     assert main(["chat", "--model", str(tiny_run["model"]), "--image", str(image), "--max-tokens", "2"]) == 0
     assert calls == [([{"role": "user", "content": f"{IMAGE}\nhello"}], 1)]
     assert capsys.readouterr().out.count("you> ") == 2  # EOF after the second prompt ends the chat
+
+
+def test_chat_save(tiny_run, tmp_path, monkeypatch, capsys):
+    image = tiny_run["data"] / "images" / "test_000002.png"
+    saved = tmp_path / "chats" / "chat.json"
+    _script(monkeypatch, ["/save " + str(saved), "hi", f"/save {tmp_path / 'chat.txt'}", f"/save {saved}"])
+    assert main(["chat", "--model", str(tiny_run["model"]), "--image", str(image), "--max-tokens", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("picovlm: error: ") == 2 and "empty" in err and ".json" in err
+    assert f"saved to {saved}" in out
+    (sample,) = load_samples(saved, on_error="raise")
+    assert [p.resolve() for p in sample.images] == [image.resolve()] and sample.messages[0] == {
+        "role": "user",
+        "content": f"{IMAGE}\nhi",
+    }

@@ -21,6 +21,10 @@ class ImageError(ValueError):
     """An image that cannot be used; the message names the image and the reason."""
 
 
+class ImageTooLarge(ImageError):
+    """An image with more pixels than allowed (told from its header, before any decoding)."""
+
+
 def load_image(source: str | Path | bytes, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None) -> Image.Image:
     """Open a path or raw bytes as an RGB PIL image, refusing missing, corrupt or oversized input."""
     label = name or (str(source) if not isinstance(source, bytes) else "<image bytes>")
@@ -30,11 +34,13 @@ def load_image(source: str | Path | bytes, max_pixels: int = MAX_IMAGE_PIXELS, n
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             w, h = im.size  # read from the header: nothing is decoded yet
             if w * h > max_pixels:
-                raise ImageError(f"{label}: image is {w}x{h}, more than the limit of {max_pixels} pixels")
+                raise ImageTooLarge(f"{label}: image is {w}x{h}, more than the limit of {max_pixels} pixels")
             return im.convert("RGB")
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
+    except Image.DecompressionBombError as e:  # PIL's own guard, for headers far past our limit
+        raise ImageTooLarge(f"{label}: {e}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{label}: not a readable image ({type(e).__name__}: {e})") from None
 
 

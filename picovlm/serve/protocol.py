@@ -1,0 +1,333 @@
+"""The OpenAI chat-completions format, both ways: a request body -> what picovlm needs, and picovlm's
+answer -> response and stream-chunk objects. Pure functions, no HTTP, so every rule is testable.
+
+Only what a small VLM can honour is accepted: text and image parts, one choice (n=1), sampling by
+temperature/top_p (and top_k, an extension), stop strings, a seed. A field we cannot honour with
+a non-default value is refused with a clear error instead of being silently ignored; fields that
+do not change the answer (user, metadata, ...) are ignored.
+
+Every problem becomes an `APIError`: an HTTP status plus OpenAI's error object
+`{"error": {"message", "type", "param", "code"}}`, with `param` naming the offending field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from picovlm.text.tokens import IMAGE, SPECIAL_TOKENS
+from picovlm.vision.image import MAX_IMAGE_PIXELS, ImageError, ImageTooLarge, load_image
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Limits:
+    """What one request may ask of the server."""
+
+    max_images: int = 8  # per request, the whole conversation
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # checked from the header, before decoding
+    max_image_bytes: int = 8 * 1024 * 1024  # encoded size of one image
+    max_body_bytes: int = 32 * 1024 * 1024  # the whole JSON body
+    allow_image_urls: bool = False  # fetch http(s) image URLs (off: the server reaches nothing on its own)
+    url_timeout_s: float = 10.0
+
+
+@dataclass
+class ChatRequest:
+    """A validated request: the conversation in picovlm's template form and how to sample."""
+
+    messages: list[dict[str, str]]  # user/assistant turns; each image is an <|image|> in the text
+    image_sources: list[tuple[str, str]]  # (param path, data or http(s) URL), in placeholder order
+    max_tokens: int | None  # None: as many as the context leaves
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    stream: bool = False
+    include_usage: bool = False
+    ignore_eos: bool = False  # extension (as in vLLM): decode exactly max_tokens tokens, for benchmarks
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?),(?P<data>.*)$", re.DOTALL)
+_UNSUPPORTED = {  # field -> the only value(s) we can honour
+    "logprobs": (None, False),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "response_format": (None, {"type": "text"}),
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+}
+
+
+def _bad(message: str, param: str | None = None, code: str | None = None, status: int = 400) -> APIError:
+    return APIError(status, message, param, code)
+
+
+def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(f"{name} must be a number, got {type(value).__name__}", name)
+    if value > hi or value < lo or (lo_open and value == lo):
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}]"
+        raise _bad(f"{name} must be in {interval}, got {value}", name)
+    return float(value)
+
+
+def _integer(body: dict, name: str, lo: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(f"{name} must be an integer, got {type(value).__name__}", name)
+    if value < lo:
+        raise _bad(f"{name} must be >= {lo}, got {value}", name)
+    return value
+
+
+def _text_of(content: Any, param: str, allow_images: bool, images: list[tuple[str, str]]) -> str:
+    """A message's content (a string or a list of parts) as template text with <|image|> placeholders."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        parts: list[Any] = [{"type": "text", "text": content}]
+    elif isinstance(content, list):
+        parts = content
+    else:
+        raise _bad(f"{param} must be a string or a list of content parts", param)
+    pieces = []
+    for j, part in enumerate(parts):
+        where = f"{param}[{j}]" if isinstance(content, list) else param
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise _bad(f"{where}.text must be a string", f"{where}.text")
+            for special in SPECIAL_TOKENS:
+                if special in text:
+                    raise _bad(f"{where}: text may not contain the special token {special}", where)
+            pieces.append(text)
+        elif kind == "image_url" and allow_images:
+            spec = part.get("image_url")
+            url = spec.get("url") if isinstance(spec, dict) else spec
+            if not isinstance(url, str):
+                raise _bad(f"{where}.image_url.url must be a string (a data URL)", f"{where}.image_url")
+            images.append((f"{where}.image_url", url))
+            pieces.append(IMAGE)
+        elif kind == "image_url":
+            raise _bad(f"{where}: only user messages may contain images", where)
+        else:
+            raise _bad(f"{where}: unsupported content part type {kind!r} (use 'text' or 'image_url')", where)
+    return "\n".join(pieces)
+
+
+def parse_chat_request(body: Any, model_name: str, limits: Limits) -> ChatRequest:
+    """Validate a decoded JSON body; raise APIError saying which field is wrong and why."""
+    if not isinstance(body, dict):
+        raise _bad("the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("model is required (see GET /v1/models)", "model")
+    if model != model_name:
+        raise APIError(
+            404, f"the model {model!r} does not exist; this server has {model_name!r}", "model", "model_not_found"
+        )
+    for name, allowed in _UNSUPPORTED.items():
+        if name in body and body[name] not in allowed:
+            raise _bad(f"{name} is not supported by this server", name, "unsupported_parameter")
+    n = _integer(body, "n", 1)
+    if n not in (None, 1):
+        raise _bad("only n=1 is supported", "n", "unsupported_parameter")
+
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise _bad("messages must be a non-empty list", "messages")
+    messages: list[dict[str, str]] = []
+    images: list[tuple[str, str]] = []
+    system: list[str] = []  # system/developer text is put in front of the next user message
+    for i, m in enumerate(raw):
+        param = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise _bad(f"{param} must be an object with role and content", param)
+        role = m.get("role")
+        if role in ("system", "developer"):
+            system.append(_text_of(m.get("content"), f"{param}.content", False, images))
+        elif role == "user":
+            text = _text_of(m.get("content"), f"{param}.content", True, images)
+            messages.append({"role": "user", "content": "\n\n".join([*system, text])})
+            system = []
+        elif role == "assistant":
+            messages.append(
+                {"role": "assistant", "content": _text_of(m.get("content"), f"{param}.content", False, images)}
+            )
+        else:
+            raise _bad(f"{param}.role must be system, user or assistant, got {role!r}", f"{param}.role")
+    if not messages or messages[-1]["role"] != "user":
+        raise _bad("the last message must be from the user", "messages")
+    if len(images) > limits.max_images:
+        raise _bad(
+            f"{len(images)} images in the conversation; at most {limits.max_images} are allowed",
+            "messages",
+            "too_many_images",
+        )
+
+    max_tokens = _integer(body, "max_completion_tokens", 1)
+    if max_tokens is None:
+        max_tokens = _integer(body, "max_tokens", 1)
+    stop = body.get("stop")
+    if stop is None:
+        stop = []
+    elif isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise _bad("stop must be a non-empty string or a list of at most 4 of them", "stop")
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise _bad("stream must be a boolean", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or (options and not stream):
+        raise _bad("stream_options is an object, and only allowed with stream=true", "stream_options")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise _bad("seed must be an integer", "seed")
+    ignore_eos = body.get("ignore_eos") or False
+    if not isinstance(ignore_eos, bool):
+        raise _bad("ignore_eos must be a boolean", "ignore_eos")
+    if ignore_eos and max_tokens is None:
+        raise _bad("ignore_eos needs max_tokens", "max_tokens")
+    return ChatRequest(
+        messages=messages,
+        image_sources=images,
+        max_tokens=max_tokens,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
+        top_k=_integer(body, "top_k", 0) or 0,
+        stop=tuple(stop),
+        seed=seed,
+        stream=stream,
+        include_usage=bool(options.get("include_usage", False)),
+        ignore_eos=ignore_eos,
+    )
+
+
+def image_bytes(param: str, url: str, limits: Limits) -> bytes:
+    """The encoded image behind a data URL (or, when allowed, an http(s) URL)."""
+    if url.startswith(("http://", "https://")):
+        if not limits.allow_image_urls:
+            raise _bad(
+                "this server does not fetch image URLs; send the image inline as a base64 data URL "
+                "(data:image/png;base64,...), or start the server with --allow-image-urls",
+                param,
+                "image_url_not_allowed",
+            )
+        return _fetch(param, url, limits)
+    match = _DATA_URL.match(url)
+    if match is None or ";base64" not in match["params"]:
+        raise _bad("an image must be a base64 data URL (data:image/png;base64,...)", param, "invalid_image_url")
+    data = match["data"]
+    if len(data) * 3 // 4 > limits.max_image_bytes:
+        raise _bad(f"the image is larger than {limits.max_image_bytes} bytes", param, "image_too_large")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad("the image data URL is not valid base64", param, "invalid_image") from None
+
+
+def _fetch(param: str, url: str, limits: Limits) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=limits.url_timeout_s) as response:  # noqa: S310 (http(s) only)
+            data = response.read(limits.max_image_bytes + 1)
+    except (OSError, ValueError) as e:
+        raise _bad(f"could not fetch the image URL ({e})", param, "invalid_image_url") from None
+    if len(data) > limits.max_image_bytes:
+        raise _bad(f"the image is larger than {limits.max_image_bytes} bytes", param, "image_too_large")
+    return data
+
+
+def decode_image(param: str, url: str, limits: Limits) -> Image.Image:
+    """A data URL -> RGB image, with the decompression-bomb guard of `load_image`."""
+    data = image_bytes(param, url, limits)
+    try:
+        return load_image(data, max_pixels=limits.max_image_pixels, name=param)
+    except ImageTooLarge as e:
+        raise _bad(str(e), param, "image_too_large") from None
+    except ImageError as e:
+        raise _bad(str(e), param, "invalid_image") from None
+
+
+# ---------------------------------------------------------------------------- responses
+
+
+def new_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion(cid: str, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
+
+
+def chunk(
+    cid: str,
+    model: str,
+    delta: dict | None,
+    finish_reason: str | None = None,
+    usage: dict | None = None,
+    with_usage_field: bool = False,
+) -> dict:
+    """A `chat.completion.chunk`; delta None gives the usage-only chunk (empty choices)."""
+    out: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    out["choices"] = (
+        [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+    )
+    if with_usage_field:
+        out["usage"] = usage
+    return out

@@ -1,0 +1,245 @@
+"""The request scheduler: one background thread owns the model and decodes every request in one batch.
+
+Request handlers never touch the model. They `submit` an encoded prompt and receive `Event`s (text
+pieces, then a finish reason) through a callback. The thread loops: admit waiting requests into the
+running `DecodeBatch` (up to `max_batch` rows), drop rows whose client went away, run one decode
+step for all rows, turn each row's new token into text. So requests that arrive together share
+every forward pass, and a request that arrives mid-way joins at the next step instead of waiting
+for the others to finish.
+
+Text is produced here, not in the handlers: detokenization (`StreamDecoder`) and stop strings are
+per request, and a stop string ends the row at once, which frees its slot for the next request.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from picovlm.engine.batch import DecodeBatch, Sequence
+from picovlm.engine.pipeline import Pipeline
+from picovlm.engine.sampling import SamplingParams
+from picovlm.text.stream import StreamDecoder
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """Too many requests are waiting; the client should retry later."""
+
+
+@dataclass
+class Event:
+    """What a request receives: a piece of text, and on the last event why it ended.
+
+    finish_reason is "stop" (end of answer or a stop string), "length" (max_tokens), or "error".
+    """
+
+    text: str = ""
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Handle:
+    """A submitted request, as its submitter sees it."""
+
+    key: int
+    prompt_tokens: int
+    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+    _queue: queue.Queue | None = field(default=None, repr=False)
+
+    def cancel(self) -> None:
+        """The client is gone: the scheduler frees the row before its next step."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """For submitters without a callback: the events, until the last one."""
+        assert self._queue is not None, "events() needs a request submitted without `emit`"
+        while True:
+            event = self._queue.get(timeout=timeout)
+            yield event
+            if event.finish_reason is not None:
+                return
+
+
+class _Text:
+    """Token ids of one answer -> text pieces, holding back what might be the start of a stop string."""
+
+    def __init__(self, decoder: StreamDecoder, stops: tuple[str, ...]):
+        self.decoder, self.stops = decoder, tuple(s for s in stops if s)
+        self.pending = ""  # decoded but not yet emitted
+
+    def push(self, token: int | None, last: bool) -> tuple[str, bool]:
+        """(text to emit now, whether a stop string was hit). token None = nothing to decode."""
+        if token is not None:
+            self.pending += self.decoder.push(token)
+        if last:
+            self.pending += self.decoder.flush()
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            return self.pending[: min(hits)], True
+        keep = 0 if last else _partial_stop(self.pending, self.stops)
+        out, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep :]
+        return out, False
+
+
+def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest end of `text` that is the beginning of a stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
+@dataclass
+class _Request:
+    handle: Handle
+    seq: Sequence
+    emit: Callable[[Event], None]
+    text: _Text
+
+    def deliver(self, event: Event) -> None:
+        try:
+            self.emit(event)
+        except Exception:  # the receiver is gone (e.g. its event loop closed): nothing to tell
+            log.debug("could not deliver an event of request %s", self.handle.key)
+
+
+class Scheduler:
+    """Owns the model; decodes all submitted requests together in a background thread."""
+
+    def __init__(self, pipe: Pipeline, max_batch: int = 16, max_waiting: int = 256):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.pipe, self.max_batch, self.max_waiting = pipe, max_batch, max_waiting
+        self.batch = DecodeBatch(pipe.model, (pipe.tokenizer.end_id,), pipe.tokenizer.pad_id)
+        self._waiting: deque[_Request] = deque()
+        self._running: dict[int, _Request] = {}
+        self._wake = threading.Condition()
+        self._ids = itertools.count()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.stats = {"completed": 0, "cancelled": 0, "errors": 0, "steps": 0, "tokens": 0, "max_rows": 0}
+
+    # ---------------------------------------------------------------- submitting (any thread)
+
+    def submit(
+        self,
+        ids: list[int],
+        pixels: torch.Tensor | None,
+        params: SamplingParams,
+        emit: Callable[[Event], None] | None = None,
+        ignore_eos: bool = False,
+    ) -> Handle:
+        """Queue a prompt (ids with image placeholders expanded); events go to `emit` (called from the
+        scheduler thread, so it must be quick and thread-safe) or, without it, to `handle.events()`."""
+        handle = Handle(next(self._ids), len(ids))
+        if emit is None:
+            handle._queue = queue.Queue()
+            emit = handle._queue.put
+        seq = Sequence(handle.key, ids, pixels, params, ignore_stop=ignore_eos)
+        request = _Request(handle, seq, emit, _Text(StreamDecoder(self.pipe.tokenizer), params.stop))
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the scheduler is closed")
+            if len(self._waiting) >= self.max_waiting:
+                raise QueueFull(f"{len(self._waiting)} requests are already waiting; try again later")
+            self._waiting.append(request)
+            self._wake.notify()
+        return handle
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    # ---------------------------------------------------------------- the thread
+
+    def start(self) -> Scheduler:
+        self._thread = threading.Thread(target=self._loop, name="picovlm-scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._waiting and not self._running:
+                    self._wake.wait()
+                if self._closed:
+                    break
+                admitted = []
+                while self._waiting and len(self._running) + len(admitted) < self.max_batch:
+                    admitted.append(self._waiting.popleft())
+            try:
+                self._step(admitted)
+            except Exception as e:  # a bug, not a bad request (those fail in submit's caller): keep serving
+                log.exception("decode step failed")
+                for r in [*admitted, *self._running.values()]:
+                    self._finish(r, Event(finish_reason="error", error=f"{type(e).__name__}: {e}"))
+                self._running.clear()
+                self.batch = DecodeBatch(self.pipe.model, (self.pipe.tokenizer.end_id,), self.pipe.tokenizer.pad_id)
+        for r in [*self._waiting, *self._running.values()]:
+            self._finish(r, Event(finish_reason="error", error="the server is shutting down"))
+
+    def _step(self, admitted: list[_Request]) -> None:
+        self.stats["cancelled"] += sum(r.handle.cancelled for r in admitted)
+        admitted = [r for r in admitted if not r.handle.cancelled]
+        if admitted:
+            self.batch.add([r.seq for r in admitted])
+            self._running.update((r.handle.key, r) for r in admitted)
+        gone = {k for k, r in self._running.items() if r.handle.cancelled}
+        if gone:
+            self.batch.remove(gone)
+            for k in gone:
+                del self._running[k]
+            self.stats["cancelled"] += len(gone)
+        if not self._running:
+            return
+        self.stats["max_rows"] = max(self.stats["max_rows"], len(self.batch))
+        outs = self.batch.step()
+        self.stats["steps"] += 1
+        self.stats["tokens"] += len(outs)
+        finals: list[tuple[_Request, Event]] = []
+        for out in outs:
+            r = self._running[out.key]
+            ended = out.finished == "stop"  # the end token itself is not text
+            piece, hit = r.text.push(None if ended else out.token, last=out.finished is not None)
+            if hit or out.finished:
+                finals.append((r, Event(piece, "stop" if hit else out.finished, r.seq.generated)))
+            elif piece:
+                r.deliver(Event(piece, None, r.seq.generated))
+        # forget finished requests before telling their clients, so a client never sees its slot still taken
+        self.batch.remove({r.handle.key for r, _ in finals})  # rows cut by a stop string are still there
+        for r, event in finals:
+            del self._running[r.handle.key]
+            self._finish(r, event)
+
+    def _finish(self, r: _Request, event: Event) -> None:
+        self.stats["completed" if event.error is None else "errors"] += 1
+        r.deliver(event)

@@ -1,0 +1,134 @@
+"""The HTTP surface: every kind of bad request gets OpenAI's error object and the right status, no
+traceback, and the server keeps answering."""
+
+import base64
+import functools
+import io
+
+import httpx
+import pytest
+from PIL import Image
+
+from picovlm.serve import api
+from tests.serve.helpers import png_url
+
+AUTH = {"Authorization": "Bearer sekret"}
+
+
+def chat(url, payload=None, content=None, headers=AUTH):
+    return httpx.post(f"{url}/v1/chat/completions", json=payload, content=content, headers=headers, timeout=30)
+
+
+def user(*parts):
+    return [{"role": "user", "content": list(parts)}]
+
+
+def image(url):
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def text(t):
+    return {"type": "text", "text": t}
+
+
+@functools.cache
+def bomb_url() -> str:
+    """A small PNG whose header says 7000 x 7000 (49 Mpx, over the 40 Mpx limit)."""
+    buf = io.BytesIO()
+    Image.new("1", (7000, 7000)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def cases(image_url):
+    ok = {"model": "tiny", "messages": user(image(image_url), text("what colour?"))}
+    return {
+        "malformed JSON": (dict(content=b'{"model": "tiny", "messages": [}'), 400, "invalid_json"),
+        "not UTF-8": (dict(content=b"\xff\xfe"), 400, "invalid_json"),
+        "unknown model": (dict(payload={**ok, "model": "gpt-4o"}), 404, "model_not_found"),
+        "undecodable image": (
+            dict(payload={**ok, "messages": user(image("data:image/png;base64,aGVsbG8="))}),
+            400,
+            "invalid_image",
+        ),
+        "decompression bomb": (
+            dict(payload={**ok, "messages": user(image(bomb_url()), text("hi"))}),
+            400,
+            "image_too_large",
+        ),
+        "image URL": (
+            dict(payload={**ok, "messages": user(image("http://127.0.0.1:1/x.png"))}),
+            400,
+            "image_url_not_allowed",
+        ),
+        "too many images": (dict(payload={**ok, "messages": user(*[image(image_url)] * 9)}), 400, "too_many_images"),
+        "prompt too long": (
+            dict(payload={**ok, "messages": user(text("what is in the picture " * 60))}),
+            400,
+            "context_length_exceeded",
+        ),
+        "max_tokens too large": (dict(payload={**ok, "max_tokens": 1000}), 400, "context_length_exceeded"),
+        "body too large": (dict(content=b"x" * 2_000_001), 413, "request_too_large"),
+        "no API key": (dict(payload=ok, headers={}), 401, "invalid_api_key"),
+        "wrong API key": (dict(payload=ok, headers={"Authorization": "Bearer nope"}), 401, "invalid_api_key"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "malformed JSON",
+        "not UTF-8",
+        "unknown model",
+        "undecodable image",
+        "decompression bomb",
+        "image URL",
+        "too many images",
+        "prompt too long",
+        "max_tokens too large",
+        "body too large",
+        "no API key",
+        "wrong API key",
+    ],
+)
+def test_errors(case, server, image_url):
+    url, _ = server
+    kwargs, status, code = cases(image_url)[case]
+    r = chat(url, **kwargs)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code and set(error) == {"message", "type", "param", "code"}
+    assert "Traceback" not in r.text and "\n" not in error["message"]
+
+
+def test_still_serving_after_errors_and_a_crash(server, image_url, monkeypatch):
+    url, _ = server
+
+    def broken(*args):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(api, "parse_chat_request", broken)
+    r = chat(url, {"model": "tiny", "messages": user(text("hi"))})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    assert "secret" not in r.text and "Traceback" not in r.text
+    monkeypatch.undo()
+    r = chat(url, {"model": "tiny", "messages": user(image(image_url), text("what colour?")), "max_tokens": 3})
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_routes(server):
+    url, _ = server
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"  # no key needed to check liveness
+    assert httpx.get(f"{url}/v1/models", headers=AUTH).json()["data"][0]["id"] == "tiny"
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    missing = httpx.get(f"{url}/v1/nothing", headers=AUTH)
+    assert missing.status_code == 404 and "error" in missing.json()
+    assert httpx.get(f"{url}/v1/chat/completions", headers=AUTH).status_code == 405
+    page = httpx.get(url)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "http://" not in page.text and "https://" not in page.text  # nothing loaded from elsewhere
+
+
+def test_small_image_is_fine(server):
+    url, _ = server
+    payload = {"model": "tiny", "messages": user(image(png_url((300, 200))), text("hi")), "max_tokens": 2}
+    assert chat(url, payload).status_code == 200

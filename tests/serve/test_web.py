@@ -1,0 +1,91 @@
+"""The chat page in a real headless Chromium (Debian's `chromium`, driven by Playwright): attach and
+paste images, ask, watch the streamed answer, go on with the conversation, reset, see errors."""
+
+import os
+import shutil
+
+import httpx
+import pytest
+from playwright.sync_api import sync_playwright
+
+
+def chromium_path() -> str:
+    """Debian's chromium (Playwright cannot download its own here); `make test` installs it."""
+    for candidate in (os.environ.get("PICOVLM_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        path = candidate and shutil.which(candidate)
+        if path:
+            return path
+    pytest.fail("no Chromium found: install Debian's `chromium` (apt-get install chromium) or set PICOVLM_CHROMIUM")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def test_chat_page(browser, server, tiny_run, image_url):
+    url, _ = server
+    image = tiny_run["data"] / "images" / "test_000000.png"
+    page = browser.new_page()
+    requests, responses = [], []
+    page.on("request", lambda r: requests.append(r.post_data_json) if r.url.endswith("/chat/completions") else None)
+    page.on("response", lambda r: responses.append(r.headers) if r.url.endswith("/chat/completions") else None)
+    page.goto(url)
+    page.fill("#api_key", "sekret")
+    page.dispatch_event("#api_key", "change")
+    page.wait_for_selector("#model:text('tiny')")
+
+    page.set_input_files("#file", str(image))
+    page.wait_for_selector("#attached img")
+    page.fill("#temperature", "1")
+    page.fill("#seed", "0")  # seeded sampling: a repeatable answer, and not an empty one for the tiny model
+    page.fill("#max_tokens", "12")
+    page.fill("#prompt", "what colour?")
+    page.click("#send")
+    first = page.wait_for_selector(".msg.assistant[data-state=done]", timeout=20_000)
+    shown = first.query_selector(".text").inner_text()
+
+    # the page shows what the API answers to the same request, and it came as server-sent events
+    expected = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={**requests[0], "stream": False},
+        headers={"Authorization": "Bearer sekret"},
+        timeout=30,
+    ).json()["choices"][0]["message"]["content"]
+    assert expected and shown == expected
+    assert responses[0]["content-type"].startswith("text/event-stream")
+    assert int(first.get_attribute("data-chunks")) >= 2  # at least the opening and the closing chunk
+    assert requests[0]["messages"][0]["content"][0]["image_url"]["url"] == image_url
+    assert page.query_selector_all("#attached img") == []  # the image went with the message
+
+    # paste a second image, ask again: the whole conversation goes with it
+    page.evaluate(
+        """async (url) => {
+            const blob = await (await fetch(url)).blob();
+            const data = new DataTransfer();
+            data.items.add(new File([blob], "pasted.png", { type: "image/png" }));
+            document.getElementById("prompt").dispatchEvent(
+                new ClipboardEvent("paste", { clipboardData: data, bubbles: true }));
+        }""",
+        image_url,
+    )
+    page.wait_for_selector("#attached img")
+    page.fill("#prompt", "and the shape?")
+    page.press("#prompt", "Enter")
+    page.wait_for_function("document.querySelectorAll('.msg.assistant[data-state=done]').length == 2")
+    second = requests[1]["messages"]
+    assert [m["role"] for m in second] == ["user", "assistant", "user"]
+    assert second[1]["content"] == expected and second[2]["content"][0]["type"] == "image_url"
+
+    # a server error is shown in the conversation, and reset starts over
+    page.fill("#api_key", "wrong")
+    page.fill("#prompt", "hello")
+    page.click("#send")
+    error = page.wait_for_selector(".msg.assistant[data-state=error]")
+    assert "API key" in error.inner_text()
+    page.click("#reset")
+    assert page.query_selector_all(".msg") == []
+    page.close()
