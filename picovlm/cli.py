@@ -187,13 +187,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- export, import
 
-EXPORT_FORMATS = ("hf-llava",)
+EXPORT_FORMATS = ("hf-llava", "hf-clip")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from picovlm.interop.llava import describe, export_llava  # transformers loads only when needed
+    from picovlm.interop import clip, llava  # transformers loads only when needed
 
-    print(f"wrote {describe(export_llava(args.model, args.out))}")
+    export = llava.export_llava if args.format == "hf-llava" else clip.export_clip
+    print(f"wrote {llava.describe(export(args.model, args.out))}")
     return 0
 
 
@@ -328,9 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export",
         help="write a model as an HF folder",
-        description="Write a picovlm checkpoint as an HF LlavaForConditionalGeneration folder (weights, "
-        "config, tokenizer, chat template, processor). Needs a ViT tower in the CLIP layout, a "
-        "linear/mlp2x_gelu/identity projector; any GPT maps (Llama, or Qwen3 with qk_norm).",
+        description="hf-llava: a VLM checkpoint as an HF LlavaForConditionalGeneration folder (weights, "
+        "config, tokenizer, chat template, processor); needs a ViT tower in the CLIP layout and a "
+        "linear/mlp2x_gelu/identity projector; any GPT maps (Llama, or Qwen3 with qk_norm). "
+        "hf-clip: a clip-stage checkpoint as an HF CLIPModel folder (needs clip_text_layout 'clip').",
     )
     p.add_argument("--model", metavar="DIR", type=Path, required=True, help="picovlm checkpoint folder")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="hf-llava", help="output format (default: hf-llava)")
@@ -342,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="read an HF folder into a picovlm checkpoint",
         description="Read an HF LLaVA folder (e.g. one written by `picovlm export`) into a picovlm checkpoint.",
     )
-    p.add_argument("--format", choices=EXPORT_FORMATS, default="hf-llava", help="input format (default: hf-llava)")
+    p.add_argument("--format", choices=("hf-llava",), default="hf-llava", help="input format (default: hf-llava)")
     p.add_argument("src", metavar="SRC", type=Path, help="HF folder to read")
     p.add_argument("out", metavar="OUT", type=Path, help="checkpoint folder to write")
     p.set_defaults(run=cmd_import)

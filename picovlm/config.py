@@ -149,6 +149,7 @@ class RecipeConfig:
     tokenizer_vocab: int = 512
     clip_text: GPTConfig = field(default_factory=lambda: GPTConfig(n_layer=2))
     clip_embed_dim: int = 128
+    clip_text_layout: str = "gpt"  # "gpt" (our GPT) | "clip" (HF CLIPTextModel layout: exports as HF CLIPModel)
     device: str = "cpu"
 
 

@@ -72,7 +72,7 @@ def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tupl
     if stage.task == "clip":
         vit = recipe.model.vision.vit
         text_cfg = dataclasses.replace(recipe.clip_text, vocab_size=tok.vocab_size)
-        model = CLIPModel(vit, text_cfg, recipe.clip_embed_dim)
+        model = CLIPModel(vit, text_cfg, recipe.clip_embed_dim, recipe.clip_text_layout)
         proc, cache = model.tower.processor, ImageCache()
         task = Task(
             model,
@@ -86,6 +86,7 @@ def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tupl
             "vit": dataclasses.asdict(vit),
             "text": dataclasses.asdict(text_cfg),
             "embed_dim": recipe.clip_embed_dim,
+            "text_layout": recipe.clip_text_layout,
         }
         return task, lambda s: clip_batch(s, tok, proc, cache, text_cfg.max_seq_len), config
     if stage.task == "vlm":
