@@ -70,7 +70,9 @@ class VLMConfig:
 
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: str = "pixel_shuffle2"  # a name from the projector registry
-    lm: GPTConfig = field(default_factory=GPTConfig)
+    lm: GPTConfig = field(default_factory=GPTConfig)  # for lm_kind "hf": only max_seq_len is read
+    lm_kind: str = "gpt"  # "gpt" (ours) | "hf" (an AutoModelForCausalLM from lm_hf_path; see models/lm.py)
+    lm_hf_path: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
