@@ -116,4 +116,3 @@ class HFCausalLM(nn.Module):
             kv_cache.hf = out.past_key_values
             kv_cache.advance(T)
         return out.hidden_states[-1] if return_hidden else out.logits
-
