@@ -7,6 +7,8 @@
     picovlm chat --model runs/tiny/instruct/model
     picovlm serve --model runs/tiny/instruct/model --port 8000
     picovlm demo
+    picovlm export --model runs/demo/instruct/model --format hf-llava out/llava
+    picovlm import --format hf-llava out/llava runs/imported/model
 
 Anything that goes wrong at run time is reported as one line, `picovlm: error: ...`, with exit code 1:
 the messages of the library already say which file and what is wrong, a traceback adds nothing.
@@ -204,6 +206,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- export, import
+
+EXPORT_FORMATS = ("hf-llava", "hf-clip")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from picovlm.interop import clip, llava  # transformers loads only when needed
+
+    export = llava.export_llava if args.format == "hf-llava" else clip.export_clip
+    print(f"wrote {llava.describe(export(args.model, args.out))}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from picovlm.interop.llava import import_llava
+
+    print(f"wrote picovlm checkpoint {import_llava(args.src, args.out)}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -349,6 +371,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", choices=presets, default="demo", help="data and recipe preset (default: demo)")
     p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser(
+        "export",
+        help="write a model as an HF folder",
+        description="hf-llava: a VLM checkpoint as an HF LlavaForConditionalGeneration folder (weights, "
+        "config, tokenizer, chat template, processor); needs a ViT tower in the CLIP layout and a "
+        "linear/mlp2x_gelu/identity projector; any GPT maps (Llama, or Qwen3 with qk_norm). "
+        "hf-clip: a clip-stage checkpoint as an HF CLIPModel folder (needs clip_text_layout 'clip').",
+    )
+    p.add_argument("--model", metavar="DIR", type=Path, required=True, help="picovlm checkpoint folder")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="hf-llava", help="output format (default: hf-llava)")
+    p.add_argument("out", metavar="OUT", type=Path, help="folder to write")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser(
+        "import",
+        help="read an HF folder into a picovlm checkpoint",
+        description="Read an HF LLaVA folder (e.g. one written by `picovlm export`) into a picovlm checkpoint.",
+    )
+    p.add_argument("--format", choices=("hf-llava",), default="hf-llava", help="input format (default: hf-llava)")
+    p.add_argument("src", metavar="SRC", type=Path, help="HF folder to read")
+    p.add_argument("out", metavar="OUT", type=Path, help="checkpoint folder to write")
+    p.set_defaults(run=cmd_import)
     return parser
 
 

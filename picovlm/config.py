@@ -71,7 +71,9 @@ class VLMConfig:
 
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: str = "pixel_shuffle2"  # a name from the projector registry
-    lm: GPTConfig = field(default_factory=GPTConfig)
+    lm: GPTConfig = field(default_factory=GPTConfig)  # for lm_kind "hf": only max_seq_len is read
+    lm_kind: str = "gpt"  # "gpt" (ours) | "hf" (an AutoModelForCausalLM from lm_hf_path; see models/lm.py)
+    lm_hf_path: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -150,6 +152,7 @@ class RecipeConfig:
     tokenizer_vocab: int = 512
     clip_text: GPTConfig = field(default_factory=lambda: GPTConfig(n_layer=2))
     clip_embed_dim: int = 128
+    clip_text_layout: str = "gpt"  # "gpt" (our GPT) | "clip" (HF CLIPTextModel layout: exports as HF CLIPModel)
     device: str = "cpu"
 
 

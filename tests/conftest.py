@@ -38,3 +38,38 @@ def tiny_run(tiny_data, tmp_path_factory) -> dict[str, Path]:
     seconds), for the tests that need a real checkpoint but not a good one."""
     done = run_recipe(RECIPES["tiny"](str(tiny_data)), tmp_path_factory.mktemp("tiny_run"), progress=False)
     return {"data": tiny_data, "model": done["instruct"]}
+
+
+def _write_hf_lm(folder, arch: str):
+    """A tiny random HF causal LM with its own byte-level BPE tokenizer (no picovlm tokens)."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    words = "what is in the picture a red blue green circle square triangle yes no one two three".split()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    raw.train_from_iterator([" ".join(words[i:] + words[:i]) for i in range(len(words))] * 5, trainer=trainer)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>").save_pretrained(folder)
+    n = raw.get_vocab_size()
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=n, n_embd=32, n_layer=2, n_head=4, n_positions=128)
+    else:
+        cls = transformers.LlamaConfig if arch == "llama" else transformers.Qwen2Config
+        cfg = cls(
+            vocab_size=n, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=128,
+        )  # fmt: skip
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    return folder, n
+
+
+@pytest.fixture(scope="session")
+def write_hf_lm():
+    """`write_hf_lm(folder, arch)` -> (folder, vocab size): a tiny random HF causal LM ("llama", "qwen2"
+    or "gpt2") with its own tokenizer, the same kind of folder a real pretrained LM comes in."""
+    return _write_hf_lm

@@ -9,12 +9,15 @@ text and overwrites the placeholder slots with the projected image features, in 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from picovlm.config import VLMConfig
-from picovlm.models.gpt import GPT, KVCache
+from picovlm.models.gpt import KVCache
+from picovlm.models.lm import build_lm
 from picovlm.models.projectors import build_projector
 from picovlm.vision.towers import build_vision_tower
 
@@ -65,8 +68,11 @@ class VLM(nn.Module):
         super().__init__()
         self.cfg, self.image_token_id = cfg, image_token_id
         self.tower = build_vision_tower(cfg.vision)
+        lm = None if cfg.lm_kind == "gpt" else build_lm(cfg)
+        if lm is not None:  # an HF LM knows its own dims (the projector needs its width): keep cfg truthful
+            self.cfg = cfg = dataclasses.replace(cfg, lm=lm.cfg)
         self.projector = build_projector(cfg.projector, self.tower.hidden_size, cfg.lm.n_embd, self.tower.grid)
-        self.lm = GPT(cfg.lm)
+        self.lm = lm if lm is not None else build_lm(cfg)  # after the projector: same init order as before
 
     @property
     def tokens_per_image(self) -> int:

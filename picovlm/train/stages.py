@@ -72,7 +72,7 @@ def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tupl
     if stage.task == "clip":
         vit = recipe.model.vision.vit
         text_cfg = dataclasses.replace(recipe.clip_text, vocab_size=tok.vocab_size)
-        model = CLIPModel(vit, text_cfg, recipe.clip_embed_dim)
+        model = CLIPModel(vit, text_cfg, recipe.clip_embed_dim, recipe.clip_text_layout)
         proc, cache = model.tower.processor, ImageCache()
         task = Task(
             model,
@@ -86,6 +86,7 @@ def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tupl
             "vit": dataclasses.asdict(vit),
             "text": dataclasses.asdict(text_cfg),
             "embed_dim": recipe.clip_embed_dim,
+            "text_layout": recipe.clip_text_layout,
         }
         return task, lambda s: clip_batch(s, tok, proc, cache, text_cfg.max_seq_len), config
     if stage.task == "vlm":
@@ -94,7 +95,7 @@ def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tupl
         processor = VLMProcessor(tok, model.tower.processor, model.tokens_per_image, lm_cfg.max_seq_len)
         cache = ImageCache()
         task = Task(model, VLM_PARTS, lambda m, b: m(b["ids"], b["pixels"], b["labels"]), lambda b: b["ids"].numel())
-        config = {"task": "vlm", "model": cfg.to_dict(), "image_token_id": tok.image_id}
+        config = {"task": "vlm", "model": model.cfg.to_dict(), "image_token_id": tok.image_id}
         return task, lambda s: vlm_batch(s, processor, cache), config
     raise ValueError(f"stage {stage.name!r}: unknown task {stage.task!r} (lm, clip or vlm)")
 
@@ -165,7 +166,15 @@ def run_recipe(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok_path = out_dir / "tokenizer.json"
-    tok = Tokenizer.load(tok_path) if tok_path.exists() else train_tokenizer(recipe, tok_path)
+    if tok_path.exists():
+        tok = Tokenizer.load(tok_path)
+    elif recipe.model.lm_kind == "hf":  # a pretrained LM brings its own vocabulary (+ our special tokens)
+        from picovlm.models.hf_lm import hf_lm_tokenizer
+
+        tok = hf_lm_tokenizer(recipe.model.lm_hf_path)
+        tok.save(tok_path)
+    else:
+        tok = train_tokenizer(recipe, tok_path)
     done = {}
     for stage in recipe.stages:
         if only and stage.name not in only:

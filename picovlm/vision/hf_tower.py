@@ -17,11 +17,16 @@ from picovlm.vision.image import ImageProcessor
 
 
 def read_image_processor(folder: Path, default_size: int) -> ImageProcessor:
-    """Resize/normalize values from the folder's preprocessor_config.json, if there is one."""
-    path = folder / "preprocessor_config.json"
-    if not path.exists():
+    """Resize/normalize values from the folder's preprocessor_config.json, or from the
+    `image_processor` section of a processor_config.json (where transformers 5 saves a processor's
+    parts), if there is one."""
+    path, combined = folder / "preprocessor_config.json", folder / "processor_config.json"
+    if path.exists():
+        cfg = json.loads(path.read_text())
+    elif combined.exists() and "image_processor" in (whole := json.loads(combined.read_text())):
+        cfg = whole["image_processor"]
+    else:
         return ImageProcessor(size=default_size)
-    cfg = json.loads(path.read_text())
     size = cfg.get("crop_size") or cfg.get("size") or default_size
     if isinstance(size, dict):
         size = size.get("height") or size.get("shortest_edge") or default_size

@@ -63,9 +63,9 @@ class ConvStem(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ViTConfig):
+    def __init__(self, cfg: ViTConfig, causal: bool = False):
         super().__init__()
-        self.n_head = cfg.n_head
+        self.n_head, self.causal = cfg.n_head, causal
         self.q_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.k_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.v_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
@@ -74,16 +74,17 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
         q, k, v = (p(x).view(B, N, self.n_head, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        y = F.scaled_dot_product_attention(q, k, v)  # bidirectional: every patch sees every patch
+        # bidirectional: every patch sees every patch (causal only when the block serves as CLIP's text encoder)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.out_proj(y.transpose(1, 2).reshape(B, N, D))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ViTConfig):
+    def __init__(self, cfg: ViTConfig, causal: bool = False):
         super().__init__()
         hidden = int(cfg.n_embd * cfg.mlp_ratio)
         self.layer_norm1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, causal)
         self.layer_norm2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.fc1 = nn.Linear(cfg.n_embd, hidden)
         self.fc2 = nn.Linear(hidden, cfg.n_embd)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from picovlm.config import GPTConfig
+from picovlm.interop.mapping import gpt_config_from_hf, gpt_from_hf, gpt_hf_config, gpt_to_hf
 from picovlm.models.gpt import GPT, KVCache
 
 
@@ -115,56 +116,21 @@ def test_context_overflow_raises():
         model(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
 
 
-# --- HF Llama parity -------------------------------------------------------------------------------
+# --- HF Llama parity (the maps live in picovlm/interop/mapping.py) ----------------------------------
 
 
-def to_hf_llama_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename our GPT keys to HF LlamaForCausalLM keys (weights are used as they are)."""
-    rename = {
-        "attn_norm.": "input_layernorm.",
-        "attn.": "self_attn.",
-        "mlp_norm.": "post_attention_layernorm.",
-    }
-    out = {}
-    for key, value in sd.items():
-        if key.startswith("blocks."):
-            _, i, rest = key.split(".", 2)
-            for old, new in rename.items():
-                if rest.startswith(old):
-                    rest = new + rest[len(old) :]
-                    break
-            key = f"model.layers.{i}.{rest}"
-        elif key.startswith(("norm.", "tok_emb.")):
-            key = "model." + key.replace("tok_emb.", "embed_tokens.")
-        out[key] = value
-    return out
-
-
-def hf_twin(model: GPT, config_cls, model_cls, **extra):
+def hf_twin(model: GPT, model_cls):
     """An HF causal LM with `model`'s weights (norm weights randomized first, so a misplaced norm shows
-    up), checking that every key maps."""
+    up), through the package's map (`picovlm.interop.mapping`), checking that every key maps."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
-    c = model.cfg
-    hf_cfg = config_cls(
-        hidden_size=c.n_embd,
-        intermediate_size=c.mlp_hidden,
-        num_hidden_layers=c.n_layer,
-        num_attention_heads=c.n_head,
-        num_key_value_heads=c.n_kv_head,
-        rms_norm_eps=c.norm_eps,
-        rope_theta=c.rope_theta,
-        max_position_embeddings=c.max_seq_len,
-        vocab_size=c.vocab_size,
-        tie_word_embeddings=c.tie_embeddings,
-        attention_bias=False,
-        **extra,
-    )
-    hf = model_cls(hf_cfg).eval()
-    missing, unexpected = hf.load_state_dict(to_hf_llama_state_dict(model.state_dict()), strict=False)
+    hf = model_cls(gpt_hf_config(model.cfg)).eval()
+    missing, unexpected = hf.load_state_dict(gpt_to_hf(model.state_dict()), strict=False)
     assert missing == [] and unexpected == []
+    # and back: the inverse map restores our keys exactly
+    assert set(gpt_from_hf(hf.state_dict())) == set(model.state_dict())
     return hf
 
 
@@ -176,10 +142,11 @@ def assert_same_logits(model: GPT, hf) -> None:
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_matches_hf_llama(tie):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     model = tiny_gpt(tie_embeddings=tie, n_head=4, n_kv_head=2, rope_theta=500.0, norm_eps=1e-6)
-    hf = hf_twin(model, LlamaConfig, LlamaForCausalLM, mlp_bias=False, hidden_act="silu")
+    hf = hf_twin(model, LlamaForCausalLM)
+    assert gpt_config_from_hf(hf.config) == model.cfg
     if tie:
         assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
     assert_same_logits(model, hf)
@@ -187,9 +154,9 @@ def test_matches_hf_llama(tie):
 
 def test_qk_norm_matches_hf_qwen3():
     """qk_norm=True is the Qwen3 layout: RMSNorm per head on queries and keys, before RoPE."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
     model = tiny_gpt(n_head=4, n_kv_head=2, qk_norm=True, norm_eps=1e-6)
-    assert_same_logits(
-        model, hf_twin(model, Qwen3Config, Qwen3ForCausalLM, head_dim=model.cfg.n_embd // model.cfg.n_head)
-    )
+    hf = hf_twin(model, Qwen3ForCausalLM)
+    assert gpt_config_from_hf(hf.config) == model.cfg
+    assert_same_logits(model, hf)

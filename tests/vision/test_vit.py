@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from picovlm.config import ViTConfig
+from picovlm.interop.mapping import vit_hf_config, vit_to_hf
 from picovlm.vision.vit import ViT, sincos_2d
 
 
@@ -94,36 +95,12 @@ def test_bad_configs_raise():
         ViT(tiny_cfg(image_size=18, patch_size=6, stem="conv"))
 
 
-# --- HF CLIP parity --------------------------------------------------------------------------------
-
-
-def to_hf_clip_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename our ViT keys to HF CLIPVisionModel keys."""
-    top = {
-        "patch_embed.weight": "embeddings.patch_embedding.weight",
-        "cls_token": "embeddings.class_embedding",
-        "pos_embed": "embeddings.position_embedding.weight",
-    }
-    out = {}
-    for key, value in sd.items():
-        if key in top:
-            key = top[key]
-        elif key.startswith("blocks."):
-            _, i, rest = key.split(".", 2)
-            if rest.startswith(("fc1.", "fc2.")):
-                rest = "mlp." + rest
-            key = f"encoder.layers.{i}.{rest}"
-        elif key.startswith("pre_norm."):
-            key = key.replace("pre_norm.", "pre_layrnorm.")
-        elif key.startswith("post_norm."):
-            key = key.replace("post_norm.", "post_layernorm.")
-        out["vision_model." + key] = value
-    return out
+# --- HF CLIP parity (the map lives in picovlm/interop/mapping.py) -----------------------------------
 
 
 @pytest.mark.parametrize("feature_layer", [-2, -1, 1])
 def test_matches_hf_clip(feature_layer):
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionModel
 
     vit = tiny_vit(use_cls=True, pos_embed="learned", pre_norm=True, act="quick_gelu", feature_layer=feature_layer)
     with torch.no_grad():
@@ -132,21 +109,10 @@ def test_matches_hf_clip(feature_layer):
                 p.uniform_(0.5, 1.5) if name.endswith("weight") else p.normal_(0, 0.1)
             elif name.endswith("bias"):
                 p.normal_(0, 0.1)
-    c = vit.cfg
-    hf_cfg = CLIPVisionConfig(
-        hidden_size=c.n_embd,
-        intermediate_size=int(c.n_embd * c.mlp_ratio),
-        num_hidden_layers=c.n_layer,
-        num_attention_heads=c.n_head,
-        image_size=c.image_size,
-        patch_size=c.patch_size,
-        hidden_act="quick_gelu",
-        layer_norm_eps=c.norm_eps,
-    )
-    hf = CLIPVisionModel(hf_cfg).eval()
-    hf_sd = to_hf_clip_state_dict(vit.state_dict())
-    if not any(k.startswith("vision_model.") for k in hf.state_dict()):  # transformers >= 5 drops the prefix
-        hf_sd = {k.removeprefix("vision_model."): v for k, v in hf_sd.items()}
+    hf = CLIPVisionModel(vit_hf_config(vit.cfg)).eval()
+    hf_sd = vit_to_hf(vit.state_dict())  # keys without the vision_model. wrapper (transformers >= 5 drops it)
+    if any(k.startswith("vision_model.") for k in hf.state_dict()):
+        hf_sd = {"vision_model." + k: v for k, v in hf_sd.items()}
     missing, unexpected = hf.load_state_dict(hf_sd, strict=False)
     assert unexpected == []
     assert [k for k in missing if "position_ids" not in k] == []  # a non-weight buffer in some versions

@@ -1,0 +1,256 @@
+"""picovlm VLM <-> HF `LlavaForConditionalGeneration` folder, weight for weight.
+
+LLaVA is the same adapter architecture as ours: CLIP vision tower -> `linear_1, act, linear_2`
+projector -> causal LM, with each `<image>` placeholder expanded to one token per patch (CLS
+dropped: `vision_feature_select_strategy="default"`). So a picovlm model maps when its parts do:
+
+  tower      our ViT in the CLIP layout (use_cls, pre_norm); sincos2d positions are written as
+             CLIP's learned position table. HF towers (kind "hf") are not exported yet.
+  projector  mlp2x_gelu (exactly LLaVA 1.5's), linear (linear_1 = ours, act = identity,
+             linear_2 = identity matrix) and identity. pixel_shuffleR (merges 2x2 patches into one
+             token: LLaVA has no such step), mlpNx_gelu with N > 2 and "+pos" slot embeddings
+             (no LLaVA weight to hold them) do not map, and export says so in one line.
+  lm         our GPT: LlamaForCausalLM, or Qwen3ForCausalLM with qk_norm.
+
+The folder holds config.json (text_config / vision_config), model.safetensors, the tokenizer
+with our chat template, and a LlavaProcessor (CLIP image processor with our resize/normalize,
+image token `<|image|>`), so `AutoProcessor` + `LlavaForConditionalGeneration` run it as is.
+`import_llava` reads such a folder back into a picovlm checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from picovlm.checkpoint import load_weights, read_config, save_checkpoint
+from picovlm.config import VisionConfig, VLMConfig
+from picovlm.interop.hf_text import CHAT_TEMPLATE, hf_tokenizer
+from picovlm.interop.mapping import (
+    fit_state_dict,
+    gpt_config_from_hf,
+    gpt_from_hf,
+    gpt_hf_config,
+    gpt_to_hf,
+    gpt_unmappable,
+    vit_config_from_hf,
+    vit_from_hf,
+    vit_hf_config,
+    vit_state_for_export,
+    vit_to_hf,
+    vit_unmappable,
+)
+from picovlm.models.vlm import VLM
+from picovlm.text.tokenizer import Tokenizer
+from picovlm.text.tokens import IMAGE
+from picovlm.vision.hf_tower import read_image_processor
+
+VLM_PARTS = {"tower": "tower.", "projector": "projector.", "lm": "lm."}
+EXPORTABLE_PROJECTORS = ("linear", "mlp2x_gelu", "identity")
+
+
+def load_vlm(path: str | Path) -> tuple[VLM, Tokenizer]:
+    """A picovlm VLM checkpoint (eval mode, float32) and its tokenizer."""
+    path = Path(path)
+    cfg = read_config(path)
+    if cfg.get("task") != "vlm":
+        raise ValueError(f"{path}: a {cfg.get('task')!r} checkpoint, not a VLM")
+    model = VLM(VLMConfig.from_dict(cfg["model"]), cfg["image_token_id"])
+    load_weights(model, path)
+    return model.eval(), Tokenizer.load(path / "tokenizer.json")
+
+
+def llava_unmappable(cfg: VLMConfig) -> str | None:
+    """Why this VLM has no LLaVA twin, or None."""
+    if cfg.vision.kind != "vit":
+        return f"vision tower kind {cfg.vision.kind!r}: only our ViT (kind 'vit') is exported"
+    if cfg.projector not in EXPORTABLE_PROJECTORS:
+        return (
+            f"projector {cfg.projector!r} has no LLaVA counterpart (LLaVA's is linear -> act -> linear; "
+            f"exportable: {', '.join(EXPORTABLE_PROJECTORS)})"
+        )
+    why = vit_unmappable(cfg.vision.vit) or gpt_unmappable(cfg.lm)
+    return why
+
+
+def llava_canonical(key: str) -> str:
+    """An HF LLaVA key without its version-dependent wrappers: vision.*, projector.*, text.*"""
+    for marker, tag in (("vision_tower.", "vision."), ("multi_modal_projector.", "projector.")):
+        if marker in key:
+            return tag + key.split(marker, 1)[1].removeprefix("vision_model.")
+    if "lm_head." in key:
+        return "text.lm_head." + key.split("lm_head.", 1)[1]
+    if "language_model." in key:
+        return "text.model." + key.split("language_model.", 1)[1].removeprefix("model.")
+    return key
+
+
+def _projector_to_hf(name: str, proj: torch.nn.Module, dim: int) -> tuple[dict[str, torch.Tensor], str]:
+    """(linear_1/linear_2 tensors, act) of an exportable projector."""
+    eye, zero = torch.eye(dim), torch.zeros(dim)
+    if name == "mlp2x_gelu":
+        first, second = proj.net[0], proj.net[2]
+        w = {"linear_1.weight": first.weight, "linear_1.bias": first.bias}
+        return {**w, "linear_2.weight": second.weight, "linear_2.bias": second.bias}, "gelu"
+    if name == "linear":
+        first = proj.net[0]
+        return {"linear_1.weight": first.weight, "linear_1.bias": first.bias, **_eye2(eye, zero)}, "linear"
+    return {"linear_1.weight": eye, "linear_1.bias": zero, **_eye2(eye, zero)}, "linear"  # identity
+
+
+def _eye2(eye: torch.Tensor, zero: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"linear_2.weight": eye, "linear_2.bias": zero}
+
+
+def to_llava(model: VLM, tok: Tokenizer):
+    """An in-memory `LlavaForConditionalGeneration` holding `model`'s weights."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    cfg = model.cfg
+    why = llava_unmappable(cfg)
+    if why:
+        raise ValueError(f"cannot export as hf-llava: {why}")
+    projector, act = _projector_to_hf(cfg.projector, model.projector, cfg.lm.n_embd)
+    special = dict(bos_token_id=tok.bos_id, eos_token_id=tok.end_id, pad_token_id=tok.pad_id)
+    config = LlavaConfig(
+        vision_config=vit_hf_config(cfg.vision.vit),
+        text_config=gpt_hf_config(cfg.lm, **special),
+        image_token_index=tok.image_id,
+        projector_hidden_act=act,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=cfg.vision.vit.feature_layer,
+        image_seq_length=model.tokens_per_image,
+        multimodal_projector_bias=True,
+        tie_word_embeddings=cfg.lm.tie_embeddings,
+        **special,
+    )
+    hf = LlavaForConditionalGeneration(config)
+    ours = {
+        **{"vision." + k: v for k, v in vit_to_hf(vit_state_for_export(model.tower)).items()},
+        **{"projector." + k: v for k, v in projector.items()},
+        **{"text." + k: v for k, v in gpt_to_hf(model.lm.state_dict()).items()},
+    }
+    fitted = fit_state_dict(list(hf.state_dict()), ours, llava_canonical)
+    hf.load_state_dict({k: v.detach().clone() for k, v in fitted.items()}, strict=False)
+    if cfg.lm.tie_embeddings:
+        hf.tie_weights()
+    for k, v in special.items():
+        setattr(hf.generation_config, k, v)
+    return hf.eval()
+
+
+def llava_processor(model: VLM, tokenizer_file: Path):
+    """A `LlavaProcessor` that prepares images and text exactly as our `VLMProcessor` does."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    vit, ip = model.cfg.vision.vit, model.tower.processor
+    size = {"height": ip.size, "width": ip.size}
+    image_processor = CLIPImageProcessor(
+        do_resize=True,
+        size=size,
+        resample=int(ip.resample),
+        do_center_crop=False,  # ours squashes any aspect ratio to a square, it does not crop
+        crop_size=size,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(ip.mean),
+        image_std=list(ip.std),
+        do_convert_rgb=True,
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=hf_tokenizer(tokenizer_file),
+        patch_size=vit.patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        image_token=IMAGE,
+        num_additional_image_tokens=1,  # CLIP's CLS, which "default" then drops
+    )
+
+
+def export_llava(model_path: str | Path, out: str | Path) -> Path:
+    """Write an HF LLaVA folder for the picovlm checkpoint at `model_path`."""
+    model_path, out = Path(model_path), Path(out)
+    model, tok = load_vlm(model_path)
+    try:
+        hf = to_llava(model, tok)
+    except ValueError as e:
+        raise ValueError(f"{model_path}: {e}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(out, safe_serialization=True)
+    llava_processor(model, model_path / "tokenizer.json").save_pretrained(out)
+    return out
+
+
+def import_llava(folder: str | Path, out: str | Path) -> Path:
+    """Read an HF LLaVA folder (CLIP tower, Llama/Qwen3 LM, our tokenizer) into a picovlm checkpoint."""
+    from transformers import AutoConfig, LlavaForConditionalGeneration
+
+    folder, out = Path(folder), Path(out)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no config.json; expected an HF LLaVA folder")
+    hf_cfg = AutoConfig.from_pretrained(folder)
+    if hf_cfg.model_type != "llava":
+        raise ValueError(f"{folder}: a {hf_cfg.model_type!r} model, not llava")
+    vcfg = hf_cfg.vision_config
+    if vcfg.model_type not in ("clip_vision_model", "clip"):
+        raise ValueError(f"{folder}: vision tower {vcfg.model_type!r}; only CLIP vision towers map onto our ViT")
+    if hf_cfg.vision_feature_select_strategy != "default" or not isinstance(hf_cfg.vision_feature_layer, int):
+        raise ValueError(f"{folder}: only vision_feature_select_strategy 'default' with one feature layer maps")
+    tok_file = folder / "tokenizer.json"
+    try:
+        tok = Tokenizer.load(tok_file)
+    except ValueError as e:
+        raise ValueError(f"{e}; importing a LLaVA with a foreign tokenizer is not supported") from None
+    image_id = hf_cfg.image_token_index if hasattr(hf_cfg, "image_token_index") else hf_cfg.image_token_id
+    if image_id != tok.image_id:
+        raise ValueError(f"{folder}: image token id {image_id} is not the tokenizer's {IMAGE} ({tok.image_id})")
+
+    ip = read_image_processor(folder, vcfg.image_size)
+    vit = vit_config_from_hf(vcfg, hf_cfg.vision_feature_layer, ip.mean, ip.std)
+    lm = gpt_config_from_hf(hf_cfg.text_config)
+    hf = LlavaForConditionalGeneration.from_pretrained(folder)
+    parts: dict[str, dict[str, torch.Tensor]] = {"vision": {}, "projector": {}, "text": {}}
+    for key, value in hf.state_dict().items():
+        tag, _, rest = llava_canonical(key).partition(".")
+        parts[tag][rest] = value
+    projector, proj_sd = _projector_from_hf(hf_cfg.projector_hidden_act, parts["projector"], folder)
+    cfg = VLMConfig(vision=VisionConfig(kind="vit", vit=vit), projector=projector, lm=lm)
+    model = VLM(cfg, tok.image_id)
+    state = {
+        **{"tower." + k: v for k, v in vit_from_hf(parts["vision"]).items()},
+        **{"projector." + k: v for k, v in proj_sd.items()},
+        **{"lm." + k: v for k, v in gpt_from_hf(parts["text"]).items()},
+    }
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{folder}: weights do not fit picovlm ({(missing or unexpected)[0]})")
+    config = {"task": "vlm", "model": cfg.to_dict(), "image_token_id": tok.image_id, "source": str(folder)}
+    with tempfile.TemporaryDirectory() as tmp:  # save_checkpoint copies one self-contained tokenizer file
+        plain = Path(tmp) / "tokenizer.json"
+        tok.save(plain)
+        save_checkpoint(out, model, config, VLM_PARTS, {}, plain)
+    return out
+
+
+def _projector_from_hf(act: str, sd: dict[str, torch.Tensor], folder: Path) -> tuple[str, dict[str, torch.Tensor]]:
+    """(projector name, its state dict). A linear act is two linears in a row: folded into one."""
+    w1, w2 = sd["linear_1.weight"], sd["linear_2.weight"]
+    b1 = sd.get("linear_1.bias", torch.zeros(w1.shape[0]))
+    b2 = sd.get("linear_2.bias", torch.zeros(w2.shape[0]))
+    if act == "gelu":
+        return "mlp2x_gelu", {"net.0.weight": w1, "net.0.bias": b1, "net.2.weight": w2, "net.2.bias": b2}
+    if act == "linear":
+        return "linear", {"net.0.weight": w2 @ w1, "net.0.bias": w2 @ b1 + b2}
+    raise ValueError(f"{folder}: projector act {act!r} has no picovlm projector (gelu or linear)")
+
+
+def describe(folder: Path) -> str:
+    """A one-line summary of an exported folder, for the CLI."""
+    cfg = json.loads((folder / "config.json").read_text())
+    files = sorted(p.name for p in folder.iterdir())
+    return f"{cfg.get('architectures', ['?'])[0]} in {folder} ({', '.join(files)})"

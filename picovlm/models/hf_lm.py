@@ -1,0 +1,118 @@
+"""An HF `AutoModelForCausalLM` from a local folder behind our GPT's interface, and its tokenizer.
+
+The VLM, the engine and the training stages talk to a language model through four things: `embed(ids)`,
+`forward(ids | inputs_embeds, key_padding_mask, kv_cache, position_ids, return_hidden)`, `cfg`
+(n_embd, max_seq_len, ...) and our `KVCache` (which the engine allocates and advances). This wrapper
+gives an HF model (Llama, Qwen2, GPT-2, SmolLM, ...) the same four, so it is interchangeable with our
+GPT everywhere. The HF model keeps its own cache object, stored on our KVCache; our cache's tensors
+go unused, only its position and capacity count.
+
+The tokenizer is the model's own (its vocabulary and BPE), with picovlm's six special tokens added
+where missing (`<|image|>` among them) and the embedding table grown to match: new rows start at the
+mean embedding, so they begin as an "average word" instead of noise. The chat template is
+picovlm's (`<|user|>...<|end|><|assistant|>...`): the LM's own template is not used yet, because our
+loss mask and every reader of the tokenizer assume single-token role markers. Loading the same
+folder always gives the same ids, so a checkpoint stores the tokenizer once and nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from picovlm.config import GPTConfig
+from picovlm.models.gpt import KVCache, default_positions
+from picovlm.text.tokenizer import Tokenizer
+from picovlm.text.tokens import SPECIAL_TOKENS
+
+
+def _check_folder(path: str | Path) -> Path:
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no config.json; expected a local HF causal LM folder")
+    return folder
+
+
+def hf_lm_tokenizer(path: str | Path) -> Tokenizer:
+    """The LM folder's own tokenizer (tokenizer.json) with picovlm's special tokens added."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as RawTokenizer
+
+    file = _check_folder(path) / "tokenizer.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no fast tokenizer file; an HF LM folder needs tokenizer.json")
+    raw = RawTokenizer.from_file(str(file))
+    raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    return Tokenizer(raw, source=str(file))
+
+
+class HFCausalLM(nn.Module):
+    """Our GPT's interface over an HF causal LM; `vocab_size` grows its embeddings to fit the tokenizer."""
+
+    def __init__(self, path: str | Path, vocab_size: int, max_seq_len: int, load_weights: bool = True):
+        super().__init__()
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        folder = _check_folder(path)
+        config = AutoConfig.from_pretrained(folder)
+        if load_weights:
+            self.model = AutoModelForCausalLM.from_pretrained(folder).float()  # train in fp32 like our GPT
+        else:  # the weights come from a picovlm checkpoint right after: skip reading them twice
+            self.model = AutoModelForCausalLM.from_config(config).float()
+        old = self.model.get_input_embeddings().weight.shape[0]
+        if vocab_size > old:
+            mean = self.model.get_input_embeddings().weight.detach().mean(0)
+            self.model.resize_token_embeddings(vocab_size, mean_resizing=False)
+            with torch.no_grad():
+                self.model.get_input_embeddings().weight[old:] = mean
+                out = self.model.get_output_embeddings()
+                if out is not None and out.weight.data_ptr() != self.model.get_input_embeddings().weight.data_ptr():
+                    out.weight[old:] = out.weight[:old].mean(0)
+        c = self.model.config
+        get = lambda *names: next((getattr(c, n) for n in names if getattr(c, n, None) is not None), None)  # noqa: E731
+        n_head = get("num_attention_heads", "n_head")
+        self.cfg = GPTConfig(
+            vocab_size=self.model.get_input_embeddings().weight.shape[0],
+            n_layer=get("num_hidden_layers", "n_layer"),
+            n_head=n_head,
+            n_kv_head=get("num_key_value_heads") or n_head,
+            n_embd=get("hidden_size", "n_embd"),
+            max_seq_len=min(max_seq_len, get("max_position_embeddings", "n_positions") or max_seq_len),
+        )
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    def forward(
+        self,
+        ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ) -> torch.Tensor:
+        """Same contract as `GPT.forward`: logits, or the last hidden states with `return_hidden`."""
+        x = self.embed(ids) if inputs_embeds is None else inputs_embeds
+        B, T, _ = x.shape
+        past = kv_cache.pos if kv_cache is not None else 0
+        if past + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {past + T} tokens exceeds the context of {self.cfg.max_seq_len}")
+        if kv_cache is not None and past + T > kv_cache.max_len:
+            raise ValueError(f"KV cache full: {past + T} positions needed, {kv_cache.max_len} allocated")
+        if position_ids is None:
+            position_ids = default_positions(key_padding_mask, B, past, T, x.device)
+        out = self.model(
+            inputs_embeds=x,
+            attention_mask=None if key_padding_mask is None else key_padding_mask.long(),
+            position_ids=position_ids,
+            past_key_values=getattr(kv_cache, "hf", None),
+            use_cache=kv_cache is not None,
+            output_hidden_states=return_hidden,
+        )
+        if kv_cache is not None:
+            kv_cache.hf = out.past_key_values
+            kv_cache.advance(T)
+        return out.hidden_states[-1] if return_hidden else out.logits

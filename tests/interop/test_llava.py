@@ -1,0 +1,130 @@
+"""Export to an HF LLaVA folder and back: the folder runs in transformers with our logits and tokens."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from picovlm.checkpoint import save_checkpoint
+from picovlm.config import GPTConfig, VisionConfig, ViTConfig, VLMConfig
+from picovlm.engine.pipeline import Pipeline
+from picovlm.engine.sampling import SamplingParams
+from picovlm.interop.llava import VLM_PARTS, export_llava, import_llava
+from picovlm.models.vlm import VLM
+from picovlm.text.tokens import IMAGE
+
+
+def make_checkpoint(path, tok, projector="mlp2x_gelu", qk_norm=False, tie=False, pos_embed="learned"):
+    """A tiny random VLM checkpoint with large-ish weights, so differences between layouts show."""
+    torch.manual_seed(0)
+    vit = ViTConfig(
+        image_size=16, patch_size=4, n_embd=32, n_layer=2, n_head=4, mlp_ratio=2.0, act="quick_gelu",
+        pos_embed=pos_embed, image_mean=(0.4, 0.5, 0.6), image_std=(0.2, 0.3, 0.25),
+    )  # fmt: skip
+    lm = GPTConfig(
+        vocab_size=tok.vocab_size, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=48, max_seq_len=64,
+        rope_theta=500.0, qk_norm=qk_norm, tie_embeddings=tie,
+    )  # fmt: skip
+    cfg = VLMConfig(vision=VisionConfig(kind="vit", vit=vit), projector=projector, lm=lm)
+    model = VLM(cfg, tok.image_id)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.uniform_(0.5, 1.5)
+            elif p.dim() >= 2:
+                p.normal_(0, 0.2)
+            else:
+                p.normal_(0, 0.1)
+    tok_file = path.parent / "tok.json"
+    tok.save(tok_file)
+    config = {"task": "vlm", "model": cfg.to_dict(), "image_token_id": tok.image_id}
+    save_checkpoint(path, model, config, VLM_PARTS, {}, tok_file)
+    return path
+
+
+def image(seed: int, size=(20, 13)) -> Image.Image:
+    g = torch.Generator().manual_seed(seed)
+    return Image.fromarray((torch.rand(size[1], size[0], 3, generator=g) * 255).byte().numpy())
+
+
+MESSAGES = [{"role": "user", "content": f"{IMAGE}\nwhat is in the picture"}]
+HF_MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is in the picture"}]}]
+
+
+@pytest.mark.parametrize(
+    "projector,qk_norm,tie,pos_embed",
+    [("mlp2x_gelu", False, False, "learned"), ("linear", True, True, "sincos2d")],
+)
+def test_export_runs_in_transformers_with_our_logits(tmp_path, tok, projector, qk_norm, tie, pos_embed):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    ckpt = make_checkpoint(tmp_path / "ours", tok, projector, qk_norm, tie, pos_embed)
+    out = export_llava(ckpt, tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlavaForConditionalGeneration"]
+    assert {"text_config", "vision_config"} <= set(config)
+
+    pipe = Pipeline.load(ckpt)
+    hf = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+
+    im = image(1)
+    ours = pipe.processor.encode_prompt(MESSAGES, [im])
+    prompt = processor.apply_chat_template(HF_MESSAGES, add_generation_prompt=True)
+    inputs = processor(images=[im], text=prompt, return_tensors="pt")
+    assert inputs["input_ids"][0].tolist() == ours.ids  # same template, same image-token expansion
+    torch.testing.assert_close(inputs["pixel_values"], ours.pixels, atol=1e-5, rtol=0)
+
+    ids = torch.tensor([ours.ids])
+    with torch.no_grad():
+        theirs = hf(**inputs).logits
+        mine = pipe.model(ids, ours.pixels)
+    torch.testing.assert_close(theirs, mine, atol=1e-4, rtol=0)
+
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    answer = [t for (t,) in pipe._stream_ids([MESSAGES], [[im]], params) if t is not None]
+    with torch.no_grad():
+        gen = hf.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert gen[0, ids.shape[1] :].tolist() == answer
+
+
+def test_import_round_trip(tmp_path, tok):
+    ckpt = make_checkpoint(tmp_path / "ours", tok, "linear")
+    back = import_llava(export_llava(ckpt, tmp_path / "hf"), tmp_path / "back")
+    a, b = Pipeline.load(ckpt), Pipeline.load(back)
+    assert b.model.cfg.projector == "linear" and b.model.cfg.vision.vit == a.model.cfg.vision.vit
+    enc = a.processor.encode_prompt(MESSAGES, [image(2)])
+    ids = torch.tensor([enc.ids])
+    with torch.no_grad():
+        torch.testing.assert_close(b.model(ids, enc.pixels), a.model(ids, enc.pixels), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("projector", ["pixel_shuffle2", "mlp3x_gelu", "mlp2x_gelu+pos"])
+def test_unmappable_projector_is_one_clear_error(tmp_path, tok, projector):
+    ckpt = make_checkpoint(tmp_path / "ours", tok, projector)
+    with pytest.raises(ValueError, match=f"projector '{projector.replace('+', '.')}' has no LLaVA counterpart"):
+        export_llava(ckpt, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_import_rejects_foreign_folders(tmp_path, tok):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        import_llava(tmp_path, tmp_path / "x")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="not llava"):
+        import_llava(tmp_path, tmp_path / "x")
+
+
+def test_cli_export_and_import(tmp_path, tok, capsys):
+    from picovlm.cli import main
+
+    ckpt = make_checkpoint(tmp_path / "ours", tok)
+    assert main(["export", "--model", str(ckpt), "--format", "hf-llava", str(tmp_path / "hf")]) == 0
+    assert "LlavaForConditionalGeneration" in capsys.readouterr().out
+    assert main(["import", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    assert Pipeline.load(tmp_path / "back").model.cfg.projector == "mlp2x_gelu"
+    bad = make_checkpoint(tmp_path / "ps", tok, "pixel_shuffle2")
+    assert main(["export", "--model", str(bad), str(tmp_path / "hf2")]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # (transformers 5 also logs progress bars)
+    assert last.startswith("picovlm: error: ") and "pixel_shuffle2' has no LLaVA counterpart" in last
