@@ -2,9 +2,10 @@
 with an option parser and MMBench's circular evaluation.
 
 Option parser (`parse_option`), first rule that decides wins:
-1. The answer starts with an option letter standing alone: "B", "B.", "(B)", "B)", "B: a cat".
+1. The answer is an option letter, or starts with one and a mark: "B", "B.", "(B)", "B)", "B: a cat".
 2. Exactly one of the option letters appears as a capital letter standing alone anywhere
-   ("The answer is C."); two or more different letters is ambiguous.
+   ("The answer is C."); two or more different letters is ambiguous ("A or B"). A sentence that
+   starts with the article "A" therefore picks A when no other letter stands alone.
 3. Exactly one option's text appears in the answer (case-insensitive), e.g. "a red circle"; when
    one option's text contains another's ("red" / "red circle") the longest match wins.
 Otherwise the answer is unparsed (None) and counts as wrong; `unparsed` in the metrics counts them.
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 LETTERS = tuple(string.ascii_uppercase[:8])
-_LEADING = re.compile(r"^\s*\(?([A-H])\s*(?:[).:,]|$|\s)")
+_LEADING = re.compile(r"^\s*\(?([A-H])\s*(?:[).:,]|$)")
 
 
 @dataclass
