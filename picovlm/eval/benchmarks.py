@@ -96,7 +96,13 @@ def _mc_items(scene: Scene, cfg: SceneConfig, rng: random.Random, image_id: int)
         add(f"What colour is the {o.shape}?", o.color, list(cfg.colors), "coarse perception", "color")
     if colors.count(o.color) == 1 and len(cfg.shapes) >= 4:
         add(f"What shape is the {o.color} object?", o.shape, list(cfg.shapes), "coarse perception", "shape")
-    add("How many objects are there?", str(len(objs)), [str(i) for i in range(1, 10)], "fine-grained perception", "count")
+    add(
+        "How many objects are there?",
+        str(len(objs)),
+        [str(i) for i in range(1, 10)],
+        "fine-grained perception",
+        "count",
+    )
     if len(objs) == len({(x.color, x.shape) for x in objs}) and cfg.grid == 3:
         add(f"Where is the {o.name}?", scene.place(o), list(POSITIONS), "fine-grained perception", "position")
     return out

@@ -39,6 +39,14 @@ def java_available() -> bool:
         return False
 
 
+@cache
+def meteor_scorer() -> Any:
+    """One METEOR process per Python process: its JVM takes seconds to start and load paraphrases."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    return Meteor()
+
+
 def simple_tokenize(text: str) -> str:
     """The fallback tokenizer: lowercase, split off punctuation, drop what PTB's wrapper drops."""
     return " ".join(t for t in _TOKEN.findall(text.lower().replace("\n", " ")) if t not in PUNCTUATIONS)
@@ -79,9 +87,7 @@ def score_captions(
     for n in range(4):
         scores[f"Bleu_{n + 1}"] = (bleu[n], bleu_per[n])
     if java and meteor:
-        from pycocoevalcap.meteor.meteor import Meteor  # starts a JVM on construction
-
-        scores["METEOR"] = Meteor().compute_score(gts, res)
+        scores["METEOR"] = meteor_scorer().compute_score(gts, res)
     elif java:
         notes.append("METEOR skipped (meteor=False)")
     scores["ROUGE_L"] = Rouge().compute_score(gts, res)

@@ -41,7 +41,9 @@ class PipelineClient:
         return cls(Pipeline.load(path))
 
     def generate(self, images: list[list[Image.Image]], prompts: list[str], max_tokens: int) -> list[str]:
-        batch = [[{"role": "user", "content": f"{IMAGE * len(ims)}\n{p}"}] for ims, p in zip(images, prompts, strict=True)]
+        batch = [
+            [{"role": "user", "content": f"{IMAGE * len(ims)}\n{p}"}] for ims, p in zip(images, prompts, strict=True)
+        ]
         return self.pipe.generate(batch, images, SamplingParams(max_tokens=max_tokens, temperature=0.0))
 
 

@@ -22,7 +22,7 @@ _WORDS = re.compile(r"[a-z]+")
 
 
 def parse_yes_no(answer: str) -> str:
-    """"yes" or "no", by POPE's rule (see the module docstring)."""
+    """ "yes" or "no", by POPE's rule (see the module docstring)."""
     words = answer.split(".")[0].replace(",", "").split(" ")
     return "no" if any(w in ("no", "No", "not") for w in words) else "yes"
 

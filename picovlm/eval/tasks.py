@@ -354,6 +354,8 @@ class POPE(Task):
         return rows
 
     def load(self, data, images, limit):
+        if not data.exists():
+            raise FileNotFoundError(f"{data}: not found")
         files = [data] if data.is_file() else sorted(data.glob("*pope_*.json*"))
         if not files:
             raise FileNotFoundError(

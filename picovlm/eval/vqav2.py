@@ -35,9 +35,9 @@ _DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
 _PERIOD = re.compile(r"\.(?!\d)")
 _MAX_PERIODS = 32  # re.UNICODE's value, passed as `count` by the official script
 
-NUMBER_WORDS = {
-    w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())
-} | {"none": "0"}
+NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())} | {
+    "none": "0"
+}
 ARTICLES = ("a", "an", "the")
 
 # Contracted forms the script restores when written without an apostrophe. Each key of the map is

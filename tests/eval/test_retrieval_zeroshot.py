@@ -36,7 +36,12 @@ def test_topk_accuracy():
 
 
 def test_class_embeddings_average_templates():
-    vecs = {"a cat.": [1.0, 0.0], "a photo of a cat.": [0.0, 1.0], "a dog.": [1.0, 0.0], "a photo of a dog.": [1.0, 0.0]}
+    vecs = {
+        "a cat.": [1.0, 0.0],
+        "a photo of a cat.": [0.0, 1.0],
+        "a dog.": [1.0, 0.0],
+        "a photo of a dog.": [1.0, 0.0],
+    }
 
     def encode(texts):
         return torch.tensor([vecs[t] for t in texts])

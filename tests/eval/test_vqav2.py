@@ -69,9 +69,19 @@ def test_vqa_accuracy_worked_examples(prediction, human, expected):
 
 def test_score_vqav2_per_type_rounded_percent():
     anns = [
-        {"question_id": 1, "question_type": "what color", "answer_type": "other", "answers": answers(("red", 2), ("blue", 8))},
+        {
+            "question_id": 1,
+            "question_type": "what color",
+            "answer_type": "other",
+            "answers": answers(("red", 2), ("blue", 8)),
+        },
         {"question_id": 2, "question_type": "is there", "answer_type": "yes/no", "answers": answers(("yes", 10))},
-        {"question_id": 3, "question_type": "is there", "answer_type": "yes/no", "answers": answers(("yes", 1), ("no", 9))},
+        {
+            "question_id": 3,
+            "question_type": "is there",
+            "answer_type": "yes/no",
+            "answers": answers(("yes", 1), ("no", 9)),
+        },
     ]
     m = score_vqav2(anns, {1: "red", 2: "yes", 3: "yes"})
     # per question: 0.6, 1.0, 0.3 -> overall 1.9 / 3
