@@ -3,6 +3,9 @@
     picovlm data --preset tiny --out data/tiny
     picovlm train --preset tiny --data data/tiny --out runs/tiny
     picovlm eval --model runs/tiny/instruct/model --data data/tiny/test.json
+    picovlm eval-data --from data/tiny --out data/tiny/eval
+    picovlm eval --task vqav2 --model runs/tiny/instruct/model --data data/tiny/eval --limit 100
+    picovlm score --task vqav2 --annotations A.json --questions Q.json --results R.json
     picovlm generate --model runs/tiny/instruct/model --image data/tiny/images/test_000000.png --prompt "..."
     picovlm chat --model runs/tiny/instruct/model
     picovlm serve --model runs/tiny/instruct/model --port 8000
@@ -32,6 +35,9 @@ from picovlm.demo import format_results, run_demo
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
 from picovlm.engine.session import ChatSession
+from picovlm.eval.benchmarks import scene_config_of, write_eval_sets
+from picovlm.eval.harness import markdown_table, run_eval, score_files
+from picovlm.eval.tasks import GENERATION_TASKS, TASK_NAMES
 from picovlm.eval.vqa import evaluate_vqa
 from picovlm.presets import DATA_PRESETS, RECIPES
 from picovlm.text.tokens import IMAGE
@@ -100,12 +106,59 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.task:
+        return cmd_eval_task(args)
+    if args.model is None or args.data is None:
+        raise ValueError("eval without --task scores a LLaVA-style test file: it needs --model and --data")
     pipe = Pipeline.load(args.model)
     results = evaluate_vqa(pipe, args.data, batch_size=args.batch_size, limit=args.limit)
     if args.out:
         save_json(results, args.out)
     print(format_results(results))
     print(json.dumps(results))
+    return 0
+
+
+def cmd_eval_task(args: argparse.Namespace) -> int:
+    if args.data is None:
+        raise ValueError(f"--task {args.task} needs --data (a folder made by `picovlm eval-data`, or benchmark files)")
+    out = args.out or Path("eval") / f"{args.task}.json"
+    options = {"circular": args.circular, "prompt_suffix": args.prompt_suffix}
+    results = run_eval(
+        args.task,
+        args.data,
+        out,
+        model=args.model,
+        endpoint=args.endpoint,
+        endpoint_model=args.endpoint_model,
+        images=args.images,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        **options,
+    )
+    print(markdown_table(args.task, results["metrics"]), end="")
+    for note in results["notes"]:
+        print(f"note: {note}")
+    for name, path in results["files"].items():
+        print(f"{name}: {path}")
+    print(json.dumps(results["metrics"]))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    metrics = score_files(args.task, args.annotations, args.results, args.questions)
+    for note in metrics.get("notes", []):
+        print(f"note: {note}")
+    print(json.dumps(metrics))
+    return 0
+
+
+def cmd_eval_data(args: argparse.Namespace) -> int:
+    cfg = scene_config_of(args.source) if args.source else DATA_PRESETS[args.preset]().scenes
+    paths = write_eval_sets(args.out, cfg, args.n, args.seed)
+    print(f"wrote evaluation sets for {args.n} scenes to {args.out}:")
+    for path in paths.values():
+        print(f"  {path}")
     return 0
 
 
@@ -295,19 +348,88 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="score a model on VQA data",
-        description="Short-answer VQA accuracy: exact match after normalization, per question type.",
+        help="score a model on VQA data or a benchmark task",
+        description="Without --task: short-answer VQA accuracy of a LLaVA-style test file (exact match after "
+        "normalization, per question type). With --task: a benchmark in its own format "
+        f"({', '.join(TASK_NAMES)}); writes results JSON, a markdown table, predictions.jsonl and the "
+        "official result file.",
+    )
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument(
+        "--model",
+        metavar="DIR",
+        type=Path,
+        help="checkpoint folder, e.g. runs/demo/instruct/model (clip/model for retrieval and zeroshot)",
+    )
+    who.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="an OpenAI-compatible server: POST URL/v1/chat/completions (instead of --model)",
+    )
+    p.add_argument("--task", choices=TASK_NAMES, help="benchmark task (default: the LLaVA-style test file of --data)")
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        type=Path,
+        help="LLaVA-style .json/.jsonl test file; with --task, a folder made by "
+        "`picovlm eval-data` or the benchmark's own file(s)",
     )
     p.add_argument(
-        "--model", metavar="DIR", type=Path, required=True, help="checkpoint folder, e.g. runs/demo/instruct/model"
+        "--images", metavar="DIR", type=Path, help="where the benchmark's images are (default: beside --data)"
     )
-    p.add_argument("--data", metavar="FILE", type=Path, required=True, help="LLaVA-style .json/.jsonl test file")
     p.add_argument("--limit", metavar="N", type=_positive_int, help="score only the first N questions")
     p.add_argument(
         "--batch-size", metavar="N", type=_positive_int, default=32, help="questions decoded together (default: 32)"
     )
-    p.add_argument("--out", metavar="FILE", type=Path, help="also write the results JSON to this file")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        type=Path,
+        help="also write the results JSON to this file (with --task: default "
+        "eval/TASK.json, and the other files beside it)",
+    )
+    p.add_argument("--circular", action="store_true", help="mmstar: MMBench circular evaluation (all rotations right)")
+    p.add_argument(
+        "--prompt-suffix",
+        metavar="TEXT",
+        help="vqav2/gqa/pope: text after each question (default: LLaVA's "
+        "'Answer the question using a single word or phrase.'; '' for none)",
+    )
+    p.add_argument("--endpoint-model", metavar="NAME", default="default", help="the model name sent to --endpoint")
     p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser(
+        "score",
+        help="score an official-format result file (no model)",
+        description="Score a result file in the benchmark's official format (VQAv2 [{question_id, answer}], COCO "
+        "[{image_id, caption}], GQA [{questionId, prediction}], POPE [{question_id, text}], multiple choice "
+        "[{index, prediction}]) against its annotations; the last line is the metrics as JSON.",
+    )
+    p.add_argument("--task", choices=sorted(GENERATION_TASKS), required=True, help="the benchmark")
+    p.add_argument(
+        "--annotations",
+        metavar="FILE",
+        type=Path,
+        required=True,
+        help="VQAv2 annotations, COCO captions, GQA questions, POPE JSONL or MMStar TSV/JSONL",
+    )
+    p.add_argument("--questions", metavar="FILE", type=Path, help="vqav2: the questions file (checks the result ids)")
+    p.add_argument("--results", metavar="FILE", type=Path, required=True, help="the result file to score")
+    p.set_defaults(run=cmd_score)
+
+    p = sub.add_parser(
+        "eval-data",
+        help="write small benchmark-format eval sets",
+        description="Write evaluation sets in the benchmarks' formats (VQAv2, GQA, COCO captions, POPE, MMStar TSV, "
+        "ImageFolder) from new scenes drawn like those of a dataset, so every eval task runs offline.",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--from", dest="source", metavar="DIR", type=Path, help="dataset folder whose scene config to use")
+    src.add_argument("--preset", choices=sorted(DATA_PRESETS), default="demo", help="data preset (default: demo)")
+    p.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder to write the sets into")
+    p.add_argument("--n", metavar="N", type=_positive_int, default=200, help="number of scenes (default: 200)")
+    p.add_argument("--seed", metavar="N", type=int, default=0, help="random seed (default: 0)")
+    p.set_defaults(run=cmd_eval_data)
 
     p = sub.add_parser(
         "generate",
