@@ -116,7 +116,9 @@ class StageConfig:
 
     name: str = "instruct"
     task: str = "vlm"  # "lm" (text pretraining) | "clip" (contrastive tower pretraining) | "vlm"
-    data: tuple[str, ...] = ()  # .json (LLaVA) / .jsonl files; relative to the recipe's data_dir
+    # files or folders relative to the recipe's data_dir: .json, .jsonl, .tar shards, .parquet/.arrow/
+    # save_to_disk folders (the_cauldron); "FORMAT:name" names the format (see picovlm.data.formats)
+    data: tuple[str, ...] = ()
     val_data: tuple[str, ...] = ()
     trainable: tuple[str, ...] = ("projector", "lm")  # parts that learn; the others are frozen
     init: dict[str, str] = field(default_factory=dict)  # part -> stage name whose weights it starts from

@@ -8,36 +8,39 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from picovlm.data.formats import Sample
+from picovlm.data.formats import ImageSource, Sample, open_image
 from picovlm.models.processor import VLMProcessor
 from picovlm.models.vlm import IGNORE_INDEX
 from picovlm.text.chat import render_conversation
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.text.tokens import IMAGE
-from picovlm.vision.image import ImageProcessor, load_image
+from picovlm.vision.image import ImageProcessor
 
 CAPTION_PROMPT = "Describe the image."
 Batch = dict[str, torch.Tensor]
 
 
 class ImageCache:
-    """Decoded images kept in memory: small datasets are read from disk once, not once per epoch."""
+    """Decoded images kept in memory: small datasets are read from disk once, not once per epoch.
+
+    Keys are image paths or `ImageRef`s (a tar member, a dataset cell); past `max_items` images are
+    decoded each time they are used, so a large dataset is streamed rather than held.
+    """
 
     def __init__(self, max_items: int = 100_000):
         self.max_items, self.images = max_items, {}
 
-    def __call__(self, path: Path) -> Image.Image:
-        im = self.images.get(path)
+    def __call__(self, source: ImageSource) -> Image.Image:
+        im = self.images.get(source)
         if im is None:
-            im = load_image(path)
+            im = open_image(source)
             if len(self.images) < self.max_items:
-                self.images[path] = im
+                self.images[source] = im
         return im
 
 

@@ -15,11 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from picovlm.data.formats import Sample, load_samples
+from picovlm.data.formats import ImageSource, Sample, load_samples, open_image
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
 from picovlm.text.tokens import IMAGE
-from picovlm.vision.image import load_image
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = re.compile(r"[^\w\s]")
@@ -34,7 +33,7 @@ def normalize_answer(text: str) -> str:
 
 @dataclass
 class Question:
-    image: Path
+    image: ImageSource
     question: str
     answer: str
     qtype: str
@@ -72,7 +71,7 @@ def evaluate_vqa(
     for i in tqdm(range(0, len(qs), batch_size), desc="eval", disable=not progress):
         chunk = qs[i : i + batch_size]
         prompts = [[{"role": "user", "content": f"{IMAGE}\n{q.question}"}] for q in chunk]
-        answers = pipe.generate(prompts, [[load_image(q.image)] for q in chunk], params)
+        answers = pipe.generate(prompts, [[open_image(q.image)] for q in chunk], params)
         for q, a in zip(chunk, answers, strict=True):
             ok = normalize_answer(a) == normalize_answer(q.answer)
             right[q.qtype].append(int(ok))

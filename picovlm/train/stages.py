@@ -19,7 +19,7 @@ import torch
 from picovlm.checkpoint import load_part, load_trainer_state, part_files, save_checkpoint
 from picovlm.config import RecipeConfig, StageConfig
 from picovlm.data.batches import BatchStream, ImageCache, clip_batch, text_batch, vlm_batch
-from picovlm.data.formats import Sample, load_samples
+from picovlm.data.formats import Sample, load_samples, split_format
 from picovlm.models.clip import CLIPModel
 from picovlm.models.gpt import GPT
 from picovlm.models.processor import VLMProcessor
@@ -41,9 +41,11 @@ def checkpoint_dir(out_dir: Path, stage: str) -> Path:
 
 
 def read_samples(files: tuple[str, ...], data_dir: Path) -> list[Sample]:
+    """Every file's samples; an entry may name its format ("webdataset:shards", see `split_format`)."""
     samples: list[Sample] = []
     for f in files:
-        samples += load_samples(data_dir / f, on_error="skip")
+        fmt, name = split_format(f)
+        samples += load_samples(data_dir / name, on_error="skip", format=fmt)
     if not samples:
         raise ValueError(f"no usable samples in {', '.join(files) or '(no files given)'}")
     return samples

@@ -25,9 +25,17 @@ class ImageTooLarge(ImageError):
     """An image with more pixels than allowed (told from its header, before any decoding)."""
 
 
-def load_image(source: str | Path | bytes, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None) -> Image.Image:
-    """Open a path or raw bytes as an RGB PIL image, refusing missing, corrupt or oversized input."""
-    label = name or (str(source) if not isinstance(source, bytes) else "<image bytes>")
+def load_image(
+    source: str | Path | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None
+) -> Image.Image:
+    """Open a path or raw bytes as an RGB PIL image, refusing missing, corrupt or oversized input.
+    An already decoded PIL image (from a dataset library) gets the same size limit and conversion."""
+    label = name or (str(source) if not isinstance(source, (bytes, Image.Image)) else "<image bytes>")
+    if isinstance(source, Image.Image):
+        w, h = source.size
+        if w * h > max_pixels:
+            raise ImageTooLarge(f"{label}: image is {w}x{h}, more than the limit of {max_pixels} pixels")
+        return source.convert("RGB")
     if not isinstance(source, bytes) and not Path(source).is_file():
         raise ImageError(f"{label}: image file not found")
     try:

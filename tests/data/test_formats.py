@@ -30,7 +30,7 @@ def _jsonl(folder, records: list, name: str = "data.jsonl"):
 BAD_RECORDS = [
     ("{not json", "invalid JSON"),
     ([1, 2], "expected a JSON object, got list"),
-    ({"image": "a.png"}, "missing key 'conversations' (or 'text' for a caption)"),
+    ({"image": "a.png"}, "missing key 'conversations' (or 'messages', or 'text' for a caption)"),
     ({"image": "a.png", "conversations": []}, "'conversations' must be a non-empty list"),
     ({"image": "a.png", "conversations": "hi"}, "'conversations' must be a non-empty list"),
     ({"conversations": ["hi"]}, "turn 0 must be an object"),
