@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from picovlm.data.formats import IMAGE_TOKEN, DataError, Sample, load_samples, write_llava_json
+from picovlm.data.formats import IMAGE_TOKEN, DataError, ImageRef, Sample, load_samples, write_llava_json
 
 
 def _qa(question: str = "<image>\nWhat is it?", answer: str = "a circle") -> list[dict]:
@@ -211,3 +211,96 @@ def test_empty_json_list(folder, text):
     path = folder / "data.json"
     path.write_text(text)
     assert load_samples(path, on_error="raise") == []
+
+
+# ShareGPT-style "images" and OpenAI-style "messages" records, in .json and .jsonl alike.
+
+MESSAGES = {
+    "images": ["a.png"],
+    "messages": [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]},
+        {"role": "assistant", "content": "a circle"},
+    ],
+}
+
+
+def test_sharegpt_images_key_and_openai_messages_read_like_llava(folder):
+    sharegpt = {"images": ["a.png"], "conversations": _qa()}
+    as_string = {"images": ["a.png"], "messages": [{"role": "user", "content": "<image>\nWhat is it?"},
+                                                   {"role": "assistant", "content": "a circle"}]}  # fmt: skip
+    url = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "file://a.png"}},
+                                                     {"type": "text", "text": "What is it?"}]},
+                        {"role": "assistant", "content": [{"type": "text", "text": "a circle"}]}]}  # fmt: skip
+    samples = load_samples(_jsonl(folder, [GOOD, sharegpt, MESSAGES, as_string, url]), on_error="raise")
+    assert len(samples) == 5
+    for s in samples:
+        assert s.images == [folder / "a.png"] and s.meta["kind"] == "chat"
+        assert s.messages == samples[0].messages
+
+
+@pytest.mark.parametrize(
+    ("record", "what"),
+    [
+        ({**GOOD, "images": ["a.png"]}, "use 'image' or 'images', not both"),
+        ({**MESSAGES, "conversations": _qa()}, "use 'conversations' or 'messages', not both"),
+        ({"images": "a.png", "messages": []}, "'messages' must be a non-empty list"),
+        ({"messages": [{"role": "user"}]}, "message 0 needs a string 'role' and a 'content'"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "message 0 has unknown role 'tool'"),
+        ({"messages": [{"role": "user", "content": 3}]}, "message 0 'content' must be a string or a list of parts"),
+        ({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}, "message 0 has a part of unknown type"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "message 0 has a text part without"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}
+                ]
+            },
+            "message 0: only local image paths are read from data files",
+        ),
+        ({**MESSAGES, "images": []}, "1 <image> placeholder(s) for 0 image(s)"),
+        ({"conversations": _qa(f"{IMAGE_TOKEN} hi")}, "turn 0 contains the reserved token <|image|>"),
+    ],
+)
+def test_sharegpt_and_messages_problems(folder, record, what):
+    path = _jsonl(folder, [GOOD, record])
+    with pytest.raises(DataError) as info:
+        load_samples(path, on_error="raise")
+    assert str(info.value).startswith(f"{path}:2: {what}")
+
+
+def test_format_is_picked_from_the_path_or_named(folder):
+    from picovlm.data.formats import detect_format, split_format
+
+    for name, fmt in [("a.json", "json"), ("a.JSONL", "jsonl"), ("s.tar.gz", "webdataset"), ("d.parquet", "cauldron")]:
+        assert detect_format(folder / name) == fmt
+    assert split_format("webdataset:shards/x") == ("webdataset", "shards/x")
+    assert split_format("c:/data/x.json") == (None, "c:/data/x.json")  # not a format name: a path
+    named = _jsonl(folder, [GOOD], name="records.txt")
+    assert len(load_samples(named, on_error="raise", format="jsonl")) == 1
+    (folder / "empty").mkdir()
+    with pytest.raises(ValueError, match="a folder with no dataset files"):
+        load_samples(folder / "empty")
+
+
+def test_samples_with_archived_images_are_not_written_as_llava(folder):
+    ref = ImageRef("shard.tar:k.png", lambda: b"")
+    sample = Sample([ref], [{"role": "user", "content": IMAGE_TOKEN}, {"role": "assistant", "content": "x"}])
+    with pytest.raises(ValueError, match="sample 0 has images inside an archive or dataset"):
+        write_llava_json([sample], folder / "out.json")
+
+
+def test_a_stage_trains_from_sharegpt_and_messages_jsonl(tmp_path, llava_samples, train_from):
+    """The tiny dataset's conversations as ShareGPT JSONL and as messages JSONL: same batches as
+    from its LLaVA JSON, and a stage trains on both files."""
+    sharegpt, messages = [], []
+    for s in llava_samples:
+        image = str(s.images[0])  # absolute: these files live elsewhere
+        turns = [{**m, "content": m["content"].replace(IMAGE_TOKEN, "<image>")} for m in s.messages]
+        sharegpt.append({"images": [image], "conversations": [{"from": {"user": "human"}.get(t["role"], "gpt"),
+                                                               "value": t["content"]} for t in turns]})  # fmt: skip
+        messages.append({"images": [image], "messages": turns})
+    for name, records in (("sharegpt.jsonl", sharegpt), ("messages.jsonl", messages)):
+        samples = load_samples(_jsonl(tmp_path, records, name), on_error="raise")
+        assert [s.messages for s in samples] == [s.messages for s in llava_samples]
+    train_from(tmp_path, ("sharegpt.jsonl", "messages.jsonl"), samples)

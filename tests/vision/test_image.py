@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from picovlm.vision.image import ImageError, ImageProcessor, load_image
+from picovlm.vision.image import ImageError, ImageProcessor, ImageTooLarge, load_image
 
 
 def png_bytes(size=(6, 4), color=(255, 0, 0), mode="RGB") -> bytes:
@@ -106,3 +106,10 @@ def test_processor_converts_non_rgb():
 def test_processor_empty_list():
     x = ImageProcessor(size=8)([])
     assert x.shape == (0, 3, 8, 8)
+
+
+def test_decoded_pil_images_get_the_same_limit_and_conversion():
+    im = load_image(Image.new("L", (4, 2), 7), name="row 3")
+    assert im.mode == "RGB" and im.size == (4, 2)
+    with pytest.raises(ImageTooLarge, match="row 3: image is 4x2, more than the limit of 5 pixels"):
+        load_image(Image.new("RGB", (4, 2)), max_pixels=5, name="row 3")
