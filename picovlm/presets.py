@@ -68,7 +68,9 @@ def demo_data() -> DataPreset:
 
 def demo_recipe(data_dir: str = "data/demo") -> RecipeConfig:
     """Sized for 2 CPU cores and about 10 minutes; see the README for what each choice bought."""
-    vit = ViTConfig(image_size=64, patch_size=8, n_embd=128, n_layer=4, n_head=4, feature_layer=-1)
+    # feature_layer=1: the projector reads the tower after its first block. The deeper, CLIP-pooled
+    # layers had mixed away where each object is (position 0.19 -> 0.50 on 600 test questions).
+    vit = ViTConfig(image_size=64, patch_size=8, n_embd=128, n_layer=4, n_head=4, feature_layer=1)
     lm = GPTConfig(n_layer=4, n_head=4, n_kv_head=4, n_embd=128, mlp_hidden=384, max_seq_len=192, qk_norm=True)
     return RecipeConfig(
         model=VLMConfig(vision=VisionConfig(kind="vit", vit=vit), projector="pixel_shuffle2+pos", lm=lm),
@@ -76,7 +78,7 @@ def demo_recipe(data_dir: str = "data/demo") -> RecipeConfig:
             lm=Budget(60, 32, 3e-3),
             clip=Budget(150, 64, 2e-3),
             align=Budget(60, 32, 3e-3),
-            instruct=Budget(800, 16, 2e-3),
+            instruct=Budget(1000, 16, 2e-3),
         ),
         data_dir=data_dir,
         tokenizer_vocab=512,
