@@ -5,6 +5,9 @@
   mlp{N}x_gelu     N linear layers with GELU between them (LLaVA 1.5 uses mlp2x_gelu)
   pixel_shuffle{r} merge each r x r block of neighbouring patches into one token (r*r fewer image
                    tokens, r*r wider features), then mlp2x_gelu (nanoVLM, InternVL)
+  c_abstractor{r}  residual 3x3 conv blocks on the patch grid, r x r average pooling, more conv
+                   blocks, then mlp2x_gelu (Honeybee's C-Abstractor): r*r fewer tokens, and the
+                   convolutions share one set of local detectors across all positions
 
 Any of them with a "+pos" suffix (e.g. pixel_shuffle2+pos) also adds a learned embedding per image
 token slot, as Honeybee's abstractors do: the LM's RoPE only sees relative distances, so without it
@@ -21,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class MLPProjector(nn.Module):
@@ -74,6 +78,49 @@ class PixelShuffleProjector(nn.Module):
         return self.mlp(self.norm(pixel_shuffle(x, self.grid, self.r)))
 
 
+class ConvBlock(nn.Module):
+    """Pre-norm residual block on a [B, C, H, W] grid: LayerNorm over channels, 3x3 conv, GELU, 1x1 conv."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1)
+        self.mix = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return x + self.mix(F.gelu(self.conv(h)))
+
+
+class CAbstractor(nn.Module):
+    """Convolutions before and after pooling keep what a plain merge loses: an object that straddles
+    two pooled cells is still seen whole by the 3x3 convs, and the same detector works everywhere
+    in the picture, so it is learned from every position at once."""
+
+    def __init__(self, in_dim: int, out_dim: int, grid: int, r: int, depth: int = 2):
+        super().__init__()
+        if grid % r:
+            raise ValueError(f"c_abstractor{r} needs a patch grid divisible by {r}, got {grid}x{grid}")
+        self.grid, self.r = grid, r
+        self.inp = nn.Conv2d(in_dim, out_dim, 1)
+        self.pre = nn.Sequential(*(ConvBlock(out_dim) for _ in range(depth)))
+        self.pool = nn.AvgPool2d(r)
+        self.post = nn.Sequential(*(ConvBlock(out_dim) for _ in range(depth)))
+        self.norm = nn.LayerNorm(out_dim)
+        self.mlp = MLPProjector(out_dim, out_dim, depth=2)
+
+    def num_tokens(self, n_patches: int) -> int:
+        return n_patches // (self.r * self.r)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        if N != self.grid**2:
+            raise ValueError(f"c_abstractor{self.r} needs {self.grid**2} patch tokens (no CLS), got {N}")
+        h = self.inp(x.transpose(1, 2).reshape(B, D, self.grid, self.grid))
+        h = self.post(self.pool(self.pre(h)))
+        return self.mlp(self.norm(h.flatten(2).transpose(1, 2)))
+
+
 class SlotPositions(nn.Module):
     """Wraps a projector and adds a learned vector per output token slot (its place in the grid)."""
 
@@ -95,6 +142,7 @@ PROJECTORS: dict[str, Builder] = {
     r"linear": lambda m, i, o, g: MLPProjector(i, o, depth=1),
     r"mlp(\d+)x_gelu": lambda m, i, o, g: MLPProjector(i, o, depth=int(m.group(1))),
     r"pixel_shuffle(\d+)": lambda m, i, o, g: PixelShuffleProjector(i, o, g, int(m.group(1))),
+    r"c_abstractor(\d+)": lambda m, i, o, g: CAbstractor(i, o, g, int(m.group(1))),
 }
 
 
@@ -109,4 +157,6 @@ def build_projector(name: str, in_dim: int, out_dim: int, grid: int) -> nn.Modul
             if name == "identity" and in_dim != out_dim:
                 raise ValueError(f"identity projector needs equal dims, got {in_dim} -> {out_dim}")
             return build(m, in_dim, out_dim, grid)
-    raise ValueError(f"unknown projector {name!r}; known: identity, linear, mlpNx_gelu, pixel_shuffleR (+pos)")
+    raise ValueError(
+        f"unknown projector {name!r}; known: identity, linear, mlpNx_gelu, pixel_shuffleR, c_abstractorR (+pos)"
+    )

@@ -65,6 +65,27 @@ def test_errors():
         build_projector("identity", 8, 16, grid=4)
     with pytest.raises(ValueError, match="pixel_shuffle2 needs a patch grid divisible by 2, got 5x5"):
         build_projector("pixel_shuffle2", 8, 8, grid=5)
+    with pytest.raises(ValueError, match="c_abstractor2 needs a patch grid divisible by 2, got 5x5"):
+        build_projector("c_abstractor2", 8, 8, grid=5)
+
+
+@pytest.mark.parametrize("grid,r", [(4, 2), (8, 2), (6, 3)])
+def test_c_abstractor_shapes_and_receptive_field(grid, r):
+    torch.manual_seed(0)
+    proj = build_projector(f"c_abstractor{r}", 8, 16, grid=grid).eval()
+    n = grid * grid
+    assert proj.num_tokens(n) == n // (r * r)
+    x = torch.randn(2, n, 8)
+    assert proj(x).shape == (2, n // (r * r), 16)
+    # Unlike pixel shuffle, whose token 0 sees only its own r x r block, the 3x3 convs let a patch
+    # just outside the block (row 0, column r) reach token 0.
+    y = x.clone()
+    y[:, r] += 1.0
+    assert not torch.allclose(proj(x)[:, 0], proj(y)[:, 0])
+    shuffle = build_projector(f"pixel_shuffle{r}", 8, 16, grid=grid)
+    torch.testing.assert_close(shuffle(x)[:, 0], shuffle(y)[:, 0])
+    with pytest.raises(ValueError, match=f"c_abstractor{r} needs {n} patch tokens"):
+        proj(x[:, 1:])
 
 
 def test_pos_suffix_adds_a_learned_vector_per_slot():
