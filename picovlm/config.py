@@ -124,6 +124,10 @@ class StageConfig:
     trainable: tuple[str, ...] = ("projector", "lm")  # parts that learn; the others are frozen
     init: dict[str, str] = field(default_factory=dict)  # part -> stage name whose weights it starts from
     lr_scale: dict[str, float] = field(default_factory=dict)  # part -> multiplier of lr (e.g. a gentler tower)
+    # LoRA on the LM instead of full training (task "vlm", "lm" in trainable): {} = off, else any of
+    # {"r": 8, "alpha": 16, "dropout": 0.0, "targets": [...] (default: every linear layer but the head),
+    #  "new_tokens": True (the embedding rows of tokens picovlm added to a pretrained LM learn too)}
+    lora: dict[str, Any] = field(default_factory=dict)
     steps: int = 100
     batch_size: int = 16
     grad_accum: int = 1

@@ -62,6 +62,7 @@ class HFCausalLM(nn.Module):
         else:  # the weights come from a picovlm checkpoint right after: skip reading them twice
             self.model = AutoModelForCausalLM.from_config(config).float()
         old = self.model.get_input_embeddings().weight.shape[0]
+        self.base_vocab = old  # ids >= this are the tokens picovlm added (a LoRA stage trains their rows)
         if vocab_size > old:
             mean = self.model.get_input_embeddings().weight.detach().mean(0)
             self.model.resize_token_embeddings(vocab_size, mean_resizing=False)
