@@ -134,9 +134,9 @@ def pretrained_recipe(data_dir: str = "data/demo") -> RecipeConfig:
     )
 
 
-# (align, instruct) steps: about 13 s per align step and ~40 s per instruct
-# step of 4 samples on 2 shared CPU cores (SmolLM2 is 30 layers; each image is 49 tokens): see README
-PRETRAINED_STEPS = (12, 32)
+# (align, instruct) steps of 4 samples: about 4-17 s per align step and 6-20 s per instruct step on 2
+# CPU cores, depending on what else runs (SmolLM2 is 30 layers; each image is 49 tokens): see README
+PRETRAINED_STEPS = (16, 60)
 
 
 def tiny_data() -> DataPreset:

@@ -9,10 +9,12 @@ go unused, only its position and capacity count.
 
 The tokenizer is the model's own (its vocabulary and BPE), with picovlm's six special tokens added
 where missing (`<|image|>` among them) and the embedding table grown to match: new rows start at the
-mean embedding, so they begin as an "average word" instead of noise. The chat template is
-picovlm's (`<|user|>...<|end|><|assistant|>...`): the LM's own template is not used yet, because our
-loss mask and every reader of the tokenizer assume single-token role markers. Loading the same
-folder always gives the same ids, so a checkpoint stores the tokenizer once and nothing else.
+mean embedding, so they begin as an "average word" instead of noise, except `<|end|>`, `<|bos|>` and
+the role markers, which start close to the LM's own end-of-sequence and bos tokens and role words
+(`new_token_sources`). The chat template is picovlm's (`<|user|>...<|end|><|assistant|>...`): the LM's
+own template is not used yet, because our loss mask and every reader of the tokenizer assume
+single-token role markers. Loading the same folder always gives the same ids, so a checkpoint stores
+the tokenizer once and nothing else.
 """
 
 from __future__ import annotations
@@ -48,6 +50,26 @@ def hf_lm_tokenizer(path: str | Path) -> Tokenizer:
     return Tokenizer(raw, source=str(file))
 
 
+def new_token_sources(folder: Path, config, base_vocab: int) -> dict[int, list[int]]:
+    """Existing rows that some of our added tokens start from, instead of the mean row: `<|end|>` from
+    the LM's end-of-sequence token (an instruct LM's end of turn), `<|bos|>` from its bos, and the role
+    markers from the last piece of the words "user" and "assistant" in the LM's tokenizer. Why: the LM then already
+    ends an answer with (a copy of) `<|end|>` and reads the roles, instead of learning it from scratch."""
+    from tokenizers import Tokenizer as RawTokenizer
+
+    ours = hf_lm_tokenizer(folder)
+    raw = RawTokenizer.from_file(str(folder / "tokenizer.json"))  # without our tokens
+
+    def first(token_id) -> list[int]:
+        token_id = token_id[0] if isinstance(token_id, list | tuple) and token_id else token_id
+        return [token_id] if isinstance(token_id, int) and 0 <= token_id < base_vocab else []
+
+    sources = {ours.end_id: first(config.eos_token_id), ours.bos_id: first(config.bos_token_id)}
+    for new, word in ((ours.user_id, "user"), (ours.assistant_id, "assistant")):
+        sources[new] = [i for i in raw.encode(word, add_special_tokens=False).ids if i < base_vocab][-1:]
+    return {new: rows for new, rows in sources.items() if rows and new >= base_vocab}
+
+
 class HFCausalLM(nn.Module):
     """Our GPT's interface over an HF causal LM; `vocab_size` grows its embeddings to fit the tokenizer."""
 
@@ -64,13 +86,19 @@ class HFCausalLM(nn.Module):
         old = self.model.get_input_embeddings().weight.shape[0]
         self.base_vocab = old  # ids >= this are the tokens picovlm added (a LoRA stage trains their rows)
         if vocab_size > old:
-            mean = self.model.get_input_embeddings().weight.detach().mean(0)
+            sources = new_token_sources(folder, config, old) if load_weights else {}
             self.model.resize_token_embeddings(vocab_size, mean_resizing=False)
             with torch.no_grad():
-                self.model.get_input_embeddings().weight[old:] = mean
+                tables = [self.model.get_input_embeddings().weight]
                 out = self.model.get_output_embeddings()
-                if out is not None and out.weight.data_ptr() != self.model.get_input_embeddings().weight.data_ptr():
-                    out.weight[old:] = out.weight[:old].mean(0)
+                if out is not None and out.weight.data_ptr() != tables[0].data_ptr():
+                    tables.append(out.weight)
+                for table in tables:
+                    mean = table[:old].mean(0)
+                    table[old:] = mean
+                    for new, rows in sources.items():  # 10% of the mean: no two rows identical (argmax ties)
+                        if new < vocab_size:
+                            table[new] = 0.9 * table[rows].mean(0) + 0.1 * mean
         c = self.model.config
         get = lambda *names: next((getattr(c, n) for n in names if getattr(c, n, None) is not None), None)  # noqa: E731
         n_head = get("num_attention_heads", "n_head")
