@@ -136,7 +136,7 @@ def pretrained_recipe(data_dir: str = "data/demo") -> RecipeConfig:
 
 # (align, instruct) steps of 4 samples: about 4-17 s per align step and 6-20 s per instruct step on 2
 # CPU cores, depending on what else runs (SmolLM2 is 30 layers; each image is 49 tokens): see README
-PRETRAINED_STEPS = (16, 60)
+PRETRAINED_STEPS = (10, 40)
 
 
 def tiny_data() -> DataPreset:
