@@ -50,10 +50,11 @@ def hf_lm_tokenizer(path: str | Path) -> Tokenizer:
     return Tokenizer(raw, source=str(file))
 
 
-def new_token_sources(folder: Path, config, base_vocab: int) -> dict[int, list[int]]:
+def new_token_sources(folder: Path, config, base_vocab: int) -> dict[int, tuple[list[int], float]]:
     """Existing rows that some of our added tokens start from, instead of the mean row: `<|end|>` from
     the LM's end-of-sequence token (an instruct LM's end of turn), `<|bos|>` from its bos, and the role
-    markers from the last piece of the words "user" and "assistant" in the LM's tokenizer. Why: the LM then already
+    markers from the last piece of the words "user" and "assistant" in the LM's tokenizer; each with
+    the scale its copy gets. Why: the LM then already
     ends an answer with (a copy of) `<|end|>` and reads the roles, instead of learning it from scratch."""
     from tokenizers import Tokenizer as RawTokenizer
 
@@ -64,10 +65,13 @@ def new_token_sources(folder: Path, config, base_vocab: int) -> dict[int, list[i
         token_id = token_id[0] if isinstance(token_id, list | tuple) and token_id else token_id
         return [token_id] if isinstance(token_id, int) and 0 <= token_id < base_vocab else []
 
-    sources = {ours.end_id: first(config.eos_token_id), ours.bos_id: first(config.bos_token_id)}
+    # <|end|> = 1.01 x the eos row: where the LM would end its answer (a large positive eos logit), <|end|>
+    # scores higher still, so generation stops at our token and not at the LM's (which is no stop for
+    # us); the others = 0.9 x their source + 0.1 x the mean row, so that no two rows tie at argmax
+    sources = {ours.end_id: (first(config.eos_token_id), 1.01), ours.bos_id: (first(config.bos_token_id), 0.9)}
     for new, word in ((ours.user_id, "user"), (ours.assistant_id, "assistant")):
-        sources[new] = [i for i in raw.encode(word, add_special_tokens=False).ids if i < base_vocab][-1:]
-    return {new: rows for new, rows in sources.items() if rows and new >= base_vocab}
+        sources[new] = ([i for i in raw.encode(word, add_special_tokens=False).ids if i < base_vocab][-1:], 0.9)
+    return {new: (rows, scale) for new, (rows, scale) in sources.items() if rows and new >= base_vocab}
 
 
 class HFCausalLM(nn.Module):
@@ -96,9 +100,9 @@ class HFCausalLM(nn.Module):
                 for table in tables:
                     mean = table[:old].mean(0)
                     table[old:] = mean
-                    for new, rows in sources.items():  # 10% of the mean: no two rows identical (argmax ties)
+                    for new, (rows, scale) in sources.items():
                         if new < vocab_size:
-                            table[new] = 0.9 * table[rows].mean(0) + 0.1 * mean
+                            table[new] = scale * table[rows].mean(0) + (1 - scale) * mean
         c = self.model.config
         get = lambda *names: next((getattr(c, n) for n in names if getattr(c, n, None) is not None), None)  # noqa: E731
         n_head = get("num_attention_heads", "n_head")
