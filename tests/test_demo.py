@@ -1,9 +1,10 @@
 import dataclasses
 import json
 
-from picovlm.demo import ensure_dataset, format_results, run_demo
+from picovlm.demo import EVAL_LIMIT, TEXT_QUESTION, ensure_dataset, format_results, run_demo
 from picovlm.engine.pipeline import Pipeline
-from picovlm.presets import DATA_PRESETS
+from picovlm.interop.pretrained import smollm2_folder_path
+from picovlm.presets import DATA_PRESETS, RECIPES, pretrained_recipe
 
 
 def test_run_demo_tiny(tmp_path, capsys):
@@ -50,3 +51,39 @@ def test_format_results():
         "  count      0.000  (n=2)",
         "  overall    0.500  (n=4)",
     ]
+
+
+def _pretrained_like(lm_folder):
+    """The pretrained preset's recipe, shrunk: a random-init EfficientNet twin at 64 px and a tiny HF
+    LM stand in for the PyPI parts; the stages (projector-only, then LoRA) are the preset's."""
+
+    def recipe(data_dir: str):
+        r = pretrained_recipe(data_dir)
+        vision = dataclasses.replace(r.model.vision, cnn_image_size=64, cnn_pretrained=False)
+        model = dataclasses.replace(r.model, vision=vision, lm_hf_path=str(lm_folder))
+        stages = [dataclasses.replace(s, steps=2, batch_size=4, warmup_steps=0, eval_batches=1) for s in r.stages]
+        return dataclasses.replace(r, model=model, stages=stages)
+
+    return recipe
+
+
+def test_run_demo_pretrained_plumbing(tmp_path, capsys, monkeypatch, write_hf_lm):
+    lm_folder, _ = write_hf_lm(tmp_path / "lm", "llama")
+    monkeypatch.setitem(RECIPES, "pretrained", _pretrained_like(lm_folder))
+    monkeypatch.setitem(DATA_PRESETS, "pretrained", DATA_PRESETS["tiny"])
+    monkeypatch.setitem(EVAL_LIMIT, "pretrained", 5)
+    result = run_demo(tmp_path / "out", tmp_path / "data", preset="pretrained", progress=False)
+    out = capsys.readouterr().out
+    assert "instruct (2 steps, LoRA)" in out and f"you>     {TEXT_QUESTION}" in out
+    assert result["n_test_questions"] == 5 and result["text_question"] == TEXT_QUESTION
+    assert isinstance(result["text_answer"], str)
+    assert (tmp_path / "out" / "instruct" / "model" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_pretrained_preset_is_the_llava_recipe_with_real_parts():
+    r = pretrained_recipe()
+    assert (r.model.vision.kind, r.model.vision.cnn_pretrained, r.model.lm_kind) == ("efficientnet", True, "hf")
+    assert r.model.lm_hf_path == str(smollm2_folder_path())
+    align, instruct = r.stages
+    assert align.trainable == ("projector",) and not align.lora
+    assert instruct.lora and "tower" not in instruct.trainable and instruct.init == {"projector": "align"}

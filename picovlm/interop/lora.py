@@ -4,6 +4,12 @@
     save_lora(model, dir)          the adapters (+ projector) alone: kilobytes, apart from the base
     load_lora(model, dir)          the same adapters on a fresh base: evaluation, or resuming training
     merge_lora(model)              fold the adapters into the base weights: a plain model again
+    merged_state_dict(model)       the merged weights under plain names, leaving the model as it is
+
+`new_tokens` (ids) also trains those rows of the embedding table (peft's trainable tokens; with tied
+embeddings the output rows too): the special tokens picovlm adds to a pretrained LM (`<|image|>`,
+`<|user|>`, `<|end|>`, ...) start as an average word, and a frozen table would leave them there. Only
+those rows learn and are saved with the adapters.
 
 Why "all linear layers but the head": adapting attention only (the original LoRA) leaves the MLPs,
 most of the LM's parameters, untouched; the head is tied to the embeddings in many LMs and is where
@@ -26,6 +32,11 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 ADAPTER_FILE, ADAPTER_CONFIG = "adapter.safetensors", "adapter_config.json"
+ADAPTER_MARKS = ("lora_", "trainable_tokens_")  # in the names of the parameters that peft adds
+
+
+def is_adapter_param(name: str) -> bool:
+    return any(mark in name for mark in ADAPTER_MARKS)
 
 
 def lora_targets(lm: nn.Module) -> list[str]:
@@ -83,8 +94,10 @@ def add_lora(
     targets: list[str] | None = None,
     quantize: str | None = None,
     gradient_checkpointing: bool = False,
+    new_tokens: list[int] | None = None,
 ) -> nn.Module:
-    """Put LoRA adapters on `model.lm` in place; afterwards only adapters and projector require grad."""
+    """Put LoRA adapters on `model.lm` in place; afterwards only adapters and projector require grad.
+    `new_tokens`: embedding rows (token ids) that learn as well."""
     from peft import LoraConfig, inject_adapter_in_model
 
     _quantize_check(quantize)
@@ -93,11 +106,14 @@ def add_lora(
     targets = targets or lora_targets(model.lm)
     if quantize:
         _quantize_lm(model.lm, quantize, targets)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+    new_tokens = sorted(int(i) for i in new_tokens or [])
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, trainable_token_indices=new_tokens or None
+    )
     model.lm = inject_adapter_in_model(config, model.lm)
-    model.lora_config = {"r": r, "alpha": alpha, "dropout": dropout, "targets": targets}
+    model.lora_config = {"r": r, "alpha": alpha, "dropout": dropout, "targets": targets, "new_tokens": new_tokens}
     for name, p in model.named_parameters():
-        p.requires_grad = "lora_" in name or name.startswith("projector.")
+        p.requires_grad = is_adapter_param(name) or name.startswith("projector.")
     if gradient_checkpointing:
         hf = getattr(model.lm, "model", None)
         if hf is None or not hasattr(hf, "gradient_checkpointing_enable"):
@@ -126,7 +142,7 @@ def save_lora(model: nn.Module, folder: str | Path) -> Path:
 
 
 def _is_adapted(key: str) -> bool:
-    return "lora_" in key or key.startswith("projector.")
+    return is_adapter_param(key) or key.startswith("projector.")
 
 
 def load_lora(model: nn.Module, folder: str | Path) -> nn.Module:
@@ -135,7 +151,7 @@ def load_lora(model: nn.Module, folder: str | Path) -> nn.Module:
     if not (folder / ADAPTER_CONFIG).is_file():
         raise FileNotFoundError(f"{folder}: no {ADAPTER_CONFIG}; not a LoRA adapter folder")
     cfg = json.loads((folder / ADAPTER_CONFIG).read_text())
-    add_lora(model, cfg["r"], cfg["alpha"], cfg["dropout"], cfg["targets"])
+    add_lora(model, cfg["r"], cfg["alpha"], cfg["dropout"], cfg["targets"], new_tokens=cfg.get("new_tokens"))
     state = load_file(folder / ADAPTER_FILE)
     expected = {k for k in model.state_dict() if _is_adapted(k)}
     if set(state) != expected:
@@ -145,16 +161,41 @@ def load_lora(model: nn.Module, folder: str | Path) -> nn.Module:
     return model
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base layer and drop the LoRA wrappers: plain parameter names again."""
+def _merge_into_base(lm: nn.Module) -> None:
+    """Fold every adapter of `lm` into its base layer and put the base layer back in its place."""
     from peft.tuners.lora import LoraLayer
+    from peft.utils.other import TrainableTokensWrapper
 
-    for name, module in list(model.lm.named_modules()):
+    for name, module in list(lm.named_modules()):
         if isinstance(module, LoraLayer):
             module.merge()
-            parent, _, leaf = name.rpartition(".")
-            setattr(model.lm.get_submodule(parent) if parent else model.lm, leaf, module.get_base_layer())
+            base = module.get_base_layer()
+        elif isinstance(module, TrainableTokensWrapper):
+            module.token_adapter.merge()
+            base = module.token_adapter.base_layer
+        else:
+            continue
+        parent, _, leaf = name.rpartition(".")
+        setattr(lm.get_submodule(parent) if parent else lm, leaf, base)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base layer and drop the LoRA wrappers: plain parameter names again."""
+    _merge_into_base(model.lm)
     del model.lora_config
     for p in model.parameters():
         p.requires_grad = True
     return model
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What `merge_lora(model).state_dict()` would be, computed on a copy of the LM so that training
+    goes on with the adapters apart (a LoRA stage checkpoints this: a plain model anyone can load).
+    Tensors shared in the model (a tied head) stay shared, so a checkpoint stores them once."""
+    import copy
+
+    lm = copy.deepcopy(model.lm)
+    _merge_into_base(lm)
+    state = {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.startswith("lm.")}
+    state.update({f"lm.{k}": v for k, v in lm.state_dict(keep_vars=True).items()})
+    return state

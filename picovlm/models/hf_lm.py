@@ -9,10 +9,12 @@ go unused, only its position and capacity count.
 
 The tokenizer is the model's own (its vocabulary and BPE), with picovlm's six special tokens added
 where missing (`<|image|>` among them) and the embedding table grown to match: new rows start at the
-mean embedding, so they begin as an "average word" instead of noise. The chat template is
-picovlm's (`<|user|>...<|end|><|assistant|>...`): the LM's own template is not used yet, because our
-loss mask and every reader of the tokenizer assume single-token role markers. Loading the same
-folder always gives the same ids, so a checkpoint stores the tokenizer once and nothing else.
+mean embedding, so they begin as an "average word" instead of noise, except `<|end|>`, `<|bos|>` and
+the role markers, which start close to the LM's own end-of-sequence and bos tokens and role words
+(`new_token_sources`). The chat template is picovlm's (`<|user|>...<|end|><|assistant|>...`): the LM's
+own template is not used yet, because our loss mask and every reader of the tokenizer assume
+single-token role markers. Loading the same folder always gives the same ids, so a checkpoint stores
+the tokenizer once and nothing else.
 """
 
 from __future__ import annotations
@@ -48,6 +50,30 @@ def hf_lm_tokenizer(path: str | Path) -> Tokenizer:
     return Tokenizer(raw, source=str(file))
 
 
+def new_token_sources(folder: Path, config, base_vocab: int) -> dict[int, tuple[list[int], float]]:
+    """Existing rows that some of our added tokens start from, instead of the mean row: `<|end|>` from
+    the LM's end-of-sequence token (an instruct LM's end of turn), `<|bos|>` from its bos, and the role
+    markers from the last piece of the words "user" and "assistant" in the LM's tokenizer; each with
+    the scale its copy gets. Why: the LM then already
+    ends an answer with (a copy of) `<|end|>` and reads the roles, instead of learning it from scratch."""
+    from tokenizers import Tokenizer as RawTokenizer
+
+    ours = hf_lm_tokenizer(folder)
+    raw = RawTokenizer.from_file(str(folder / "tokenizer.json"))  # without our tokens
+
+    def first(token_id) -> list[int]:
+        token_id = token_id[0] if isinstance(token_id, list | tuple) and token_id else token_id
+        return [token_id] if isinstance(token_id, int) and 0 <= token_id < base_vocab else []
+
+    # <|end|> = 1.01 x the eos row: where the LM would end its answer (a large positive eos logit), <|end|>
+    # scores higher still, so generation stops at our token and not at the LM's (which is no stop for
+    # us); the others = 0.9 x their source + 0.1 x the mean row, so that no two rows tie at argmax
+    sources = {ours.end_id: (first(config.eos_token_id), 1.01), ours.bos_id: (first(config.bos_token_id), 0.9)}
+    for new, word in ((ours.user_id, "user"), (ours.assistant_id, "assistant")):
+        sources[new] = ([i for i in raw.encode(word, add_special_tokens=False).ids if i < base_vocab][-1:], 0.9)
+    return {new: (rows, scale) for new, (rows, scale) in sources.items() if rows and new >= base_vocab}
+
+
 class HFCausalLM(nn.Module):
     """Our GPT's interface over an HF causal LM; `vocab_size` grows its embeddings to fit the tokenizer."""
 
@@ -62,14 +88,21 @@ class HFCausalLM(nn.Module):
         else:  # the weights come from a picovlm checkpoint right after: skip reading them twice
             self.model = AutoModelForCausalLM.from_config(config).float()
         old = self.model.get_input_embeddings().weight.shape[0]
+        self.base_vocab = old  # ids >= this are the tokens picovlm added (a LoRA stage trains their rows)
         if vocab_size > old:
-            mean = self.model.get_input_embeddings().weight.detach().mean(0)
+            sources = new_token_sources(folder, config, old) if load_weights else {}
             self.model.resize_token_embeddings(vocab_size, mean_resizing=False)
             with torch.no_grad():
-                self.model.get_input_embeddings().weight[old:] = mean
+                tables = [self.model.get_input_embeddings().weight]
                 out = self.model.get_output_embeddings()
-                if out is not None and out.weight.data_ptr() != self.model.get_input_embeddings().weight.data_ptr():
-                    out.weight[old:] = out.weight[:old].mean(0)
+                if out is not None and out.weight.data_ptr() != tables[0].data_ptr():
+                    tables.append(out.weight)
+                for table in tables:
+                    mean = table[:old].mean(0)
+                    table[old:] = mean
+                    for new, (rows, scale) in sources.items():
+                        if new < vocab_size:
+                            table[new] = scale * table[rows].mean(0) + (1 - scale) * mean
         c = self.model.config
         get = lambda *names: next((getattr(c, n) for n in names if getattr(c, n, None) is not None), None)  # noqa: E731
         n_head = get("num_attention_heads", "n_head")

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from picovlm.checkpoint import part_of
 from picovlm.config import StageConfig
 from picovlm.data.batches import Batch, BatchStream
+from picovlm.interop.lora import is_adapter_param
 from picovlm.train.optim import lr_at, make_optimizer
 from picovlm.train.plot import plot_losses
 
@@ -50,11 +51,16 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
 
 
 def freeze(task: Task, trainable: tuple[str, ...]) -> None:
+    """Parts in `trainable` learn, the others are frozen; in a part that carries LoRA adapters only
+    the adapters learn (its base weights stay frozen)."""
     unknown = set(trainable) - set(task.parts)
     if unknown:
         raise ValueError(f"unknown trainable parts {sorted(unknown)}; this task has {sorted(task.parts)}")
-    for name, p in task.model.named_parameters():
-        p.requires_grad = part_of(name, task.parts) in trainable
+    named = list(task.model.named_parameters())
+    adapted = {part_of(name, task.parts) for name, _ in named if is_adapter_param(name)}
+    for name, p in named:
+        part = part_of(name, task.parts)
+        p.requires_grad = part in trainable and (part not in adapted or is_adapter_param(name))
 
 
 def autocast(cfg: StageConfig, device: torch.device):

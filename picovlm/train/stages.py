@@ -6,6 +6,12 @@ The classic adapter-VLM recipe, as the config in `picovlm.presets` spells it:
   clip      pretrain the vision tower contrastively on image/caption pairs
   align     only the projector learns, on captions: image features learn to look like words
   instruct  projector + LM learn on conversations, loss on the assistant's tokens only
+
+A stage with `lora` set trains LoRA adapters on the LM instead of the LM itself (interop/lora.py).
+Its checkpoint `model/` is then a plain model with the adapters merged in (what evaluation, the
+server, export and later stages load, none of which need to know about LoRA), and `model/adapter/`
+holds the adapters and projector apart (kilobytes to megabytes): resuming rebuilds the frozen base
+as the stage began (its `init`, or the pretrained LM), puts the adapters back, and goes on.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from picovlm.checkpoint import load_part, load_trainer_state, part_files, save_c
 from picovlm.config import RecipeConfig, StageConfig
 from picovlm.data.batches import BatchStream, ImageCache, clip_batch, text_batch, vlm_batch
 from picovlm.data.formats import Sample, load_samples, split_format
+from picovlm.interop.lora import add_lora, load_lora, merged_state_dict, save_lora
 from picovlm.models.clip import CLIPModel
 from picovlm.models.gpt import GPT
 from picovlm.models.processor import VLMProcessor
@@ -30,6 +37,8 @@ from picovlm.train.loop import History, Task, train
 VLM_PARTS = {"tower": "tower.", "projector": "projector.", "lm": "lm."}
 CLIP_PARTS = {"tower": "tower.", "clip": ""}
 LM_PARTS = {"lm": ""}
+LORA_KEYS = ("r", "alpha", "dropout", "targets", "new_tokens")
+ADAPTER_DIR = "adapter"  # inside a LoRA stage's checkpoint folder
 
 
 def stage_dir(out_dir: Path, stage: str) -> Path:
@@ -102,6 +111,24 @@ def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tupl
     raise ValueError(f"stage {stage.name!r}: unknown task {stage.task!r} (lm, clip or vlm)")
 
 
+def lora_kwargs(stage: StageConfig, model: VLM) -> dict[str, Any]:
+    """`add_lora` arguments from a stage's `lora` settings, checked against the stage."""
+    check_lora(stage)
+    kwargs = {k: stage.lora[k] for k in ("r", "alpha", "dropout", "targets") if k in stage.lora}
+    base = getattr(model.lm, "base_vocab", None)  # an HF LM: ids from here on are tokens picovlm added
+    if stage.lora.get("new_tokens", True) and base is not None and base < model.lm.cfg.vocab_size:
+        kwargs["new_tokens"] = list(range(base, model.lm.cfg.vocab_size))
+    return kwargs
+
+
+def check_lora(stage: StageConfig) -> None:
+    unknown = set(stage.lora) - set(LORA_KEYS)
+    if unknown:
+        raise ValueError(f"stage {stage.name!r}: unknown lora keys {sorted(unknown)}; known: {', '.join(LORA_KEYS)}")
+    if stage.task != "vlm" or "lm" not in stage.trainable:
+        raise ValueError(f"stage {stage.name!r}: lora needs task 'vlm' with 'lm' among its trainable parts")
+
+
 def _lm_loss(model: GPT, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return masked_lm_loss(model(batch["ids"]), batch["labels"])
 
@@ -116,6 +143,8 @@ def run_stage(
     progress: bool = True,
 ) -> tuple[Path, History]:
     """Train one stage; returns its checkpoint folder."""
+    if stage.lora:
+        check_lora(stage)  # before anything is built or loaded
     torch.manual_seed(stage.seed)
     task, make_batch, config = build_task(recipe, stage, tok)
     ckpt = checkpoint_dir(out_dir, stage.name)
@@ -131,7 +160,13 @@ def run_stage(
     if resume and (ckpt / "trainer_state.pt").is_file():
         state = load_trainer_state(ckpt)
         for part, file in part_files(ckpt).items():
-            load_part(task.model, task.parts, part, file)
+            if not (stage.lora and part == "lm"):  # a LoRA stage stores its LM merged: the base comes from init
+                load_part(task.model, task.parts, part, file)
+    if stage.lora:
+        if state is not None:
+            load_lora(task.model, ckpt / ADAPTER_DIR)
+        else:
+            add_lora(task.model, **lora_kwargs(stage, task.model))
     data_dir = Path(recipe.data_dir)
     batches = BatchStream(read_samples(stage.data, data_dir), stage.batch_size, make_batch, stage.seed)
     make_val = None
@@ -145,6 +180,7 @@ def run_stage(
     config = {**config, "stage": dataclasses.asdict(stage)}
 
     def save(trainer_state: dict[str, Any]) -> None:
+        lora = bool(stage.lora)
         save_checkpoint(
             ckpt,
             task.model,
@@ -153,6 +189,8 @@ def run_stage(
             inherited,
             out_dir / "tokenizer.json",
             trainer_state,
+            state=merged_state_dict(task.model) if lora else None,
+            extra=(lambda folder: save_lora(task.model, folder / ADAPTER_DIR)) if lora else None,
         )
 
     history = train(

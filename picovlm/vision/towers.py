@@ -27,7 +27,17 @@ def _build_hf(cfg: VisionConfig) -> nn.Module:
     return HFVisionTower(cfg.hf_path, cfg.hf_feature_layer, cfg.hf_use_cls)
 
 
-TOWERS: dict[str, Callable[[VisionConfig], nn.Module]] = {"vit": _build_vit, "hf": _build_hf}
+def _build_efficientnet(cfg: VisionConfig) -> nn.Module:
+    from picovlm.vision.efficientnet import EfficientNetTower
+
+    return EfficientNetTower(cfg.cnn_image_size, cfg.cnn_pretrained)
+
+
+TOWERS: dict[str, Callable[[VisionConfig], nn.Module]] = {
+    "vit": _build_vit,
+    "hf": _build_hf,
+    "efficientnet": _build_efficientnet,
+}
 
 
 def build_vision_tower(cfg: VisionConfig) -> nn.Module:

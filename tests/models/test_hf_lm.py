@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+from tokenizers import Tokenizer
 
 from picovlm.config import VisionConfig, ViTConfig, VLMConfig
 from picovlm.engine.generate import generate_tokens
@@ -34,6 +35,16 @@ def test_tokenizer_gets_our_special_tokens_and_embeddings_grow(hf_lm):
     emb = lm.model.get_input_embeddings().weight
     assert emb.shape[0] == tok.vocab_size and lm.cfg.vocab_size == tok.vocab_size and lm.cfg.n_embd == 32
     torch.testing.assert_close(emb[tok.image_id], emb[:n].mean(0))
+    # <|end|> and the role markers start from the LM's own end-of-sequence token and role words
+    raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    eos = lm.model.config.eos_token_id
+    mean = emb[:n].mean(0)
+    if eos is not None and eos < n:  # (GPT-2's default eos id lies outside this tiny vocabulary)
+        torch.testing.assert_close(emb[tok.end_id], 1.01 * emb[eos] - 0.01 * mean)
+    else:
+        torch.testing.assert_close(emb[tok.end_id], mean)
+    torch.testing.assert_close(emb[tok.user_id], 0.9 * emb[raw.encode("user").ids[-1]] + 0.1 * mean)
+    assert not torch.allclose(emb[tok.user_id], emb[tok.assistant_id])
     ids = torch.tensor([tok.encode("what is in the picture")])
     with torch.no_grad():  # our interface gives the HF model's own logits
         torch.testing.assert_close(lm(ids), lm.model(input_ids=ids).logits)
