@@ -225,7 +225,7 @@ def scene_captions(scene: Scene, rng: random.Random, n: int = 2) -> list[str]:
 # ---------------------------------------------------------------------------- questions
 
 
-def _with_article(phrase: str) -> str:
+def with_article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
@@ -269,8 +269,8 @@ def _question_pools(scene: Scene, cfg: SceneConfig) -> dict[str, list[list[QA]]]
             ],
         ],
         "yesno": [
-            [QA(f"Is there {_with_article(f'{c} {s}')}?", "yes", "yesno") for c, s in sorted(present)],
-            [QA(f"Is there {_with_article(f'{c} {s}')}?", "no", "yesno") for c, s in absent],
+            [QA(f"Is there {with_article(f'{c} {s}')}?", "yes", "yesno") for c, s in sorted(present)],
+            [QA(f"Is there {with_article(f'{c} {s}')}?", "no", "yesno") for c, s in absent],
         ],
         "compare": [
             [

@@ -33,6 +33,7 @@ from picovlm.data.scenes import (
     scene_captions,
     scene_questions,
     split_seed,
+    with_article,
 )
 
 # GQA's two type axes for the scene generator's question types.
@@ -156,7 +157,7 @@ def write_eval_sets(out: str | Path, cfg: SceneConfig, n_images: int = 100, seed
                     {
                         "question_id": len(pope[setting]) + 1,
                         "image": file_name,
-                        "text": f"Is there a {c} {s} in the image?",
+                        "text": f"Is there {with_article(f'{c} {s}')} in the image?",
                         "label": label,
                     }
                 )

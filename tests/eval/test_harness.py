@@ -25,6 +25,14 @@ def eval_sets(tiny_data, tmp_path_factory):
     return out
 
 
+def test_pope_questions_use_the_right_article(eval_sets):
+    texts = [json.loads(line)["text"] for f in eval_sets.glob("pope_*.jsonl") for line in f.read_text().splitlines()]
+    assert texts and all(t.startswith("Is there a") for t in texts)
+    for t in texts:
+        noun = t.split()[3]  # "Is there a(n) <colour> <shape> in the image?"
+        assert t.split()[2] == ("an" if noun[0] in "aeiou" else "a"), t
+
+
 def gold_answers(task, eval_sets):
     """The right answer to every query of a task, in the order the harness asks them."""
     queries = make_task(task).load(eval_sets, None, None)
