@@ -110,7 +110,6 @@ def train(
         history = History([tuple(x) for x in resume["history"]["train"]], [tuple(x) for x in resume["history"]["val"]])
         start = int(resume["step"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = open(out_dir / "log.jsonl", "a")
 
     def trainer_state(step: int) -> dict[str, Any]:
         return {
@@ -123,8 +122,9 @@ def train(
         }
 
     def record(kind: str, step: int, **values: float) -> None:
-        log.write(json.dumps({"stage": cfg.name, kind: True, "step": step, **values}) + "\n")
-        log.flush()
+        # opened per line (every log_every steps): no handle left open if training raises
+        with open(out_dir / "log.jsonl", "a") as log:
+            log.write(json.dumps({"stage": cfg.name, kind: True, "step": step, **values}) + "\n")
 
     end = cfg.steps if until is None else min(until, cfg.steps)
     bar = tqdm(range(start, end), desc=cfg.name, disable=not progress, dynamic_ncols=True, leave=True)
@@ -158,7 +158,6 @@ def train(
             tqdm.write(f"{cfg.name} step {step + 1}: val loss {val:.4f}")
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == end:
             save(trainer_state(step + 1))
-    log.close()
     if history.train:
         plot_losses(history, out_dir / "loss.png", title=f"{cfg.name} loss")
     return history
