@@ -109,7 +109,7 @@ def gpt_hf_config(cfg: GPTConfig, **extra):
     return LlamaConfig(mlp_bias=False, **common)
 
 
-def _rope_theta(hf_cfg) -> float:
+def rope_theta_of(hf_cfg) -> float:
     """rope_theta from a config of either transformers major (5.x moves it into rope_parameters)."""
     params = getattr(hf_cfg, "rope_parameters", None) or {}
     scaling = getattr(hf_cfg, "rope_scaling", None) or {}
@@ -141,7 +141,7 @@ def gpt_config_from_hf(hf_cfg) -> GPTConfig:
         n_embd=hf_cfg.hidden_size,
         mlp_hidden=hf_cfg.intermediate_size,
         max_seq_len=hf_cfg.max_position_embeddings,
-        rope_theta=_rope_theta(hf_cfg),
+        rope_theta=rope_theta_of(hf_cfg),
         norm_eps=hf_cfg.rms_norm_eps,
         tie_embeddings=bool(getattr(hf_cfg, "tie_word_embeddings", False)),
         qk_norm=kind == "qwen3",

