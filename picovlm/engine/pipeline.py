@@ -13,12 +13,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from picovlm.checkpoint import load_weights, read_config
-from picovlm.config import VLMConfig
 from picovlm.engine.generate import generate_tokens
 from picovlm.engine.sampling import SamplingParams
 from picovlm.models.processor import VLMProcessor
-from picovlm.models.vlm import VLM
+from picovlm.models.vlm import VLM, load_vlm
 from picovlm.text.stream import StreamDecoder
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.text.tokens import IMAGE
@@ -36,13 +34,8 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Pipeline:
-        path = Path(path)
-        cfg = read_config(path)
-        if cfg.get("task") != "vlm":
-            raise ValueError(f"{path}: a {cfg.get('task')!r} checkpoint, not a VLM (use the last stage's model)")
-        model = VLM(VLMConfig.from_dict(cfg["model"]), cfg["image_token_id"])
-        load_weights(model, path)
-        return cls(model.to(device=device, dtype=dtype), Tokenizer.load(path / "tokenizer.json"))
+        model, tokenizer = load_vlm(path)
+        return cls(model.to(device=device, dtype=dtype), tokenizer)
 
     @property
     def device(self) -> torch.device:

@@ -8,10 +8,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from picovlm.checkpoint import load_weights, read_config
-from picovlm.config import GPTConfig, ViTConfig, from_dict
 from picovlm.data.batches import pad_right
-from picovlm.models.clip import CLIPModel
+from picovlm.models.clip import CLIPModel, load_clip
 from picovlm.text.tokenizer import Tokenizer
 
 
@@ -21,14 +19,8 @@ class ClipEmbedder:
 
     @classmethod
     def load(cls, path: str | Path) -> ClipEmbedder:
-        path = Path(path)
-        cfg = read_config(path)
-        if cfg.get("task") != "clip":
-            raise ValueError(f"{path}: a {cfg.get('task')!r} checkpoint, not a CLIP model (use runs/<x>/clip/model)")
-        text = from_dict(GPTConfig, cfg["text"])
-        model = CLIPModel(from_dict(ViTConfig, cfg["vit"]), text, cfg["embed_dim"])
-        load_weights(model, path)
-        return cls(model, Tokenizer.load(path / "tokenizer.json"), text.max_seq_len)
+        model, tokenizer, _ = load_clip(path)
+        return cls(model, tokenizer, model.text.cfg.max_seq_len)
 
     @torch.inference_mode()
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:

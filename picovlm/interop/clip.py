@@ -18,8 +18,6 @@ from pathlib import Path
 
 import torch
 
-from picovlm.checkpoint import load_weights, read_config
-from picovlm.config import GPTConfig, ViTConfig, from_dict
 from picovlm.interop.hf_text import hf_tokenizer
 from picovlm.interop.mapping import (
     _VIT_BLOCK,
@@ -30,7 +28,7 @@ from picovlm.interop.mapping import (
     vit_to_hf,
     vit_unmappable,
 )
-from picovlm.models.clip import CLIPModel
+from picovlm.models.clip import CLIPModel, load_clip
 from picovlm.text.tokenizer import Tokenizer
 
 _TEXT_TOP = {
@@ -51,17 +49,6 @@ def clip_text_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         else:
             out[_swap_prefix(key, [("final_norm.", "final_layer_norm.")], key)] = value
     return out
-
-
-def load_clip(path: str | Path) -> tuple[CLIPModel, Tokenizer, str]:
-    path = Path(path)
-    cfg = read_config(path)
-    if cfg.get("task") != "clip":
-        raise ValueError(f"{path}: a {cfg.get('task')!r} checkpoint, not a CLIP one (use the clip stage's model)")
-    layout = cfg.get("text_layout", "gpt")
-    model = CLIPModel(from_dict(ViTConfig, cfg["vit"]), from_dict(GPTConfig, cfg["text"]), cfg["embed_dim"], layout)
-    load_weights(model, path)
-    return model.eval(), Tokenizer.load(path / "tokenizer.json"), layout
 
 
 def clip_unmappable(model: CLIPModel, layout: str) -> str | None:

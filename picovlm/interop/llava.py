@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from picovlm.checkpoint import load_weights, read_config, save_checkpoint
+from picovlm.checkpoint import save_checkpoint
 from picovlm.config import VisionConfig, VLMConfig
 from picovlm.interop.hf_text import CHAT_TEMPLATE, hf_tokenizer
 from picovlm.interop.mapping import (
@@ -43,24 +43,13 @@ from picovlm.interop.mapping import (
     vit_to_hf,
     vit_unmappable,
 )
-from picovlm.models.vlm import VLM
+from picovlm.models.vlm import VLM, load_vlm
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.text.tokens import IMAGE
 from picovlm.vision.hf_tower import read_image_processor
 
 VLM_PARTS = {"tower": "tower.", "projector": "projector.", "lm": "lm."}
 EXPORTABLE_PROJECTORS = ("linear", "mlp2x_gelu", "identity")
-
-
-def load_vlm(path: str | Path) -> tuple[VLM, Tokenizer]:
-    """A picovlm VLM checkpoint (eval mode, float32) and its tokenizer."""
-    path = Path(path)
-    cfg = read_config(path)
-    if cfg.get("task") != "vlm":
-        raise ValueError(f"{path}: a {cfg.get('task')!r} checkpoint, not a VLM")
-    model = VLM(VLMConfig.from_dict(cfg["model"]), cfg["image_token_id"])
-    load_weights(model, path)
-    return model.eval(), Tokenizer.load(path / "tokenizer.json")
 
 
 def llava_unmappable(cfg: VLMConfig) -> str | None:

@@ -14,13 +14,16 @@ CLIP pools at its EOS token; only the "clip" layout exports as an HF `CLIPModel`
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from picovlm.config import GPTConfig, ViTConfig
+from picovlm.checkpoint import load_weights, read_config
+from picovlm.config import GPTConfig, ViTConfig, from_dict
 from picovlm.models.gpt import GPT
+from picovlm.text.tokenizer import Tokenizer
 from picovlm.vision.vit import Block, ViT
 
 TEXT_LAYOUTS = ("gpt", "clip")
@@ -80,3 +83,15 @@ class CLIPModel(nn.Module):
         logits = self.logit_scale.exp().clamp(max=100) * img @ txt.T
         target = torch.arange(len(img), device=img.device)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def load_clip(path: str | Path) -> tuple[CLIPModel, Tokenizer, str]:
+    """A CLIP-stage checkpoint (eval mode), its tokenizer and its text-encoder layout."""
+    path = Path(path)
+    cfg = read_config(path)
+    if cfg.get("task") != "clip":
+        raise ValueError(f"{path}: a {cfg.get('task')!r} checkpoint, not a CLIP model (use runs/<x>/clip/model)")
+    layout = cfg.get("text_layout", "gpt")
+    model = CLIPModel(from_dict(ViTConfig, cfg["vit"]), from_dict(GPTConfig, cfg["text"]), cfg["embed_dim"], layout)
+    load_weights(model, path)
+    return model.eval(), Tokenizer.load(path / "tokenizer.json"), layout

@@ -10,15 +10,18 @@ text and overwrites the placeholder slots with the projected image features, in 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from picovlm.checkpoint import load_weights, read_config
 from picovlm.config import VLMConfig
 from picovlm.models.gpt import KVCache
 from picovlm.models.lm import build_lm
 from picovlm.models.projectors import build_projector
+from picovlm.text.tokenizer import Tokenizer
 from picovlm.vision.towers import build_vision_tower
 
 IGNORE_INDEX = -100
@@ -110,3 +113,14 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     targets = labels[:, 1:].flatten()
     total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def load_vlm(path: str | Path) -> tuple[VLM, Tokenizer]:
+    """A VLM checkpoint (float32, eval mode) and its tokenizer; other stages' checkpoints are refused."""
+    path = Path(path)
+    cfg = read_config(path)
+    if cfg.get("task") != "vlm":
+        raise ValueError(f"{path}: a {cfg.get('task')!r} checkpoint, not a VLM (use the last stage's model)")
+    model = VLM(VLMConfig.from_dict(cfg["model"]), cfg["image_token_id"])
+    load_weights(model, path)
+    return model.eval(), Tokenizer.load(path / "tokenizer.json")

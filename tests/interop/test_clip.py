@@ -74,3 +74,14 @@ def test_cli_export_hf_clip(tmp_path, tok, capsys):
     assert "CLIPModel" in capsys.readouterr().out
     assert main(["export", "--model", str(tmp_path / "clip"), "--format", "hf-llava", str(tmp_path / "x")]) == 1
     assert "not a VLM" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["clip", "gpt"])
+def test_eval_embedder_loads_either_text_layout(tmp_path, tok, layout):
+    from picovlm.eval.embedder import ClipEmbedder
+
+    ours = make_clip(tmp_path / "clip", tok, layout)
+    row = tok.encode("a red cat on the mat") + [tok.end_id]
+    expected = ours.encode_text(torch.tensor([row]), torch.tensor([len(row)]))
+    got = ClipEmbedder.load(tmp_path / "clip").encode_texts(["a red cat on the mat"])
+    torch.testing.assert_close(got, expected)
