@@ -20,8 +20,7 @@ import torch
 
 from picovlm.interop.hf_text import hf_tokenizer
 from picovlm.interop.mapping import (
-    _VIT_BLOCK,
-    _swap_prefix,
+    encoder_to_hf,
     fit_state_dict,
     vit_hf_config,
     vit_state_for_export,
@@ -39,16 +38,7 @@ _TEXT_TOP = {
 
 def clip_text_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our CLIPTextEncoder's keys -> `CLIPTextModel` keys without the `text_model.` wrapper."""
-    out = {}
-    for key, value in sd.items():
-        if key in _TEXT_TOP:
-            out[_TEXT_TOP[key]] = value
-        elif key.startswith("blocks."):
-            _, i, rest = key.split(".", 2)
-            out[f"encoder.layers.{i}.{_swap_prefix(rest, _VIT_BLOCK, key)}"] = value
-        else:
-            out[_swap_prefix(key, [("final_norm.", "final_layer_norm.")], key)] = value
-    return out
+    return encoder_to_hf(sd, _TEXT_TOP, [("final_norm.", "final_layer_norm.")])
 
 
 def clip_unmappable(model: CLIPModel, layout: str) -> str | None:

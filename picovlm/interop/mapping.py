@@ -159,18 +159,24 @@ _VIT_NORMS = [("pre_norm.", "pre_layrnorm."), ("post_norm.", "post_layernorm.")]
 _VIT_BLOCK = [("fc1.", "mlp.fc1."), ("fc2.", "mlp.fc2."), ("layer_norm", "layer_norm"), ("self_attn.", "self_attn.")]
 
 
-def vit_to_hf(sd: StateDict) -> StateDict:
-    """Our ViT's keys -> `CLIPVisionModel` keys without the `vision_model.` wrapper."""
+def encoder_to_hf(sd: StateDict, top: dict[str, str], norms: list[tuple[str, str]]) -> StateDict:
+    """Keys of a stack of our ViT `Block`s -> HF CLIP encoder keys: `top` renames whole keys (embeddings),
+    blocks go to `encoder.layers.{i}`, and `norms` renames the remaining prefixes."""
     out = {}
     for key, value in sd.items():
-        if key in _VIT_TOP:
-            out[_VIT_TOP[key]] = value
+        if key in top:
+            out[top[key]] = value
         elif key.startswith("blocks."):
             _, i, rest = key.split(".", 2)
             out[f"encoder.layers.{i}.{_swap_prefix(rest, _VIT_BLOCK, key)}"] = value
         else:
-            out[_swap_prefix(key, _VIT_NORMS, key)] = value
+            out[_swap_prefix(key, norms, key)] = value
     return out
+
+
+def vit_to_hf(sd: StateDict) -> StateDict:
+    """Our ViT's keys -> `CLIPVisionModel` keys without the `vision_model.` wrapper."""
+    return encoder_to_hf(sd, _VIT_TOP, _VIT_NORMS)
 
 
 def vit_from_hf(sd: StateDict) -> StateDict:
