@@ -4,26 +4,12 @@ busy batch at any step."""
 import pytest
 import torch
 
-from picovlm.config import GPTConfig, VisionConfig, ViTConfig, VLMConfig
 from picovlm.engine.batch import DecodeBatch, Sequence
 from picovlm.engine.generate import generate_tokens
 from picovlm.engine.sampling import SamplingParams
 from picovlm.models.vlm import VLM
 
 PAD, IMG, END = 1, 2, 5
-
-
-@pytest.fixture(scope="module")
-def model() -> VLM:
-    torch.manual_seed(0)
-    vit = ViTConfig(image_size=16, patch_size=4, n_embd=16, n_layer=2, n_head=2, mlp_ratio=2.0)
-    lm = GPTConfig(vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=48, max_seq_len=64)
-    vlm = VLM(VLMConfig(vision=VisionConfig(vit=vit), projector="pixel_shuffle2", lm=lm), image_token_id=IMG)
-    with torch.no_grad():
-        for p in vlm.lm.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.15)
-    return vlm.eval()
 
 
 def prompt(model: VLM, text: list[int], n_images: int) -> list[int]:
