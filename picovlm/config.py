@@ -58,10 +58,12 @@ class ViTConfig:
 class VisionConfig:
     """Which vision tower to build: `kind` picks an entry of the tower registry."""
 
-    kind: str = "vit"  # "vit" | "hf" (a CLIP/SigLIP vision model from a local folder) | "efficientnet"
+    # "vit" | "hf" (a CLIP/SigLIP vision model from a local folder) | "open_clip" (an open_clip ViT
+    # checkpoint folder, run by our ViT) | "efficientnet"
+    kind: str = "vit"
     vit: ViTConfig = field(default_factory=ViTConfig)
-    hf_path: str = ""  # local folder for kind="hf"
-    hf_feature_layer: int = -2
+    hf_path: str = ""  # local folder for kind="hf" or "open_clip"
+    hf_feature_layer: int = -2  # kinds "hf" and "open_clip": index into the n_layer+1 hidden states
     hf_use_cls: bool = False  # keep CLS among the image tokens (LLaVA drops it)
     # kind "efficientnet": ImageNet EfficientNet-Lite0 from PyPI (vision/efficientnet.py); 224 px -> 7x7 = 49 tokens
     cnn_image_size: int = 224

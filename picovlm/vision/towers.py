@@ -27,6 +27,14 @@ def _build_hf(cfg: VisionConfig) -> nn.Module:
     return HFVisionTower(cfg.hf_path, cfg.hf_feature_layer, cfg.hf_use_cls)
 
 
+def _build_open_clip(cfg: VisionConfig) -> nn.Module:
+    from picovlm.vision.open_clip_tower import OpenCLIPTower
+
+    if not cfg.hf_path:
+        raise ValueError("vision kind 'open_clip' needs hf_path: a local folder with open_clip_config.json and weights")
+    return OpenCLIPTower(cfg.hf_path, cfg.hf_feature_layer, cfg.hf_use_cls)
+
+
 def _build_efficientnet(cfg: VisionConfig) -> nn.Module:
     from picovlm.vision.efficientnet import EfficientNetTower
 
@@ -36,6 +44,7 @@ def _build_efficientnet(cfg: VisionConfig) -> nn.Module:
 TOWERS: dict[str, Callable[[VisionConfig], nn.Module]] = {
     "vit": _build_vit,
     "hf": _build_hf,
+    "open_clip": _build_open_clip,
     "efficientnet": _build_efficientnet,
 }
 
