@@ -209,7 +209,9 @@ def _load_exactly(vit: ViT, sd: dict[str, torch.Tensor], folder: Path) -> None:
 class OpenCLIPTower(nn.Module):
     """Patch features of one hidden layer of an open_clip ViT (held as our `ViT`), CLS dropped
     unless asked for. `feature_layer` indexes the n_layer+1 hidden states like HF's towers do
-    (0 = the embeddings after ln_pre, -1 = the last block, before ln_post)."""
+    (0 = the embeddings after ln_pre, -1 = the last block, before ln_post). `vit.pooled(x) @ proj`
+    is open_clip's image embedding only for its default pool_type "tok"; the patch features do not
+    depend on pooling."""
 
     def __init__(self, path: str | Path, feature_layer: int = -2, use_cls: bool = False):
         super().__init__()
