@@ -43,7 +43,7 @@ def tiny_run(tiny_data, tmp_path_factory) -> dict[str, Path]:
 # SmolLM2's template (ChatML, with a default system prompt when the chat has none)
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>system\nAnswer in one word.<|im_end|>\n' }}{% endif %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
@@ -60,6 +60,7 @@ def _write_hf_lm(folder, arch: str, chatml: bool = False):
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
     words = "what is in the picture a red blue green circle square triangle yes no one two three".split()
+    words += "user assistant system answer in word".split() if chatml else []
     specials = ["<|endoftext|>"] + (["<|im_start|>", "<|im_end|>"] if chatml else [])
     trainer = trainers.BpeTrainer(
         vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
@@ -72,13 +73,14 @@ def _write_hf_lm(folder, arch: str, chatml: bool = False):
     n = raw.get_vocab_size()
     torch.manual_seed(0)
     eos = {"eos_token_id": raw.token_to_id("<|im_end|>")} if chatml else {}  # else each arch's default
+    positions = 256 if chatml else 128  # room for the template's system prompt in this tiny vocabulary
     if arch == "gpt2":
-        cfg = transformers.GPT2Config(vocab_size=n, n_embd=32, n_layer=2, n_head=4, n_positions=128, **eos)
+        cfg = transformers.GPT2Config(vocab_size=n, n_embd=32, n_layer=2, n_head=4, n_positions=positions, **eos)
     else:
         cls = transformers.LlamaConfig if arch == "llama" else transformers.Qwen2Config
         cfg = cls(
             vocab_size=n, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128, **eos,
+            num_key_value_heads=2, max_position_embeddings=positions, **eos,
         )  # fmt: skip
     transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
     return folder, n

@@ -70,7 +70,7 @@ def test_ids_are_those_of_apply_chat_template(tok, reference, messages):
     ids, mask = render_conversation(tok, messages)
     assert ids == reference(messages) and len(mask) == len(ids)
     assert ids.count(tok.image_id) == sum(m["content"].count(IMAGE) for m in messages)  # one token each
-    assert tok.decode(ids, skip_special=False).startswith("<|im_start|>system\nYou are a helpful assistant.")
+    assert tok.decode(ids, skip_special=False).startswith("<|im_start|>system\nAnswer in one word.")
 
 
 @pytest.mark.parametrize("messages", CONVERSATIONS)
