@@ -57,7 +57,9 @@ def _render_with_template(tok: Tokenizer, messages: list[Message]) -> tuple[list
     _check_messages(tok, messages)
     text, spans = tok.chat_template.answer_spans(messages, tok.special_tokens)
     ids, offsets = tok.encode_offsets(text)
-    mask = [int(any(lo <= start < hi for lo, hi in spans)) for start, _ in offsets]
+    # a token is the answer's if it holds any of its characters (e.g. SentencePiece's "▁yes" whose
+    # space the template wrote)
+    mask = [int(any(start < hi and end > lo for lo, hi in spans)) for start, end in offsets]
     return ids, mask
 
 

@@ -118,18 +118,25 @@ class ChatTemplate:
             before, turn = text(i), text(i + 1)
             if not turn.startswith(before) or not full.startswith(turn):
                 raise ValueError(
-                    f"chat template is not prefix-stable: message {i} changes how earlier turns render, "
-                    "so the loss mask cannot be derived"
+                    f"chat template is not prefix-stable: messages[:{i + 1}] render differently once more "
+                    "messages follow, so the loss mask cannot be derived"
                 )
             header = text(i, True)
             if not header.startswith(before):
                 raise ValueError(f"chat template: the generation prompt changes the turns before message {i}")
             header = header[len(before) :]
-            start, content = -1, message["content"]
+            # the answer comes right after the prompt the model will see at generation (whitespace the
+            # template puts before it is learned with it); only a first message may be preceded by what
+            # the template adds to a chat (a default system prompt)
+            start, end, content, prompt_end = -1, -1, message["content"], len(before) + len(header)
             for candidate in dict.fromkeys((content, content.strip())):
-                start = turn.find(header + candidate, len(before))
-                if start >= 0:
-                    start, end = start + len(header), start + len(header) + len(candidate)
+                at = turn.find(candidate, prompt_end) if turn.startswith(header, len(before)) else -1
+                if at >= 0 and not turn[prompt_end:at].strip():
+                    start, end = prompt_end, at + len(candidate)
+                    break
+                at = -1 if before else turn.find(header + candidate)
+                if at >= 0:
+                    start, end = at + len(header), at + len(header) + len(candidate)
                     break
             if start < 0:
                 raise ValueError(
@@ -145,8 +152,8 @@ class ChatTemplate:
     def end_of_turn(self, specials: Collection[str]) -> str:
         """The special token that closes an assistant turn (the first one after the content)."""
         full, spans = self.answer_spans(PROBE, specials)
-        start, stop = spans[-1]
-        closing = full[start + len(PROBE[-1]["content"]) : stop].lstrip()
+        answer = full[slice(*spans[-1])]
+        closing = answer[answer.rfind(PROBE[-1]["content"]) + len(PROBE[-1]["content"]) :].lstrip()
         return next(s for s in specials if closing.startswith(s))
 
     def to_json(self) -> dict[str, Any]:

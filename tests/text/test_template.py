@@ -154,6 +154,10 @@ def test_templates_a_mask_cannot_be_read_from_raise(tok):
     # the answer is rewritten, so it cannot be found
     with pytest.raises(ValueError, match="does not follow its generation prompt verbatim"):
         _with(tok, loop % (turn % "m['content'] | upper"))
+    # the generation prompt is not what precedes answers in training (Qwen3's empty think block)
+    thinking = loop.replace("assistant\n{%% endif", "assistant\n<think></think>{%% endif")
+    with pytest.raises(ValueError, match="does not follow its generation prompt verbatim"):
+        _with(tok, thinking % (turn % "m['content']"))
     # nothing marks the end of an answer, so generation could never stop
     with pytest.raises(ValueError, match="no special end-of-turn token closes assistant message 1"):
         _with(tok, loop % "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '\\n' }}")
@@ -174,5 +178,5 @@ def test_generation_blocks_and_a_whitespace_before_the_end_token(tok):
     ids, mask = render_conversation(
         llama2, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}]
     )
-    assert [llama2.decode(r, skip_special=False) for r in masked_runs(ids, mask)] == ["yes <|im_end|>"]
+    assert [llama2.decode(r, skip_special=False) for r in masked_runs(ids, mask)] == [" yes <|im_end|>"]
     assert llama2.stop_ids == (llama2.token_to_id("<|im_end|>"),)
