@@ -46,7 +46,10 @@ class Tokenizer:
         self.chat_template = chat_template
         self.stop_ids = (self._special[END],)
         if chat_template is not None:
-            ends = [chat_template.end_of_turn(self.special_tokens), *chat_template.stop_tokens]
+            try:
+                ends = [chat_template.end_of_turn(self.special_tokens), *chat_template.stop_tokens]
+            except ValueError as err:
+                raise ValueError(f"{source}: {err}") from None
             self.stop_ids = tuple(dict.fromkeys(hf.token_to_id(t) for t in ends if t in special))
 
     @classmethod
