@@ -5,6 +5,7 @@
       tower.safetensors  one file per part, keys relative to the part
       lm.safetensors
       tokenizer.json
+      tokenizer.chat_template.json   only with an HF LM that has its own chat template
       trainer_state.pt   optimizer, schedule step, RNG and data position (for resuming only)
 
 A part that was frozen and inherited unchanged from an earlier stage is not copied: `parts` maps it
@@ -26,6 +27,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
+
+from picovlm.text.tokenizer import chat_template_file
 
 CONFIG = "config.json"
 TRAINER_STATE = "trainer_state.pt"
@@ -101,6 +104,9 @@ def save_checkpoint(
             save_file(part_state(model, parts, name, state), tmp / files[name])
     (tmp / CONFIG).write_text(json.dumps({**config, "parts": files, "part_prefixes": parts}, indent=2) + "\n")
     shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+    template = chat_template_file(tokenizer_file)
+    if template.is_file():  # an HF LM's own chat template travels with its tokenizer
+        shutil.copyfile(template, chat_template_file(tmp / "tokenizer.json"))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER_STATE)
     if extra is not None:

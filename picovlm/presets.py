@@ -102,7 +102,9 @@ def pretrained_recipe(data_dir: str = "data/demo") -> RecipeConfig:
         model=VLMConfig(
             vision=VisionConfig(kind="efficientnet", cnn_image_size=224),
             projector="mlp2x_gelu",
-            lm=GPTConfig(max_seq_len=192),  # only max_seq_len is read for an HF LM
+            # only max_seq_len is read for an HF LM; SmolLM2's own template (system prompt, ChatML turns)
+            # makes the longest demo conversation 157 tokens, + 48 for the image's 49 tokens
+            lm=GPTConfig(max_seq_len=256),
             lm_kind="hf",
             lm_hf_path=str(smollm2_folder_path()),
         ),

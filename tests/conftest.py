@@ -40,8 +40,19 @@ def tiny_run(tiny_data, tmp_path_factory) -> dict[str, Path]:
     return {"data": tiny_data, "model": done["instruct"]}
 
 
-def _write_hf_lm(folder, arch: str):
-    """A tiny random HF causal LM with its own byte-level BPE tokenizer (no picovlm tokens)."""
+# SmolLM2's template (ChatML, with a default system prompt when the chat has none)
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nAnswer in one word.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _write_hf_lm(folder, arch: str, chatml: bool = False):
+    """A tiny random HF causal LM with its own byte-level BPE tokenizer (no picovlm tokens); with
+    `chatml`, the tokenizer also has <|im_start|>/<|im_end|>, its eos is <|im_end|> and the folder has
+    the CHATML template."""
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -49,20 +60,27 @@ def _write_hf_lm(folder, arch: str):
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
     words = "what is in the picture a red blue green circle square triangle yes no one two three".split()
+    words += "user assistant system answer in word".split() if chatml else []
+    specials = ["<|endoftext|>"] + (["<|im_start|>", "<|im_end|>"] if chatml else [])
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     raw.train_from_iterator([" ".join(words[i:] + words[:i]) for i in range(len(words))] * 5, trainer=trainer)
-    transformers.PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>").save_pretrained(folder)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, eos_token=specials[-1])
+    if chatml:
+        fast.chat_template = CHATML
+    fast.save_pretrained(folder)
     n = raw.get_vocab_size()
     torch.manual_seed(0)
+    eos = {"eos_token_id": raw.token_to_id("<|im_end|>")} if chatml else {}  # else each arch's default
+    positions = 256 if chatml else 128  # room for the template's system prompt in this tiny vocabulary
     if arch == "gpt2":
-        cfg = transformers.GPT2Config(vocab_size=n, n_embd=32, n_layer=2, n_head=4, n_positions=128)
+        cfg = transformers.GPT2Config(vocab_size=n, n_embd=32, n_layer=2, n_head=4, n_positions=positions, **eos)
     else:
         cls = transformers.LlamaConfig if arch == "llama" else transformers.Qwen2Config
         cfg = cls(
             vocab_size=n, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128,
+            num_key_value_heads=2, max_position_embeddings=positions, **eos,
         )  # fmt: skip
     transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
     return folder, n
@@ -70,6 +88,7 @@ def _write_hf_lm(folder, arch: str):
 
 @pytest.fixture(scope="session")
 def write_hf_lm():
-    """`write_hf_lm(folder, arch)` -> (folder, vocab size): a tiny random HF causal LM ("llama", "qwen2"
-    or "gpt2") with its own tokenizer, the same kind of folder a real pretrained LM comes in."""
+    """`write_hf_lm(folder, arch, chatml=False)` -> (folder, vocab size): a tiny random HF causal LM
+    ("llama", "qwen2" or "gpt2") with its own tokenizer (and SmolLM2's chat template with `chatml`),
+    the same kind of folder a real pretrained LM comes in."""
     return _write_hf_lm

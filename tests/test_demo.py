@@ -68,7 +68,7 @@ def _pretrained_like(lm_folder):
 
 
 def test_run_demo_pretrained_plumbing(tmp_path, capsys, monkeypatch, write_hf_lm):
-    lm_folder, _ = write_hf_lm(tmp_path / "lm", "llama")
+    lm_folder, _ = write_hf_lm(tmp_path / "lm", "llama", chatml=True)  # SmolLM2 has its own template too
     monkeypatch.setitem(RECIPES, "pretrained", _pretrained_like(lm_folder))
     monkeypatch.setitem(DATA_PRESETS, "pretrained", DATA_PRESETS["tiny"])
     monkeypatch.setitem(EVAL_LIMIT, "pretrained", 5)

@@ -47,9 +47,8 @@ class Pipeline:
             for m, ims in zip(batch, images, strict=True)
         ]
         pixels = torch.cat([e.pixels for e in encoded]).to(self.device, next(self.model.parameters()).dtype)
-        stop_ids = (self.tokenizer.end_id,)
         yield from generate_tokens(
-            self.model, [e.ids for e in encoded], pixels, params, stop_ids, self.tokenizer.pad_id
+            self.model, [e.ids for e in encoded], pixels, params, self.tokenizer.stop_ids, self.tokenizer.pad_id
         )
 
     def generate(
@@ -60,7 +59,7 @@ class Pipeline:
         answers: list[list[int]] = [[] for _ in batch]
         for step in self._stream_ids(batch, images, params):
             for row, token in enumerate(step):
-                if token is not None and token != self.tokenizer.end_id:
+                if token is not None and token not in self.tokenizer.stop_ids:
                     answers[row].append(token)
         texts = [self.tokenizer.decode(ids) for ids in answers]
         return [t[: _first_stop(t, params.stop)] for t in texts]
@@ -68,11 +67,12 @@ class Pipeline:
     def stream(
         self, messages: Messages, images: list[Image.Image], params: SamplingParams | None = None
     ) -> Iterator[str]:
-        """Text pieces of one answer as they are decoded; stops at <|end|> or a stop string."""
+        """Text pieces of one answer as they are decoded; stops at a stop id (<|end|>, or the LM's own
+        end of turn) or a stop string."""
         params = params or SamplingParams()
         decoder, text = StreamDecoder(self.tokenizer), ""
         for (token,) in self._stream_ids([messages], [images], params):
-            if token is None or token == self.tokenizer.end_id:
+            if token is None or token in self.tokenizer.stop_ids:
                 break
             piece = decoder.push(token)
             hit = _first_stop(text + piece, params.stop)

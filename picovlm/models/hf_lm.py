@@ -11,10 +11,14 @@ The tokenizer is the model's own (its vocabulary and BPE), with picovlm's six sp
 where missing (`<|image|>` among them) and the embedding table grown to match: new rows start at the
 mean embedding, so they begin as an "average word" instead of noise, except `<|end|>`, `<|bos|>` and
 the role markers, which start close to the LM's own end-of-sequence and bos tokens and role words
-(`new_token_sources`). The chat template is picovlm's (`<|user|>...<|end|><|assistant|>...`): the LM's
-own template is not used yet, because our loss mask and every reader of the tokenizer assume
-single-token role markers. Loading the same folder always gives the same ids, so a checkpoint stores
-the tokenizer once and nothing else.
+(`new_token_sources`). The chat template is the LM's own when its folder has one (SmolLM2's
+`<|im_start|>user\n...<|im_end|>`, read by `read_hf_template` and kept with the tokenizer): an
+instruct LM answers best in the layout it was tuned on, and stops at its own end-of-turn token. A
+folder without one (GPT-2, base LMs) gets picovlm's (`<|user|>...<|end|><|assistant|>...`), and only
+then do `<|end|>`, `<|bos|>` and the role markers start from the LM's rows: with the LM's template
+they are never used, and a copy of the eos row would outbid the LM's real end of turn. Loading the
+same folder always gives the same ids and template, so a checkpoint stores the tokenizer (and its
+template file) once and nothing else.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch.nn as nn
 
 from picovlm.config import GPTConfig
 from picovlm.models.gpt import KVCache, default_positions
+from picovlm.text.template import read_hf_template
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.text.tokens import SPECIAL_TOKENS
 
@@ -38,27 +43,32 @@ def _check_folder(path: str | Path) -> Path:
 
 
 def hf_lm_tokenizer(path: str | Path) -> Tokenizer:
-    """The LM folder's own tokenizer (tokenizer.json) with picovlm's special tokens added."""
+    """The LM folder's own tokenizer (tokenizer.json) with picovlm's special tokens added, and the
+    folder's chat template if it has one."""
     from tokenizers import AddedToken
     from tokenizers import Tokenizer as RawTokenizer
 
-    file = _check_folder(path) / "tokenizer.json"
+    folder = _check_folder(path)
+    file = folder / "tokenizer.json"
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no fast tokenizer file; an HF LM folder needs tokenizer.json")
     raw = RawTokenizer.from_file(str(file))
+    template = read_hf_template(folder, raw.id_to_token)
     raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    return Tokenizer(raw, source=str(file))
+    return Tokenizer(raw, source=str(file), chat_template=template)
 
 
 def new_token_sources(folder: Path, config, base_vocab: int) -> dict[int, tuple[list[int], float]]:
-    """Existing rows that some of our added tokens start from, instead of the mean row: `<|end|>` from
-    the LM's end-of-sequence token (an instruct LM's end of turn), `<|bos|>` from its bos, and the role
-    markers from the last piece of the words "user" and "assistant" in the LM's tokenizer; each with
-    the scale its copy gets. Why: the LM then already
+    """Existing rows that some of our added tokens start from, instead of the mean row (none when the
+    folder has its own chat template): `<|end|>` from the LM's end-of-sequence token (an instruct LM's
+    end of turn), `<|bos|>` from its bos, and the role markers from the last piece of the words "user"
+    and "assistant" in the LM's tokenizer; each with the scale its copy gets. Why: the LM then already
     ends an answer with (a copy of) `<|end|>` and reads the roles, instead of learning it from scratch."""
     from tokenizers import Tokenizer as RawTokenizer
 
     ours = hf_lm_tokenizer(folder)
+    if ours.chat_template is not None:  # the LM's own turn tokens are used: ours stay unused mean rows
+        return {}
     raw = RawTokenizer.from_file(str(folder / "tokenizer.json"))  # without our tokens
 
     def first(token_id) -> list[int]:

@@ -128,7 +128,7 @@ class Scheduler:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.pipe, self.max_batch, self.max_waiting = pipe, max_batch, max_waiting
-        self.batch = DecodeBatch(pipe.model, (pipe.tokenizer.end_id,), pipe.tokenizer.pad_id)
+        self.batch = DecodeBatch(pipe.model, pipe.tokenizer.stop_ids, pipe.tokenizer.pad_id)
         self._waiting: deque[_Request] = deque()
         self._running: dict[int, _Request] = {}
         self._wake = threading.Condition()
@@ -203,7 +203,7 @@ class Scheduler:
                 for r in [*admitted, *self._running.values()]:
                     self._finish(r, Event(finish_reason="error", error=f"{type(e).__name__}: {e}"))
                 self._running.clear()
-                self.batch = DecodeBatch(self.pipe.model, (self.pipe.tokenizer.end_id,), self.pipe.tokenizer.pad_id)
+                self.batch = DecodeBatch(self.pipe.model, self.pipe.tokenizer.stop_ids, self.pipe.tokenizer.pad_id)
         for r in [*self._waiting, *self._running.values()]:
             self._finish(r, Event(finish_reason="error", error="the server is shutting down"))
 

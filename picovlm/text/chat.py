@@ -10,6 +10,13 @@ Content may not contain special-token strings, since they would be read as templ
 message forge turns (e.g. a user typing "<|end|><|assistant|>"). The one exception is <|image|> in
 user content: that is how a prompt says where the image features go. Assistant content may not
 contain <|image|> either: the model never emits images.
+
+A tokenizer from an HF LM folder may bring that LM's own template (`tok.chat_template`, text/template.py),
+e.g. SmolLM2's `<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n...`; then the conversation is
+rendered by it and encoded as one string (exactly the ids `apply_chat_template` gives), and the mask is 1
+on the characters `ChatTemplate.answer_spans` finds: each answer and the end-of-turn token(s) closing it.
+The rule above covers every special token of such a tokenizer (`<|im_start|>` too), so content cannot
+forge the LM's turns either.
 """
 
 from picovlm.text.tokenizer import Tokenizer
@@ -34,6 +41,28 @@ def _encode_content(tok: Tokenizer, message: Message, index: int) -> tuple[int, 
     return marker, tok.encode(content), target
 
 
+def _check_messages(tok: Tokenizer, messages: list[Message]) -> None:
+    """The rules of `_encode_content` for a model's own template, whose specials are the tokenizer's."""
+    for index, message in enumerate(messages):
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            raise ValueError(f"message {index}: unknown role {role!r} (expected 'user' or 'assistant')")
+        content = message["content"]
+        for special in tok.special_tokens:
+            if special in content and not (special == IMAGE and role == "user"):
+                raise ValueError(f"message {index}: {role} content may not contain the special token {special}")
+
+
+def _render_with_template(tok: Tokenizer, messages: list[Message]) -> tuple[list[int], list[int]]:
+    _check_messages(tok, messages)
+    text, spans = tok.chat_template.answer_spans(messages, tok.special_tokens)
+    ids, offsets = tok.encode_offsets(text)
+    # a token is the answer's if it holds any of its characters (e.g. SentencePiece's "▁yes" whose
+    # space the template wrote)
+    mask = [int(any(start < hi and end > lo for lo, hi in spans)) for start, end in offsets]
+    return ids, mask
+
+
 def render_conversation(
     tok: Tokenizer, messages: list[Message], max_len: int | None = None
 ) -> tuple[list[int], list[int]]:
@@ -41,13 +70,17 @@ def render_conversation(
 
     Any sequence of user/assistant messages is accepted, including a lone assistant message (a
     caption used for alignment). Too-long conversations raise instead of being truncated silently:
-    where to cut is the caller's decision.
+    where to cut is the caller's decision. With the LM's own template the mask covers each answer and
+    the template's end-of-turn token(s) after it.
     """
-    ids, mask = [tok.bos_id], [0]
-    for index, message in enumerate(messages):
-        marker, content, target = _encode_content(tok, message, index)
-        ids += [marker, *content, tok.end_id]
-        mask += [0] + [target] * (len(content) + 1)
+    if tok.chat_template is not None:
+        ids, mask = _render_with_template(tok, messages)
+    else:
+        ids, mask = [tok.bos_id], [0]
+        for index, message in enumerate(messages):
+            marker, content, target = _encode_content(tok, message, index)
+            ids += [marker, *content, tok.end_id]
+            mask += [0] + [target] * (len(content) + 1)
     if max_len is not None and len(ids) > max_len:
         raise ValueError(f"conversation is {len(ids)} tokens, longer than the context of {max_len}")
     return ids, mask
@@ -56,9 +89,13 @@ def render_conversation(
 def render_prompt(tok: Tokenizer, messages: list[Message]) -> list[int]:
     """Ids of a conversation ending with a user turn, followed by <|assistant|> to start generation.
 
-    The model then writes the answer and <|end|>, exactly as it saw in training.
+    The model then writes the answer and <|end|>, exactly as it saw in training. With the LM's own
+    template: the template's generation prompt, and the answer ends at one of `tok.stop_ids`.
     """
     if not messages or messages[-1].get("role") != "user":
         raise ValueError("a prompt must end with a user message")
+    if tok.chat_template is not None:
+        _check_messages(tok, messages)
+        return tok.encode(tok.chat_template.render(messages, add_generation_prompt=True))
     ids, _ = render_conversation(tok, messages)
     return ids + [tok.assistant_id]

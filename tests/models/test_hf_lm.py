@@ -14,6 +14,7 @@ from picovlm.eval.vqa import evaluate_vqa
 from picovlm.models.hf_lm import HFCausalLM, hf_lm_tokenizer
 from picovlm.models.vlm import VLM
 from picovlm.presets import RECIPES
+from picovlm.text.chat import render_prompt
 from picovlm.text.tokens import SPECIAL_TOKENS
 from picovlm.train.stages import run_recipe
 
@@ -51,6 +52,15 @@ def test_tokenizer_gets_our_special_tokens_and_embeddings_grow(hf_lm):
         assert lm(inputs_embeds=lm.embed(ids), return_hidden=True).shape == (1, ids.shape[1], 32)
 
 
+def test_with_its_own_template_our_unused_tokens_start_at_the_mean(tmp_path, write_hf_lm):
+    """A copy of the eos row for <|end|> would outbid the LM's own end of turn, which is now the stop."""
+    folder, n = write_hf_lm(tmp_path, "llama", chatml=True)
+    tok = hf_lm_tokenizer(folder)
+    emb = HFCausalLM(folder, tok.vocab_size, max_seq_len=64).model.get_input_embeddings().weight
+    for token_id in (tok.end_id, tok.bos_id, tok.user_id, tok.assistant_id):
+        torch.testing.assert_close(emb[token_id], emb[:n].mean(0))
+
+
 def test_vlm_generation_with_cache_and_padding_matches_recompute(hf_lm):
     folder, _ = hf_lm
     tok = hf_lm_tokenizer(folder)
@@ -73,11 +83,14 @@ def test_vlm_generation_with_cache_and_padding_matches_recompute(hf_lm):
     assert [row[1] for row in cached] == [row[0] for row in alone]  # left padding changes nothing
 
 
-def test_recipe_trains_evaluates_and_chats_with_an_hf_lm(tiny_data, tmp_path, write_hf_lm):
-    folder, _ = write_hf_lm(tmp_path / "gpt2", "gpt2")
+@pytest.mark.parametrize("arch", ["gpt2", "llama-chatml"])
+def test_recipe_trains_evaluates_and_chats_with_an_hf_lm(tiny_data, tmp_path, write_hf_lm, arch):
+    """GPT-2 (no chat template: ours) and a Llama with SmolLM2's template, which the checkpoint keeps."""
+    folder, _ = write_hf_lm(tmp_path / arch, arch.split("-")[0], chatml=arch.endswith("chatml"))
     recipe = RECIPES["tiny"](str(tiny_data))
     recipe.model.lm_kind, recipe.model.lm_hf_path = "hf", str(folder)
     recipe.model.projector = "mlp2x_gelu"
+    recipe.model.lm = dataclasses.replace(recipe.model.lm, max_seq_len=256)  # the template's system prompt
     recipe.stages = [s for s in recipe.stages if s.task == "vlm"]  # the LM comes pretrained: no lm stage
     for s in recipe.stages:
         s.init = {k: v for k, v in s.init.items() if k == "projector"}
@@ -86,8 +99,24 @@ def test_recipe_trains_evaluates_and_chats_with_an_hf_lm(tiny_data, tmp_path, wr
     assert pipe.model.cfg.lm_kind == "hf" and pipe.model.cfg.lm.n_embd == 32
     results = evaluate_vqa(pipe, tiny_data / "test.json", batch_size=4, limit=4)
     assert results["n"] == 4 and 0.0 <= results["accuracy"] <= 1.0
-    answer = pipe.generate([[{"role": "user", "content": "what is red"}]], [[]], SamplingParams(max_tokens=3))
+    question = [{"role": "user", "content": "what is red"}]
+    answer = pipe.generate([question], [[]], SamplingParams(max_tokens=3, temperature=0.0))
     assert isinstance(answer[0], str)  # a text-only turn runs too
+    prompt = pipe.processor.encode_prompt(question, []).ids
+    fresh = hf_lm_tokenizer(folder)
+    assert pipe.tokenizer.chat_template == fresh.chat_template and pipe.tokenizer.stop_ids == fresh.stop_ids
+    assert prompt == render_prompt(fresh, question)
+    if arch == "gpt2":
+        assert pipe.tokenizer.chat_template is None and prompt[-1] == pipe.tokenizer.assistant_id
+    else:
+        assert (done["instruct"] / "tokenizer.chat_template.json").is_file()
+        assert pipe.tokenizer.decode(prompt, skip_special=False).endswith("<|im_start|>assistant\n")
+        assert pipe.tokenizer.stop_ids[0] == pipe.tokenizer.token_to_id("<|im_end|>")
+    # generation ends at the tokenizer's stop ids: make the first greedy token one
+    first = next(generate_tokens(pipe.model, [prompt], None, SamplingParams(max_tokens=1, temperature=0.0), (), 0))[0]
+    pipe.tokenizer.stop_ids = (first,)
+    assert pipe.generate([question], [[]], SamplingParams(max_tokens=3, temperature=0.0)) == [""]
+    assert list(pipe.stream(question, [], SamplingParams(max_tokens=3, temperature=0.0))) == []
 
 
 def test_hf_lm_errors_are_one_line(tmp_path):
