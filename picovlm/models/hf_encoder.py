@@ -12,9 +12,10 @@ and is removed by the normalization).
 Why frozen: this is "locked text" tuning, LiT's recipe (Zhai et al. 2022, "LiT: Zero-Shot Transfer
 with Locked-image text Tuning") with the roles swapped: LiT locks a pretrained image tower and teaches
 a text tower to meet it; here the text tower is the pretrained one, locked, and the image tower, the
-two projections and the temperature learn to meet it. A few thousand captions would only wear down
-what the encoder learned from a billion sentence pairs, and a locked tower is not stored in
-checkpoints (the config names its folder). The training stages keep it frozen unless "text" is among
+two projections and the temperature learn to meet it. The encoder already places sentences by
+meaning (all-MiniLM-L6-v2 was tuned on about a billion sentence pairs), which a few thousand
+captions could wear down more easily than improve; and a locked tower costs nothing to store (the
+checkpoint names its folder instead). The training stages keep it frozen unless "text" is among
 a stage's trainable parts; built outside them, it starts frozen too.
 
 Dropout is switched off in the loaded config, so the encoder computes the same function in training

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from picovlm.checkpoint import load_part, load_trainer_state, part_files, save_checkpoint
+from picovlm.checkpoint import load_part, load_trainer_state, part_files, read_config, save_checkpoint
 from picovlm.config import RecipeConfig, StageConfig
 from picovlm.data.batches import BatchStream, ImageCache, clip_batch, text_batch, vlm_batch
 from picovlm.data.formats import Sample, load_samples, split_format
@@ -159,9 +159,12 @@ def run_stage(
     for part, source in stage.init.items():
         if part not in task.parts:
             raise ValueError(f"stage {stage.name!r}: cannot init unknown part {part!r}")
-        file = part_files(checkpoint_dir(out_dir, source)).get(part)
-        if file is None:
-            raise ValueError(f"stage {stage.name!r}: stage {source!r} did not store part {part!r} (frozen pretrained)")
+        files = part_files(checkpoint_dir(out_dir, source))
+        if part not in files:
+            locked = part in read_config(checkpoint_dir(out_dir, source))["parts"]
+            why = "a locked pretrained part, rebuilt from its folder, not stored" if locked else "no such part"
+            raise ValueError(f"stage {stage.name!r}: stage {source!r} has no stored part {part!r} ({why})")
+        file = files[part]
         load_part(task.model, task.parts, part, file)
         if part not in stage.trainable:
             inherited[part] = file  # frozen and unchanged: reference it instead of copying
