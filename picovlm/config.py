@@ -163,7 +163,10 @@ class RecipeConfig:
     tokenizer_vocab: int = 512
     clip_text: GPTConfig = field(default_factory=lambda: GPTConfig(n_layer=2))
     clip_embed_dim: int = 128
-    clip_text_layout: str = "gpt"  # "gpt" (our GPT) | "clip" (HF CLIPTextModel layout: exports as HF CLIPModel)
+    # "gpt" (our GPT) | "clip" (HF CLIPTextModel layout: exports as HF CLIPModel) | "hf" (a pretrained HF
+    # sentence encoder, locked: models/hf_encoder.py); for "hf" only clip_text.max_seq_len is read
+    clip_text_layout: str = "gpt"
+    clip_text_hf_path: str = "all-minilm-l6-v2"  # "hf": a local encoder folder, or a name in PACKAGED_ENCODERS
     device: str = "cpu"
 
 

@@ -6,6 +6,7 @@ field, run it. Nothing here is special-cased anywhere else in the code.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from picovlm.config import GPTConfig, RecipeConfig, StageConfig, VisionConfig, ViTConfig, VLMConfig
@@ -87,6 +88,14 @@ def demo_recipe(data_dir: str = "data/demo") -> RecipeConfig:
     )
 
 
+def minilm_recipe(data_dir: str = "data/demo") -> RecipeConfig:
+    """The demo recipe whose `clip` stage trains the tower against the locked, pretrained
+    all-MiniLM-L6-v2 sentence encoder (packaged on PyPI, unzipped on first use) instead of a text
+    encoder of its own: the tower, both projections and the temperature learn, MiniLM does not
+    (models/hf_encoder.py). Everything else, the later stages included, is the demo's."""
+    return dataclasses.replace(demo_recipe(data_dir), clip_text_layout="hf", clip_text_hf_path="all-minilm-l6-v2")
+
+
 def pretrained_recipe(data_dir: str = "data/demo") -> RecipeConfig:
     """`make demo-pretrained`: the LLaVA recipe with real parts from PyPI, on the demo data.
 
@@ -164,5 +173,5 @@ def tiny_recipe(data_dir: str) -> RecipeConfig:
     )
 
 
-DATA_PRESETS = {"demo": demo_data, "tiny": tiny_data, "pretrained": demo_data}
-RECIPES = {"demo": demo_recipe, "tiny": tiny_recipe, "pretrained": pretrained_recipe}
+DATA_PRESETS = {"demo": demo_data, "tiny": tiny_data, "pretrained": demo_data, "minilm": demo_data}
+RECIPES = {"demo": demo_recipe, "tiny": tiny_recipe, "pretrained": pretrained_recipe, "minilm": minilm_recipe}

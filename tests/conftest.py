@@ -92,3 +92,38 @@ def write_hf_lm():
     ("llama", "qwen2" or "gpt2") with its own tokenizer (and SmolLM2's chat template with `chatml`),
     the same kind of folder a real pretrained LM comes in."""
     return _write_hf_lm
+
+
+def _write_hf_encoder(folder):
+    """A tiny random BertModel with its own WordPiece tokenizer ([CLS] ... [SEP], lowercasing)."""
+    import transformers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = "a an the of at in on and is red green blue yellow purple orange circle square triangle star"
+    words += " small big large top bottom left right middle center image picture photo shape object two one"
+    tokens = dict.fromkeys(specials + sorted(words.split()) + list("abcdefghijklmnopqrstuvwxyz-."))
+    vocab = {t: i for i, t in enumerate(tokens)}
+    raw = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    raw.normalizer = normalizers.BertNormalizer(lowercase=True)
+    raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    raw.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]",
+    ).save_pretrained(folder)  # fmt: skip
+    cfg = transformers.BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.BertModel(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hf_encoder(tmp_path_factory) -> Path:
+    """A tiny random HF BertModel folder with its tokenizer: the kind of folder all-MiniLM-L6-v2 comes in."""
+    return _write_hf_encoder(tmp_path_factory.mktemp("hf_encoder"))

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from picovlm.data.formats import ImageSource, Sample, open_image
+from picovlm.models.clip import Captions
 from picovlm.models.processor import VLMProcessor
 from picovlm.models.vlm import IGNORE_INDEX
 from picovlm.text.chat import render_conversation
@@ -77,16 +78,12 @@ def text_batch(samples: list[Sample], tokenizer: Tokenizer, max_len: int) -> Bat
     return {"ids": ids, "labels": ids.masked_fill(ids == tokenizer.pad_id, IGNORE_INDEX)}
 
 
-def clip_batch(
-    samples: list[Sample], tokenizer: Tokenizer, image_processor: ImageProcessor, images: ImageCache, max_len: int
-) -> Batch:
-    """Image/caption pairs: pixels, right-padded caption ids ending in <|end|>, and their lengths."""
-    rows = [(tokenizer.encode(s.messages[-1]["content"])[: max_len - 1] + [tokenizer.end_id]) for s in samples]
-    return {
-        "pixels": image_processor([images(s.images[0]) for s in samples]),
-        "ids": pad_right(rows, tokenizer.pad_id),
-        "lengths": torch.tensor([len(r) for r in rows]),
-    }
+def clip_batch(samples: list[Sample], captions: Captions, image_processor: ImageProcessor, images: ImageCache) -> Batch:
+    """Image/caption pairs: pixels, right-padded caption ids and their lengths. `captions` is the text
+    encoder's own tokenization (`CLIPModel.captions`): picovlm's BPE ending in <|end|>, or an HF
+    encoder's tokenizer."""
+    ids, lengths = captions([s.messages[-1]["content"] for s in samples])
+    return {"pixels": image_processor([images(s.images[0]) for s in samples]), "ids": ids, "lengths": lengths}
 
 
 class BatchStream:

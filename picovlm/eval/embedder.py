@@ -8,19 +8,17 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from picovlm.data.batches import pad_right
-from picovlm.models.clip import CLIPModel, load_clip
-from picovlm.text.tokenizer import Tokenizer
+from picovlm.models.clip import Captions, CLIPModel, load_clip
 
 
 class ClipEmbedder:
-    def __init__(self, model: CLIPModel, tokenizer: Tokenizer, max_len: int):
-        self.model, self.tokenizer, self.max_len = model.eval(), tokenizer, max_len
+    def __init__(self, model: CLIPModel, captions: Captions):
+        self.model, self.captions = model.eval(), captions
 
     @classmethod
     def load(cls, path: str | Path) -> ClipEmbedder:
         model, tokenizer, _ = load_clip(path)
-        return cls(model, tokenizer, model.text.cfg.max_seq_len)
+        return cls(model, model.captions(tokenizer))
 
     @torch.inference_mode()
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
@@ -29,7 +27,6 @@ class ClipEmbedder:
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """[N, D] unit vectors; each text is encoded as in training (ids, then <|end|>)."""
-        rows = [self.tokenizer.encode(t)[: self.max_len - 1] + [self.tokenizer.end_id] for t in texts]
-        ids = pad_right(rows, self.tokenizer.pad_id)
-        return self.model.encode_text(ids, torch.tensor([len(r) for r in rows]))
+        """[N, D] unit vectors; each text is tokenized as in training (`CLIPModel.captions`: picovlm's BPE
+        ids then <|end|>, or an HF text encoder's own tokenizer)."""
+        return self.model.encode_text(*self.captions(texts))

