@@ -105,8 +105,10 @@ def _mark(correct: bool | None) -> str:
 
 
 def _answer_line(e: Exchange) -> str:
-    """What the model said, made visible when it said nothing (an untrained model often does)."""
-    return f"{e.answer or '(empty)'}  {_mark(e.correct)}"
+    """What the model said, made visible when it said nothing or only control characters (an
+    untrained model often does; the figure's font has no glyphs for them)."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in e.answer)
+    return f"{shown or '(empty)'}  {_mark(e.correct)}"
 
 
 def save_sample_figure(image_path: Path, exchanges: list[Exchange], title: str, path: Path) -> None:

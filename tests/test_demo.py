@@ -1,7 +1,7 @@
 import dataclasses
 import json
 
-from picovlm.demo import EVAL_LIMIT, TEXT_QUESTION, ensure_dataset, format_results, run_demo
+from picovlm.demo import EVAL_LIMIT, TEXT_QUESTION, Exchange, _answer_line, ensure_dataset, format_results, run_demo
 from picovlm.engine.pipeline import Pipeline
 from picovlm.interop.pretrained import smollm2_folder_path
 from picovlm.presets import DATA_PRESETS, RECIPES, pretrained_recipe
@@ -87,3 +87,10 @@ def test_pretrained_preset_is_the_llava_recipe_with_real_parts():
     align, instruct = r.stages
     assert align.trainable == ("projector",) and not align.lora
     assert instruct.lora and "tower" not in instruct.trainable and instruct.init == {"projector": "align"}
+
+
+def test_answer_line_shows_control_characters_as_escapes():
+    # an untrained LM may emit backspaces or escapes: the figure's font has no glyph for them
+    line = _answer_line(Exchange("Q?", "a\x08b\n", "ab", False))
+    assert line.startswith("a\\x08b\\n") and line.isprintable()
+    assert _answer_line(Exchange("Q?", "", "ab", False)).startswith("(empty)")
