@@ -56,6 +56,8 @@ def llava_unmappable(cfg: VLMConfig) -> str | None:
     """Why this VLM has no LLaVA twin, or None."""
     if cfg.vision.kind != "vit":
         return f"vision tower kind {cfg.vision.kind!r}: only our ViT (kind 'vit') is exported"
+    if cfg.lm_kind != "gpt":
+        return f"language model kind {cfg.lm_kind!r}: only our GPT (lm_kind 'gpt') is exported"
     if cfg.projector not in EXPORTABLE_PROJECTORS:
         return (
             f"projector {cfg.projector!r} has no LLaVA counterpart (LLaVA's is linear -> act -> linear; "

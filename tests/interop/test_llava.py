@@ -10,7 +10,7 @@ from picovlm.checkpoint import save_checkpoint
 from picovlm.config import GPTConfig, VisionConfig, ViTConfig, VLMConfig
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
-from picovlm.interop.llava import VLM_PARTS, export_llava, import_llava
+from picovlm.interop.llava import VLM_PARTS, export_llava, import_llava, llava_unmappable
 from picovlm.models.vlm import VLM
 from picovlm.text.tokens import IMAGE
 
@@ -106,6 +106,14 @@ def test_unmappable_projector_is_one_clear_error(tmp_path, tok, projector):
     with pytest.raises(ValueError, match=f"projector '{projector.replace('+', '.')}' has no LLaVA counterpart"):
         export_llava(ckpt, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_hf_lm_and_non_vit_towers_are_refused_before_anything_is_written():
+    hf_lm = VLMConfig(projector="mlp2x_gelu", lm_kind="hf", lm_hf_path="some/folder")
+    assert "only our GPT" in llava_unmappable(hf_lm)
+    cnn = VLMConfig(vision=VisionConfig(kind="efficientnet"), projector="mlp2x_gelu")
+    assert "only our ViT" in llava_unmappable(cnn)
+    assert llava_unmappable(VLMConfig(projector="mlp2x_gelu")) is None
 
 
 def test_import_rejects_foreign_folders(tmp_path, tok):
