@@ -5,6 +5,7 @@ import pytest
 from picovlm.text.chat import render_conversation, render_prompt
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.text.tokens import ASSISTANT, BOS, END, IMAGE, USER
+from tests.text.helpers import masked_runs
 
 
 @pytest.fixture(scope="module")
@@ -12,17 +13,6 @@ def tok() -> Tokenizer:
     words = ["what", "is", "in", "the", "picture", "a", "cat", "on", "mat", "color", "red", "blue", "yes"]
     texts = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 20
     return Tokenizer.train(texts + ["café 你好 🙂"], vocab_size=320)
-
-
-def masked_runs(ids: list[int], mask: list[int]) -> list[list[int]]:
-    """Contiguous runs of ids where the mask is 1."""
-    runs: list[list[int]] = []
-    for i, (token, m) in enumerate(zip(ids, mask, strict=True)):
-        if m:
-            if i == 0 or not mask[i - 1]:
-                runs.append([])
-            runs[-1].append(token)
-    return runs
 
 
 def test_single_turn_layout_and_mask(tok):

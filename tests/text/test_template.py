@@ -10,6 +10,7 @@ from picovlm.text.chat import render_conversation, render_prompt
 from picovlm.text.template import ChatTemplate
 from picovlm.text.tokenizer import Tokenizer, chat_template_file
 from picovlm.text.tokens import ASSISTANT, BOS, END, IMAGE, SPECIAL_TOKENS, USER
+from tests.text.helpers import masked_runs
 
 CONVERSATIONS = [
     [
@@ -26,17 +27,6 @@ CONVERSATIONS = [
     ],
     [{"role": "assistant", "content": "a green triangle"}],  # a lone caption: the system prompt comes first
 ]
-
-
-def masked_runs(ids: list[int], mask: list[int]) -> list[list[int]]:
-    """Contiguous runs of ids where the mask is 1."""
-    runs: list[list[int]] = []
-    for i, (token, m) in enumerate(zip(ids, mask, strict=True)):
-        if m:
-            if i == 0 or not mask[i - 1]:
-                runs.append([])
-            runs[-1].append(token)
-    return runs
 
 
 @pytest.fixture(scope="module")
