@@ -105,9 +105,9 @@ def _mark(correct: bool | None) -> str:
 
 
 def _answer_line(e: Exchange) -> str:
-    """What the model said, made visible when it said nothing or only control characters (an
-    untrained model often does; the figure's font has no glyphs for them)."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in e.answer)
+    """What the model said, made visible when it said nothing or only control characters or broken
+    bytes (an untrained model often does; the figure's font has no glyphs for them)."""
+    shown = "".join(c if c.isprintable() and c != "\ufffd" else c.encode("unicode_escape").decode() for c in e.answer)
     return f"{shown or '(empty)'}  {_mark(e.correct)}"
 
 

@@ -91,6 +91,6 @@ def test_pretrained_preset_is_the_llava_recipe_with_real_parts():
 
 def test_answer_line_shows_control_characters_as_escapes():
     # an untrained LM may emit backspaces or escapes: the figure's font has no glyph for them
-    line = _answer_line(Exchange("Q?", "a\x08b\n", "ab", False))
-    assert line.startswith("a\\x08b\\n") and line.isprintable()
+    line = _answer_line(Exchange("Q?", "a\x08b\n\ufffd", "ab", False))
+    assert line.startswith("a\\x08b\\n\\ufffd") and line.isprintable()
     assert _answer_line(Exchange("Q?", "", "ab", False)).startswith("(empty)")
