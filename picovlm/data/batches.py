@@ -16,7 +16,7 @@ from PIL import Image
 from picovlm.data.formats import ImageSource, Sample, open_image
 from picovlm.models.clip import Captions
 from picovlm.models.processor import VLMProcessor
-from picovlm.models.vlm import IGNORE_INDEX
+from picovlm.models.vlm import IGNORE_INDEX, pad_right
 from picovlm.text.chat import render_conversation
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.text.tokens import IMAGE
@@ -51,11 +51,6 @@ def as_chat(sample: Sample) -> list[dict[str, str]]:
     if sample.meta.get("kind") == "caption":
         return [{"role": "user", "content": f"{IMAGE}\n{CAPTION_PROMPT}"}, *sample.messages]
     return sample.messages
-
-
-def pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
-    longest = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (longest - len(r)) for r in rows], dtype=torch.long)
 
 
 def vlm_batch(samples: list[Sample], processor: VLMProcessor, images: ImageCache) -> Batch:

@@ -31,6 +31,7 @@ from picovlm.checkpoint import load_weights, read_config
 from picovlm.config import GPTConfig, ViTConfig, from_dict
 from picovlm.models.gpt import GPT
 from picovlm.models.hf_encoder import HFTextEncoder
+from picovlm.models.vlm import pad_right
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.vision.vit import Block, ViT
 
@@ -42,9 +43,7 @@ Captions = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 
 def padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Id rows -> (ids right-padded with `pad_id`, lengths)."""
-    longest = max(len(r) for r in rows)
-    ids = torch.tensor([r + [pad_id] * (longest - len(r)) for r in rows], dtype=torch.long)
-    return ids, torch.tensor([len(r) for r in rows])
+    return pad_right(rows, pad_id), torch.tensor([len(r) for r in rows])
 
 
 def end_pooled_captions(tok: Tokenizer, max_len: int) -> Captions:

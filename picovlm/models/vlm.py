@@ -27,6 +27,12 @@ from picovlm.vision.towers import build_vision_tower
 IGNORE_INDEX = -100
 
 
+def pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
+    """Id rows of different lengths -> one [B, longest] tensor, each row right-padded with `value`."""
+    longest = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (longest - len(r)) for r in rows], dtype=torch.long)
+
+
 def expand_image_tokens(
     ids: list[int], loss_mask: list[int], n_images: int, image_token_id: int, tokens_per_image: int
 ) -> tuple[list[int], list[int]]:
