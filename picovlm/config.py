@@ -39,7 +39,9 @@ class ViTConfig:
 
     image_size: int = 64
     patch_size: int = 8
-    stem: str = "patch"  # "patch": one strided conv (CLIP); "conv": a stack of 3x3 stride-2 convs
+    # "patch": one strided conv (CLIP); "conv": a stack of 3x3 stride-2 convs; "hybrid": "patch" plus a
+    # residual CNN on the luminance (vision/vit.py says why)
+    stem: str = "patch"
     n_embd: int = 128
     n_layer: int = 4
     n_head: int = 4

@@ -62,6 +62,41 @@ class ConvStem(nn.Module):
         return self.proj(self.convs(pixels))
 
 
+class HybridStem(nn.Module):
+    """CLIP's linear patch embedding plus a residual CNN that sees only the image's luminance.
+
+    Why: the linear embedding carries colour straight through (a linear probe reads it perfectly)
+    but sees each patch alone, so shape, which straddles patch borders, is left to attention; a CNN
+    sees shape at once. A CNN on all three channels learned colour detectors of its own and stalled
+    our CLIP stage (loss stuck at ln(batch) for 40 steps, colour at chance); on luminance it can only
+    add shape and edges. Its last conv starts at zero, so training starts from the plain ViT.
+    Layout: a stride-1 3x3 conv, then log2(patch_size) stride-2 3x3 convs, ReLU between them.
+    """
+
+    def __init__(self, patch_size: int, n_embd: int):
+        super().__init__()
+        depth = patch_size.bit_length() - 1
+        if patch_size != 2**depth or depth < 1:
+            raise ValueError(f"stem 'hybrid' needs a power-of-two patch_size >= 2, got {patch_size}")
+        self.patch = nn.Conv2d(3, n_embd, patch_size, stride=patch_size, bias=False)
+        w = max(n_embd // 4, 8)
+        widths = [1, w] + [2 * w] * (depth - 1) + [n_embd]
+        layers: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip(widths, widths[1:], strict=False)):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=1 if i == 0 else 2, padding=1), nn.ReLU()]
+        self.convs = nn.Sequential(*layers[:-1])
+        for conv in self.convs[::2]:
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        nn.init.zeros_(self.convs[-1].weight)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.patch(pixels) + self.convs(pixels.mean(dim=1, keepdim=True))
+
+
+STEMS = {"conv": ConvStem, "hybrid": HybridStem}
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ViTConfig, causal: bool = False):
         super().__init__()
@@ -100,15 +135,15 @@ class ViT(nn.Module):
         super().__init__()
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
-        if cfg.stem not in ("patch", "conv"):
-            raise ValueError(f"unknown stem {cfg.stem!r}: expected 'patch' or 'conv'")
+        if cfg.stem not in ("patch", *STEMS):
+            raise ValueError(f"unknown stem {cfg.stem!r}: expected 'patch', {', '.join(map(repr, STEMS))}")
         if cfg.pos_embed not in ("learned", "sincos2d"):
             raise ValueError(f"unknown pos_embed {cfg.pos_embed!r}: expected 'learned' or 'sincos2d'")
         self.cfg = cfg
         self.grid = cfg.image_size // cfg.patch_size
         n_pos = self.grid**2 + int(cfg.use_cls)
-        if cfg.stem == "conv":
-            self.patch_embed: nn.Module = ConvStem(cfg.patch_size, cfg.n_embd)
+        if cfg.stem in STEMS:
+            self.patch_embed: nn.Module = STEMS[cfg.stem](cfg.patch_size, cfg.n_embd)
         else:
             self.patch_embed = nn.Conv2d(3, cfg.n_embd, cfg.patch_size, stride=cfg.patch_size, bias=False)
         self.cls_token = nn.Parameter(torch.randn(cfg.n_embd) * 0.02) if cfg.use_cls else None

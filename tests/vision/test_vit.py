@@ -84,15 +84,34 @@ def test_conv_stem_sees_across_patch_borders():
         assert changed == moves, stem
 
 
+def test_hybrid_stem_starts_as_the_patch_embedding_and_adds_luminance_shape():
+    stem = tiny_vit(stem="hybrid", use_cls=False).patch_embed
+    x = pixels()
+    assert stem(x).shape == (2, 32, 4, 4)
+    # the CNN's last conv starts at zero: training starts from the plain linear patch embedding
+    torch.testing.assert_close(stem(x), stem.patch(x))
+    with torch.no_grad():
+        stem.convs[-1].weight.normal_()
+    y = x.clone()
+    y[:, :, 0, 3] += 1.0  # the right edge of patch (0, 0), seen by patch (0, 1) only through the CNN
+    assert not torch.allclose(stem(x)[..., 0, 1], stem(y)[..., 0, 1])
+    # the CNN reads luminance only: a change that keeps the channel mean moves nothing but the linear part
+    z = x.clone()
+    z[:, 0] += 0.5
+    z[:, 1] -= 0.5
+    torch.testing.assert_close(stem(z) - stem.patch(z), stem(x) - stem.patch(x))
+
+
 def test_bad_configs_raise():
     with pytest.raises(ValueError, match="not a multiple of patch_size"):
         ViT(tiny_cfg(image_size=18, patch_size=4))
     with pytest.raises(ValueError, match="unknown pos_embed 'rope'"):
         ViT(tiny_cfg(pos_embed="rope"))
-    with pytest.raises(ValueError, match="unknown stem 'hybrid'"):
-        ViT(tiny_cfg(stem="hybrid"))
-    with pytest.raises(ValueError, match="power-of-two patch_size"):
-        ViT(tiny_cfg(image_size=18, patch_size=6, stem="conv"))
+    with pytest.raises(ValueError, match="unknown stem 'unet'"):
+        ViT(tiny_cfg(stem="unet"))
+    for stem in ("conv", "hybrid"):
+        with pytest.raises(ValueError, match=f"stem '{stem}' needs a power-of-two patch_size"):
+            ViT(tiny_cfg(image_size=18, patch_size=6, stem=stem))
 
 
 # --- HF CLIP parity (the map lives in picovlm/interop/mapping.py) -----------------------------------
