@@ -138,6 +138,9 @@ class StageConfig:
     batch_size: int = 16
     grad_accum: int = 1
     lr: float = 1e-3
+    # "adamw" | "muon": Muon (train/muon.py) for the hidden matrices at `muon_lr`, AdamW at `lr` for the rest
+    optimizer: str = "adamw"
+    muon_lr: float = 0.01
     min_lr_ratio: float = 0.1
     warmup_steps: int = 10
     weight_decay: float = 0.0

@@ -74,9 +74,10 @@ def test_frozen_parts_do_not_change(recipe, tokenizer, tmp_path):
         assert changed == key.startswith("projector."), key
 
 
-def test_resume_gives_the_same_losses(recipe, tokenizer, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_gives_the_same_losses(recipe, tokenizer, tmp_path, optimizer):
     tok, tok_path = tokenizer
-    stage = solo_stage(recipe, steps=6, warmup_steps=2)
+    stage = solo_stage(recipe, steps=6, warmup_steps=2, optimizer=optimizer)
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     for d in (whole, parts):
         d.mkdir()
