@@ -113,6 +113,9 @@ def test_hf_lm_and_non_vit_towers_are_refused_before_anything_is_written():
     assert "only our GPT" in llava_unmappable(hf_lm)
     cnn = VLMConfig(vision=VisionConfig(kind="efficientnet"), projector="mlp2x_gelu")
     assert "only our ViT" in llava_unmappable(cnn)
+    for stem in ("conv", "hybrid"):  # CLIP's patch embedding is one strided conv: nowhere to put a CNN
+        stemmed = VLMConfig(vision=VisionConfig(vit=ViTConfig(stem=stem)), projector="mlp2x_gelu")
+        assert f"stem '{stem}'" in llava_unmappable(stemmed)
     assert llava_unmappable(VLMConfig(projector="mlp2x_gelu")) is None
 
 
