@@ -31,6 +31,14 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
+def halvings(patch_size: int, stem: str) -> int:
+    """How many stride-2 convs a conv stem needs to reach the patch grid."""
+    depth = patch_size.bit_length() - 1
+    if patch_size != 2**depth or depth < 1:
+        raise ValueError(f"stem {stem!r} needs a power-of-two patch_size >= 2, got {patch_size}")
+    return depth
+
+
 class ConvStem(nn.Module):
     """Patchify with log2(patch_size) 3x3 stride-2 convolutions instead of one patch-sized conv.
 
@@ -42,9 +50,7 @@ class ConvStem(nn.Module):
 
     def __init__(self, patch_size: int, n_embd: int):
         super().__init__()
-        depth = patch_size.bit_length() - 1
-        if patch_size != 2**depth or depth < 1:
-            raise ValueError(f"stem 'conv' needs a power-of-two patch_size >= 2, got {patch_size}")
+        depth = halvings(patch_size, "conv")
         widths = [3] + [max(n_embd >> (depth - i), 8) for i in range(1, depth + 1)]
         layers: list[nn.Module] = []
         for c_in, c_out in zip(widths, widths[1:], strict=False):
@@ -75,9 +81,7 @@ class HybridStem(nn.Module):
 
     def __init__(self, patch_size: int, n_embd: int):
         super().__init__()
-        depth = patch_size.bit_length() - 1
-        if patch_size != 2**depth or depth < 1:
-            raise ValueError(f"stem 'hybrid' needs a power-of-two patch_size >= 2, got {patch_size}")
+        depth = halvings(patch_size, "hybrid")
         self.patch = nn.Conv2d(3, n_embd, patch_size, stride=patch_size, bias=False)
         w = max(n_embd // 4, 8)
         widths = [1, w] + [2 * w] * (depth - 1) + [n_embd]
