@@ -59,8 +59,9 @@ class MuonAdamW(torch.optim.Optimizer):
     def step(self, closure=None):  # noqa: ANN001 - torch's signature
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            for p in params if group["weight_decay"] else ():
-                p.mul_(1 - group["lr"] * group["weight_decay"])
+            if group["weight_decay"]:
+                for p in params:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
             if group["muon"]:
                 self._muon(params, group)
             else:
