@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn as nn
 from PIL import Image
 
 from picovlm.data.formats import ImageSource, Sample, open_image
@@ -53,13 +54,51 @@ def as_chat(sample: Sample) -> list[dict[str, str]]:
     return sample.messages
 
 
-def vlm_batch(samples: list[Sample], processor: VLMProcessor, images: ImageCache) -> Batch:
-    """ids, labels (IGNORE_INDEX off the assistant tokens) and the pixels of all images in order."""
-    encoded = [processor.encode_conversation(as_chat(s), [images(p) for p in s.images]) for s in samples]
+class TowerFeatures:
+    """A frozen vision tower's output per image, computed once and kept (up to `max_bytes`).
+
+    Why: a stage that does not train the tower (alignment, and instruction tuning as the demo runs
+    it) would otherwise run it again on every image in every epoch for the same result. The tower
+    runs in its current mode, on its own device, without gradients; features are kept on the CPU in
+    float32. Past `max_bytes`, new images are encoded each time they are used.
+    """
+
+    def __init__(self, tower: nn.Module, images: ImageCache, max_bytes: int = 2 << 30):
+        self.tower, self.images, self.max_bytes = tower, images, max_bytes
+        self.features: dict[ImageSource, torch.Tensor] = {}
+        self.stored = 0
+
+    @torch.no_grad()
+    def __call__(self, sources: list[ImageSource]) -> torch.Tensor:
+        """[len(sources), patches, dim] features, in order."""
+        missing = [s for s in dict.fromkeys(sources) if s not in self.features]
+        fresh: dict[ImageSource, torch.Tensor] = {}
+        if missing:
+            param = next(self.tower.parameters())
+            pixels = self.tower.processor([self.images(s) for s in missing]).to(param.device, param.dtype)
+            for s, f in zip(missing, self.tower(pixels).float().cpu(), strict=True):
+                fresh[s] = f
+                if self.stored + f.nbytes <= self.max_bytes:
+                    self.features[s] = f
+                    self.stored += f.nbytes
+        return torch.stack([self.features[s] if s in self.features else fresh[s] for s in sources])
+
+
+def vlm_batch(
+    samples: list[Sample], processor: VLMProcessor, images: ImageCache, features: TowerFeatures | None = None
+) -> Batch:
+    """ids, labels (IGNORE_INDEX off the assistant tokens) and the pixels of all images in order, or,
+    given a frozen tower's `features`, their tower features instead of the pixels."""
+    encoded = [
+        processor.encode_conversation(as_chat(s), [images(p) for p in s.images], pixels=features is None)
+        for s in samples
+    ]
     ids = pad_right([e.ids for e in encoded], processor.tokenizer.pad_id)
     labels = pad_right(
         [[i if m else IGNORE_INDEX for i, m in zip(e.ids, e.loss_mask, strict=True)] for e in encoded], IGNORE_INDEX
     )
+    if features is not None:
+        return {"ids": ids, "labels": labels, "features": features([p for s in samples for p in s.images])}
     return {"ids": ids, "labels": labels, "pixels": torch.cat([e.pixels for e in encoded])}
 
 

@@ -26,19 +26,21 @@ class VLMProcessor:
         self.tokenizer, self.image_processor = tokenizer, image_processor
         self.tokens_per_image, self.max_len = tokens_per_image, max_len
 
-    def _finish(self, ids: list[int], mask: list[int], images: list[Image.Image]) -> Encoded:
+    def _finish(self, ids: list[int], mask: list[int], images: list[Image.Image], pixels: bool = True) -> Encoded:
         ids, mask = expand_image_tokens(ids, mask, len(images), self.tokenizer.image_id, self.tokens_per_image)
         if len(ids) > self.max_len:
             raise ValueError(
                 f"input is {len(ids)} tokens ({len(images)} images x {self.tokens_per_image} tokens "
                 f"included), longer than the context of {self.max_len}"
             )
-        return Encoded(ids, mask, self.image_processor(images))
+        return Encoded(ids, mask, self.image_processor(images) if pixels else torch.empty(0))
 
-    def encode_conversation(self, messages: list[dict], images: list[Image.Image]) -> Encoded:
-        """Ids with every placeholder expanded, and the loss mask (1 on assistant tokens only)."""
+    def encode_conversation(self, messages: list[dict], images: list, pixels: bool = True) -> Encoded:
+        """Ids with every placeholder expanded, and the loss mask (1 on assistant tokens only).
+        `pixels=False` skips preprocessing the images (whose features come from elsewhere): only
+        their number is used then."""
         ids, mask = render_conversation(self.tokenizer, messages)
-        return self._finish(ids, mask, images)
+        return self._finish(ids, mask, images, pixels)
 
     def encode_prompt(self, messages: list[dict], images: list[Image.Image], reserve: int = 0) -> Encoded:
         """A generation prompt; `reserve` tokens of context are kept free for the answer."""

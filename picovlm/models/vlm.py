@@ -91,9 +91,15 @@ class VLM(nn.Module):
         """[n, 3, H, W] pixels -> [n, tokens_per_image, lm dim] embeddings."""
         return self.projector(self.tower(pixels))
 
-    def embed(self, ids: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
+    def embed(
+        self, ids: torch.Tensor, pixels: torch.Tensor | None, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Text embeddings with the images merged in; `features` (the tower's output, e.g. a frozen
+        tower's cached features) stand in for `pixels`."""
         embeds = self.lm.embed(ids)
-        if pixels is not None and pixels.shape[0] > 0:
+        if features is not None:
+            embeds = merge_image_embeds(embeds, ids, self.projector(features), self.image_token_id)
+        elif pixels is not None and pixels.shape[0] > 0:
             embeds = merge_image_embeds(embeds, ids, self.encode_images(pixels), self.image_token_id)
         elif bool((ids == self.image_token_id).any()):
             raise ValueError("text has <|image|> tokens but no images were given")
@@ -106,9 +112,11 @@ class VLM(nn.Module):
         labels: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        features: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits, or (with `labels`, IGNORE_INDEX where no loss) the mean next-token loss."""
-        logits = self.lm(inputs_embeds=self.embed(ids, pixels), key_padding_mask=key_padding_mask, kv_cache=kv_cache)
+        embeds = self.embed(ids, pixels, features)
+        logits = self.lm(inputs_embeds=embeds, key_padding_mask=key_padding_mask, kv_cache=kv_cache)
         if labels is None:
             return logits
         return masked_lm_loss(logits, labels)

@@ -24,7 +24,7 @@ import torch
 
 from picovlm.checkpoint import load_part, load_trainer_state, part_files, read_config, save_checkpoint
 from picovlm.config import RecipeConfig, StageConfig
-from picovlm.data.batches import BatchStream, ImageCache, clip_batch, text_batch, vlm_batch
+from picovlm.data.batches import BatchStream, ImageCache, TowerFeatures, clip_batch, text_batch, vlm_batch
 from picovlm.data.formats import Sample, load_samples, split_format
 from picovlm.interop.lora import add_lora, load_lora, merged_state_dict, save_lora
 from picovlm.models.clip import CLIPModel
@@ -112,9 +112,17 @@ def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tupl
         model = VLM(cfg, tok.image_id)
         processor = VLMProcessor(tok, model.tower.processor, model.tokens_per_image, lm_cfg.max_seq_len)
         cache = ImageCache()
-        task = Task(model, VLM_PARTS, lambda m, b: m(b["ids"], b["pixels"], b["labels"]), lambda b: b["ids"].numel())
+        # a tower that does not learn in this stage is run once per image, not once per use (its weights
+        # are loaded before the first batch is drawn, so the features are those of the trained tower)
+        features = None if "tower" in stage.trainable else TowerFeatures(model.tower, cache)
+        task = Task(
+            model,
+            VLM_PARTS,
+            lambda m, b: m(b["ids"], b.get("pixels"), b["labels"], features=b.get("features")),
+            lambda b: b["ids"].numel(),
+        )
         config = {"task": "vlm", "model": model.cfg.to_dict(), "image_token_id": tok.image_id}
-        return task, lambda s: vlm_batch(s, processor, cache), config
+        return task, lambda s: vlm_batch(s, processor, cache, features), config
     raise ValueError(f"stage {stage.name!r}: unknown task {stage.task!r} (lm, clip or vlm)")
 
 

@@ -6,13 +6,15 @@ import pytest
 import torch
 from PIL import Image
 
-from picovlm.data.batches import BatchStream, ImageCache, as_chat, clip_batch, text_batch, vlm_batch
+from picovlm.config import GPTConfig, VisionConfig, ViTConfig, VLMConfig
+from picovlm.data.batches import BatchStream, ImageCache, TowerFeatures, as_chat, clip_batch, text_batch, vlm_batch
 from picovlm.data.formats import Sample
 from picovlm.models.clip import end_pooled_captions
 from picovlm.models.processor import VLMProcessor
-from picovlm.models.vlm import IGNORE_INDEX
+from picovlm.models.vlm import IGNORE_INDEX, VLM
 from picovlm.text.tokens import IMAGE
 from picovlm.vision.image import ImageProcessor
+from picovlm.vision.vit import ViT
 
 
 @pytest.fixture
@@ -90,3 +92,41 @@ def test_stream_is_deterministic_and_resumable():
 def test_too_few_samples_for_a_batch():
     with pytest.raises(ValueError, match="fewer than one batch"):
         BatchStream([1, 2], 3, lambda s: {})
+
+
+def test_frozen_tower_features_match_pixels_and_run_once_per_image(tok, images):
+    """A stage with a frozen tower feeds cached tower features: same loss as from pixels, and the
+    tower sees each image once however often it is drawn."""
+    torch.manual_seed(0)
+    vit = ViTConfig(image_size=16, patch_size=4, n_embd=16, n_layer=2, n_head=2, mlp_ratio=2.0)
+    lm = GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, mlp_hidden=48)
+    model = VLM(VLMConfig(vision=VisionConfig(vit=vit), projector="pixel_shuffle2", lm=lm), tok.image_id)
+    proc = VLMProcessor(tok, model.tower.processor, model.tokens_per_image, max_len=64)
+    seen = []
+    model.tower.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    cache = ImageCache()
+    features = TowerFeatures(model.tower, cache)
+    samples = [chat(images[0], "red"), chat(images[1], "blue"), chat(images[0], "a red cat")]
+
+    cached = vlm_batch(samples, proc, cache, features)
+    assert "pixels" not in cached and cached["features"].shape == (3, 16, 16)
+    assert seen == [2]  # two distinct images, one tower call
+    vlm_batch(samples, proc, cache, features)
+    assert seen == [2]  # all cached now
+
+    plain = vlm_batch(samples, proc, cache)
+    assert torch.equal(plain["ids"], cached["ids"]) and torch.equal(plain["labels"], cached["labels"])
+    from_pixels = model(plain["ids"], plain["pixels"], plain["labels"])
+    from_features = model(cached["ids"], labels=cached["labels"], features=cached["features"])
+    torch.testing.assert_close(from_features, from_pixels)
+
+
+def test_tower_features_past_the_memory_cap_are_computed_each_time(tok, images):
+    vit = ViTConfig(image_size=16, patch_size=4, n_embd=16, n_layer=1, n_head=2, mlp_ratio=2.0)
+    tower = ViT(vit)
+    calls = []
+    tower.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    features = TowerFeatures(tower, ImageCache(), max_bytes=16 * 16 * 4)  # room for one image's features
+    first = features([images[0], images[1]])
+    again = features([images[0], images[1]])
+    assert calls == [2, 1] and torch.equal(first, again)
