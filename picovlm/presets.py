@@ -87,7 +87,7 @@ def demo_recipe(data_dir: str = "data/demo") -> RecipeConfig:
             lm=Budget(60, 32, 3e-3, muon_lr=0.01),
             clip=Budget(150, 64, 2e-3, muon_lr=0.01),
             align=Budget(60, 32, 3e-3, muon_lr=0.015),
-            instruct=Budget(900, 16, 2e-3, muon_lr=0.01),
+            instruct=Budget(1100, 16, 2e-3, muon_lr=0.01),
         ),
         data_dir=data_dir,
         tokenizer_vocab=512,
