@@ -134,6 +134,11 @@ class StageConfig:
     # {"r": 8, "alpha": 16, "dropout": 0.0, "targets": [...] (default: every linear layer but the head),
     #  "new_tokens": True (the embedding rows of tokens picovlm added to a pretrained LM learn too)}
     lora: dict[str, Any] = field(default_factory=dict)
+    # task "vlm" with picovlm's GPT: each question-answer turn of a conversation attends to the images
+    # (and what precedes them) and to itself only, with positions restarting after the images, so a
+    # turn is trained exactly as if it were asked alone, while one image encoding serves every turn
+    # (`isolated_turns` in data/batches.py). Without it earlier answers leak into later questions.
+    isolate_turns: bool = False
     steps: int = 100
     batch_size: int = 16
     grad_accum: int = 1

@@ -84,11 +84,40 @@ class TowerFeatures:
         return torch.stack([self.features[s] if s in self.features else fresh[s] for s in sources])
 
 
+def isolated_turns(ids: torch.Tensor, labels: torch.Tensor, image_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions, segments) [B, T] that make each question-answer turn of a conversation a sample
+    of its own while all of them share one copy of the images.
+
+    Why: in a multi-turn conversation a later question can often be answered from the earlier turns'
+    text ("is there a red circle?" - "yes", then "what colour is the circle?"), so the LM learns to
+    read the text, not the image, and fails when the question comes alone. Segment 0 is the shared
+    prefix, up to the last image token (the first token if there is none); each turn after it (a
+    turn ends with its labelled answer) is a segment that sees segment 0 and itself only, and its
+    positions restart right after the prefix, as if it were the first question.
+    """
+    B, T = ids.shape
+    index = torch.arange(T).expand(B, T)
+    is_image = ids == image_id
+    prefix = torch.where(is_image.any(1), (index * is_image).amax(1) + 1, torch.ones(B, dtype=torch.long))[:, None]
+    labelled = labels != IGNORE_INDEX
+    after_answer = torch.cat([torch.zeros(B, 1, dtype=torch.bool), labelled[:, :-1] & ~labelled[:, 1:]], dim=1)
+    turn = index >= prefix
+    starts = turn & ((index == prefix) | after_answer)
+    segments = starts.long().cumsum(1)
+    turn_start = torch.where(starts, index, torch.zeros_like(index)).cummax(1).values
+    return torch.where(turn, prefix + index - turn_start, index), segments
+
+
 def vlm_batch(
-    samples: list[Sample], processor: VLMProcessor, images: ImageCache, features: TowerFeatures | None = None
+    samples: list[Sample],
+    processor: VLMProcessor,
+    images: ImageCache,
+    features: TowerFeatures | None = None,
+    isolate_turns: bool = False,
 ) -> Batch:
     """ids, labels (IGNORE_INDEX off the assistant tokens) and the pixels of all images in order, or,
-    given a frozen tower's `features`, their tower features instead of the pixels."""
+    given a frozen tower's `features`, their tower features instead of the pixels; with
+    `isolate_turns`, also the "positions" and "segments" of `isolated_turns`."""
     encoded = [
         processor.encode_conversation(as_chat(s), [images(p) for p in s.images], pixels=features is None)
         for s in samples
@@ -97,9 +126,12 @@ def vlm_batch(
     labels = pad_right(
         [[i if m else IGNORE_INDEX for i, m in zip(e.ids, e.loss_mask, strict=True)] for e in encoded], IGNORE_INDEX
     )
+    batch = {"ids": ids, "labels": labels}
+    if isolate_turns:
+        batch["positions"], batch["segments"] = isolated_turns(ids, labels, processor.tokenizer.image_id)
     if features is not None:
-        return {"ids": ids, "labels": labels, "features": features([p for s in samples for p in s.images])}
-    return {"ids": ids, "labels": labels, "pixels": torch.cat([e.pixels for e in encoded])}
+        return {**batch, "features": features([p for s in samples for p in s.images])}
+    return {**batch, "pixels": torch.cat([e.pixels for e in encoded])}
 
 
 def text_batch(samples: list[Sample], tokenizer: Tokenizer, max_len: int) -> Batch:

@@ -147,12 +147,15 @@ class GPT(nn.Module):
         kv_cache: KVCache | None = None,
         position_ids: torch.Tensor | None = None,
         return_hidden: bool = False,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, vocab] for `ids` [B, T] or `inputs_embeds` [B, T, D] (with `return_hidden`,
         the final normed hidden states [B, T, D] instead: a text encoder's output).
 
         key_padding_mask: bool [B, T_past + T], True where a real token sits (left padding is False).
         With a kv_cache, the new tokens are appended after `kv_cache.pos` positions.
+        segment_ids: long [B, T] (training, no cache): a token sees the earlier tokens of its own
+        segment and of segment 0, a shared prefix (see `isolated_turns`).
         """
         x = self.tok_emb(ids) if inputs_embeds is None else inputs_embeds
         B, T, _ = x.shape
@@ -163,6 +166,10 @@ class GPT(nn.Module):
             position_ids = default_positions(key_padding_mask, B, past, T, x.device)
         cos, sin = rope_tables(self.cfg.n_embd // self.cfg.n_head, position_ids, self.cfg.rope_theta)
         attn_mask = build_attn_mask(key_padding_mask, past, T, x.device)
+        if segment_ids is not None:
+            if kv_cache is not None or key_padding_mask is not None:
+                raise ValueError("segment_ids are for training on whole sequences: no kv_cache or padding mask")
+            attn_mask = segment_mask(segment_ids)
         for block in self.blocks:
             x = block(x, cos, sin, attn_mask, kv_cache)
         if kv_cache is not None:
@@ -191,3 +198,11 @@ def build_attn_mask(key_padding_mask, past: int, T: int, device) -> torch.Tensor
         # a fully padded query row would give NaNs; let it see itself (its output is never used)
         mask = mask | torch.eye(T, past + T, dtype=torch.bool, device=device).roll(past, dims=1)[None, None]
     return mask
+
+
+def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Boolean [B, 1, T, T]: causal, and a token sees only its own segment and segment 0."""
+    T = segment_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
+    q, k = segment_ids[:, :, None], segment_ids[:, None, :]
+    return (causal & ((q == k) | (k == 0)))[:, None]

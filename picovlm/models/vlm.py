@@ -113,10 +113,14 @@ class VLM(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         features: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits, or (with `labels`, IGNORE_INDEX where no loss) the mean next-token loss."""
+        """Logits, or (with `labels`, IGNORE_INDEX where no loss) the mean next-token loss.
+        `position_ids` and `segment_ids` come from `isolated_turns` (picovlm's GPT only)."""
         embeds = self.embed(ids, pixels, features)
-        logits = self.lm(inputs_embeds=embeds, key_padding_mask=key_padding_mask, kv_cache=kv_cache)
+        extra = {} if segment_ids is None else {"position_ids": position_ids, "segment_ids": segment_ids}
+        logits = self.lm(inputs_embeds=embeds, key_padding_mask=key_padding_mask, kv_cache=kv_cache, **extra)
         if labels is None:
             return logits
         return masked_lm_loss(logits, labels)

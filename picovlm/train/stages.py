@@ -115,14 +115,22 @@ def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tupl
         # a tower that does not learn in this stage is run once per image, not once per use (its weights
         # are loaded before the first batch is drawn, so the features are those of the trained tower)
         features = None if "tower" in stage.trainable else TowerFeatures(model.tower, cache)
-        task = Task(
-            model,
-            VLM_PARTS,
-            lambda m, b: m(b["ids"], b.get("pixels"), b["labels"], features=b.get("features")),
-            lambda b: b["ids"].numel(),
-        )
+        if stage.isolate_turns and cfg.lm_kind != "gpt":
+            raise ValueError(f"stage {stage.name!r}: isolate_turns needs picovlm's GPT, not an HF LM")
+
+        def loss(m: VLM, b: dict[str, torch.Tensor]) -> torch.Tensor:
+            return m(
+                b["ids"],
+                b.get("pixels"),
+                b["labels"],
+                features=b.get("features"),
+                position_ids=b.get("positions"),
+                segment_ids=b.get("segments"),
+            )
+
+        task = Task(model, VLM_PARTS, loss, lambda b: b["ids"].numel())
         config = {"task": "vlm", "model": model.cfg.to_dict(), "image_token_id": tok.image_id}
-        return task, lambda s: vlm_batch(s, processor, cache, features), config
+        return task, lambda s: vlm_batch(s, processor, cache, features, stage.isolate_turns), config
     raise ValueError(f"stage {stage.name!r}: unknown task {stage.task!r} (lm, clip or vlm)")
 
 
