@@ -108,6 +108,8 @@ def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tupl
         }
         return task, lambda s: clip_batch(s, captions, proc, cache), config
     if stage.task == "vlm":
+        if stage.isolate_turns and recipe.model.lm_kind != "gpt":
+            raise ValueError(f"stage {stage.name!r}: isolate_turns needs picovlm's GPT, not an HF LM")
         cfg = dataclasses.replace(recipe.model, lm=lm_cfg)
         model = VLM(cfg, tok.image_id)
         processor = VLMProcessor(tok, model.tower.processor, model.tokens_per_image, lm_cfg.max_seq_len)
@@ -115,8 +117,6 @@ def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tupl
         # a tower that does not learn in this stage is run once per image, not once per use (its weights
         # are loaded before the first batch is drawn, so the features are those of the trained tower)
         features = None if "tower" in stage.trainable else TowerFeatures(model.tower, cache)
-        if stage.isolate_turns and cfg.lm_kind != "gpt":
-            raise ValueError(f"stage {stage.name!r}: isolate_turns needs picovlm's GPT, not an HF LM")
 
         def loss(m: VLM, b: dict[str, torch.Tensor]) -> torch.Tensor:
             return m(

@@ -130,3 +130,32 @@ def test_tower_features_past_the_memory_cap_are_computed_each_time(tok, images):
     first = features([images[0], images[1]])
     again = features([images[0], images[1]])
     assert calls == [2, 1] and torch.equal(first, again)
+
+
+def test_isolated_turns_split_after_each_answer_and_restart_positions(tok, images):
+    two_turns = Sample(
+        [images[0]],
+        [
+            {"role": "user", "content": f"{IMAGE}\nwhat is in the picture"},
+            {"role": "assistant", "content": "red"},
+            {"role": "user", "content": "what is on the mat"},
+            {"role": "assistant", "content": "a blue cat"},
+        ],
+        {"kind": "chat"},
+    )
+    proc = VLMProcessor(tok, ImageProcessor(16), tokens_per_image=4, max_len=64)
+    batch = vlm_batch([two_turns, chat(images[1], "red")], proc, ImageCache(), isolate_turns=True)
+    ids, labels, pos, seg = batch["ids"], batch["labels"], batch["positions"], batch["segments"]
+    for row in range(2):
+        prefix = int((ids[row] == tok.image_id).nonzero().max()) + 1
+        assert seg[row, :prefix].eq(0).all() and pos[row, :prefix].tolist() == list(range(prefix))
+        assert seg[row, prefix] == 1 and pos[row, prefix] == prefix
+    # row 0: turn 2 starts right after turn 1's labelled answer (its end marker) and restarts positions
+    answered = (labels[0] != IGNORE_INDEX).nonzero().flatten().tolist()
+    first_end = next(i for i, j in zip(answered, answered[1:] + [None], strict=True) if j != i + 1)
+    start = first_end + 1
+    assert seg[0, start - 1] == 1 and seg[0, start] == 2
+    prefix = int((ids[0] == tok.image_id).nonzero().max()) + 1
+    assert pos[0, start] == prefix and pos[0, start + 1] == prefix + 1
+    # every labelled token of turn 2 is in segment 2
+    assert all(seg[0, i] == 2 for i in answered if i > start)

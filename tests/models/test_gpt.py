@@ -160,3 +160,26 @@ def test_qk_norm_matches_hf_qwen3():
     hf = hf_twin(model, Qwen3ForCausalLM)
     assert gpt_config_from_hf(hf.config) == model.cfg
     assert_same_logits(model, hf)
+
+
+def test_segments_make_each_turn_equal_to_the_prefix_plus_that_turn_alone():
+    """Packed turns (segment 0 shared, positions restarting after it) give each turn the logits it
+    would get as the only turn after the prefix, and an earlier turn cannot change a later one."""
+    model = tiny_gpt()
+    prefix, turn1, turn2 = [5, 9, 3], [7, 1, 2], [8, 4, 10, 11]
+    ids = ids_of(prefix + turn1 + turn2)
+    segments = ids_of([0] * 3 + [1] * 3 + [2] * 4)
+    positions = ids_of([0, 1, 2] + [3, 4, 5] + [3, 4, 5, 6])
+    packed = model(ids, position_ids=positions, segment_ids=segments)[0]
+    torch.testing.assert_close(packed[3:6], model(ids_of(prefix + turn1))[0, 3:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(packed[6:], model(ids_of(prefix + turn2))[0, 3:], atol=1e-5, rtol=0)
+    other = model(ids_of(prefix + [13, 14, 15] + turn2), position_ids=positions, segment_ids=segments)[0]
+    torch.testing.assert_close(other[6:], packed[6:], atol=1e-6, rtol=0)
+    assert not torch.allclose(model(ids)[0, 6:], packed[6:])  # without segments turn 2 sees turn 1
+
+
+def test_segments_refuse_a_kv_cache():
+    model = tiny_gpt()
+    cache = KVCache(model.cfg, batch_size=1, max_len=8)
+    with pytest.raises(ValueError, match="segment_ids"):
+        model(ids_of([1, 2]), segment_ids=ids_of([0, 1]), kv_cache=cache)

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from picovlm.config import StageConfig
 from picovlm.presets import RECIPES
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.train.optim import lr_at, make_optimizer
-from picovlm.train.stages import VLM_PARTS, build_task, run_recipe, run_stage, train_tokenizer
+from picovlm.train.stages import VLM_PARTS, build_task, read_samples, run_recipe, run_stage, train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +110,20 @@ def test_unknown_trainable_part_is_a_clear_error(recipe, tokenizer, tmp_path):
     shutil.copy(tok_path, tmp_path / "tokenizer.json")
     with pytest.raises(ValueError, match="unknown trainable parts"):
         run_stage(recipe, solo_stage(recipe, trainable=("vision",)), tmp_path, tok, progress=False)
+
+
+def test_isolated_turns_train_and_are_refused_for_an_hf_lm(recipe, tokenizer, tmp_path):
+    tok, tok_path = tokenizer
+    shutil.copy(tok_path, tmp_path / "tokenizer.json")
+    stage = solo_stage(recipe, isolate_turns=True, steps=2)
+    task, make_batch, _ = build_task(recipe, stage, tok)
+    samples = read_samples(stage.data, Path(recipe.data_dir))[:4]
+    batch = make_batch(samples)
+    isolated = float(task.loss(task.model, batch))
+    whole = float(task.loss(task.model, {k: v for k, v in batch.items() if k not in ("positions", "segments")}))
+    assert batch["segments"].max() > 1 and isolated != whole  # several turns, and they no longer see each other
+    run_stage(recipe, stage, tmp_path, tok, progress=False)
+
+    hf = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, lm_kind="hf", lm_hf_path="nowhere"))
+    with pytest.raises(ValueError, match="isolate_turns needs picovlm's GPT"):
+        build_task(hf, stage, tok)
