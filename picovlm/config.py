@@ -138,7 +138,9 @@ class StageConfig:
     # (and what precedes them) and to itself only, with positions restarting after the images, so a
     # turn is trained exactly as if it were asked alone, while one image encoding serves every turn
     # (`isolated_turns` in data/batches.py). Without it earlier answers leak into later questions.
-    isolate_turns: bool = False
+    # A number in [0, 1] isolates that share of the conversations (True = all) and keeps the rest
+    # whole, so that the model also learns to chat over several turns.
+    isolate_turns: float = 0.0
     steps: int = 100
     batch_size: int = 16
     grad_accum: int = 1

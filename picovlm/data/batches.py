@@ -7,6 +7,7 @@ state is two integers: resuming a run replays exactly the batches an uninterrupt
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -108,12 +109,17 @@ def isolated_turns(ids: torch.Tensor, labels: torch.Tensor, image_id: int) -> tu
     return torch.where(turn, prefix + index - turn_start, index), segments
 
 
+def fraction_of(sample: Sample) -> float:
+    """A number in [0, 1) that depends only on the sample's content (stable across runs and resumes)."""
+    return zlib.crc32(repr((sample.images, sample.messages)).encode()) / 2**32
+
+
 def vlm_batch(
     samples: list[Sample],
     processor: VLMProcessor,
     images: ImageCache,
     features: TowerFeatures | None = None,
-    isolate_turns: bool = False,
+    isolate_turns: float = 0.0,
 ) -> Batch:
     """ids, labels (IGNORE_INDEX off the assistant tokens) and the pixels of all images in order, or,
     given a frozen tower's `features`, their tower features instead of the pixels; with
@@ -128,7 +134,12 @@ def vlm_batch(
     )
     batch = {"ids": ids, "labels": labels}
     if isolate_turns:
-        batch["positions"], batch["segments"] = isolated_turns(ids, labels, processor.tokenizer.image_id)
+        positions, segments = isolated_turns(ids, labels, processor.tokenizer.image_id)
+        if isolate_turns < 1:  # a fixed share of the conversations, the same in every epoch, stays whole
+            whole = torch.tensor([fraction_of(s) >= isolate_turns for s in samples])[:, None]
+            positions = torch.where(whole, torch.arange(ids.shape[1]).expand_as(ids), positions)
+            segments = segments.masked_fill(whole, 0)
+        batch["positions"], batch["segments"] = positions, segments
     if features is not None:
         return {**batch, "features": features([p for s in samples for p in s.images])}
     return {**batch, "pixels": torch.cat([e.pixels for e in encoded])}

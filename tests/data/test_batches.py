@@ -159,3 +159,15 @@ def test_isolated_turns_split_after_each_answer_and_restart_positions(tok, image
     assert pos[0, start] == prefix and pos[0, start + 1] == prefix + 1
     # every labelled token of turn 2 is in segment 2
     assert all(seg[0, i] == 2 for i in answered if i > start)
+
+
+def test_isolating_a_share_of_the_conversations_keeps_the_rest_whole(tok, images):
+    proc = VLMProcessor(tok, ImageProcessor(16), tokens_per_image=4, max_len=64)
+    samples = [chat(images[i % 3], f"red {'cat ' * i}".strip()) for i in range(12)]
+    batch = vlm_batch(samples, proc, ImageCache(), isolate_turns=0.5)
+    whole = batch["segments"].eq(0).all(1)
+    assert 0 < int(whole.sum()) < 12  # some of each
+    T = batch["ids"].shape[1]
+    assert torch.equal(batch["positions"][whole], torch.arange(T).expand(int(whole.sum()), T))
+    again = vlm_batch(samples, proc, ImageCache(), isolate_turns=0.5)
+    assert torch.equal(again["segments"], batch["segments"])  # the same share in every epoch and run
