@@ -108,6 +108,8 @@ def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tupl
         }
         return task, lambda s: clip_batch(s, captions, proc, cache), config
     if stage.task == "vlm":
+        if not 0 <= stage.isolate_turns <= 1:
+            raise ValueError(f"stage {stage.name!r}: isolate_turns is a share in [0, 1], got {stage.isolate_turns}")
         if stage.isolate_turns and recipe.model.lm_kind != "gpt":
             raise ValueError(f"stage {stage.name!r}: isolate_turns needs picovlm's GPT, not an HF LM")
         cfg = dataclasses.replace(recipe.model, lm=lm_cfg)

@@ -127,3 +127,5 @@ def test_isolated_turns_train_and_are_refused_for_an_hf_lm(recipe, tokenizer, tm
     hf = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, lm_kind="hf", lm_hf_path="nowhere"))
     with pytest.raises(ValueError, match="isolate_turns needs picovlm's GPT"):
         build_task(hf, stage, tok)
+    with pytest.raises(ValueError, match=r"isolate_turns is a share in \[0, 1\]"):
+        build_task(recipe, dataclasses.replace(stage, isolate_turns=2), tok)
