@@ -124,8 +124,12 @@ def vlm_batch(
     """ids, labels (IGNORE_INDEX off the assistant tokens) and the pixels of all images in order, or,
     given a frozen tower's `features`, their tower features instead of the pixels; with
     `isolate_turns`, also the "positions" and "segments" of `isolated_turns`."""
+    # with features only the number of images matters: their sources stand in, none is decoded (past
+    # ImageCache's limit every image would otherwise be read from disk again just to be counted)
     encoded = [
-        processor.encode_conversation(as_chat(s), [images(p) for p in s.images], pixels=features is None)
+        processor.encode_conversation(as_chat(s), s.images, pixels=False)
+        if features is not None
+        else processor.encode_conversation(as_chat(s), [images(p) for p in s.images])
         for s in samples
     ]
     ids = pad_right([e.ids for e in encoded], processor.tokenizer.pad_id)

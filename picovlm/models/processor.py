@@ -26,7 +26,7 @@ class VLMProcessor:
         self.tokenizer, self.image_processor = tokenizer, image_processor
         self.tokens_per_image, self.max_len = tokens_per_image, max_len
 
-    def _finish(self, ids: list[int], mask: list[int], images: list[Image.Image], pixels: bool = True) -> Encoded:
+    def _finish(self, ids: list[int], mask: list[int], images: list, pixels: bool = True) -> Encoded:
         ids, mask = expand_image_tokens(ids, mask, len(images), self.tokenizer.image_id, self.tokens_per_image)
         if len(ids) > self.max_len:
             raise ValueError(
@@ -38,7 +38,7 @@ class VLMProcessor:
     def encode_conversation(self, messages: list[dict], images: list, pixels: bool = True) -> Encoded:
         """Ids with every placeholder expanded, and the loss mask (1 on assistant tokens only).
         `pixels=False` skips preprocessing the images (whose features come from elsewhere): only
-        their number is used then."""
+        their number is used then, so any stand-ins (their sources) will do."""
         ids, mask = render_conversation(self.tokenizer, messages)
         return self._finish(ids, mask, images, pixels)
 

@@ -155,7 +155,7 @@ def test_isolated_turns_split_after_each_answer_and_restart_positions(tok, image
     first_end = next(i for i, j in zip(answered, answered[1:] + [None], strict=True) if j != i + 1)
     start = first_end + 1
     assert seg[0, start - 1] == 1 and seg[0, start] == 2
-    prefix = int((ids[0] == tok.image_id).nonzero().max()) + 1
+    prefix = int((ids[0] == tok.image_id).nonzero().max()) + 1  # row 0's (the loop above ended on row 1)
     assert pos[0, start] == prefix and pos[0, start + 1] == prefix + 1
     # every labelled token of turn 2 is in segment 2
     assert all(seg[0, i] == 2 for i in answered if i > start)
