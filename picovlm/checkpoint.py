@@ -116,7 +116,12 @@ def save_checkpoint(
         torch.save(trainer_state, tmp / TRAINER_STATE)
     if write_files is not None:
         write_files(tmp)
-    for f in (f for f in tmp.rglob("*") if f.is_file()):  # make the bytes durable before the rename publishes them
+    _publish(tmp, out)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Put the finished folder `tmp` in the place of `out`: its bytes made durable first, then renamed."""
+    for f in (f for f in tmp.rglob("*") if f.is_file()):
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     old = out.with_name(out.name + ".old")

@@ -112,7 +112,7 @@ def from_dict(cls: type, d: dict[str, Any]) -> Any:
 
 def _from_json(hint: Any, value: Any) -> Any:
     """`value` (parsed JSON) as the type `hint` of the field it fills."""
-    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+    if dataclasses.is_dataclass(hint):
         return from_dict(hint, value)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (list, tuple) and isinstance(value, list | tuple):
