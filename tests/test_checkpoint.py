@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from picovlm.checkpoint import load_weights, part_of, read_config, save_checkpoint
+from picovlm.checkpoint import EVERYTHING_ELSE, load_weights, part_of, read_config, save_checkpoint
 
 
 class TwoParts(nn.Module):
@@ -14,7 +14,7 @@ class TwoParts(nn.Module):
         self.b = nn.Linear(4, 2)
 
 
-PARTS = {"a": "a.", "rest": ""}
+PARTS = {"a": "a.", "rest": EVERYTHING_ELSE}
 
 
 @pytest.fixture
@@ -29,6 +29,15 @@ def test_part_of_prefix_and_rest():
     assert part_of("b.weight", PARTS) == "rest"
     with pytest.raises(KeyError):
         part_of("b.weight", {"a": "a."})
+
+
+def test_the_longest_prefix_wins_in_any_order():
+    parts = {"rest": EVERYTHING_ELSE, "text": "text.", "text_head": "text.head."}
+    assert [part_of(k, parts) for k in ("text.head.w", "text.blocks.0.w", "logit_scale")] == [
+        "text_head",
+        "text",
+        "rest",
+    ]
 
 
 def test_round_trip_and_overwrite(tmp_path, tokfile):

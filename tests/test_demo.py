@@ -1,10 +1,10 @@
 import dataclasses
 import json
 
-from picovlm.demo import EVAL_LIMIT, TEXT_QUESTION, Exchange, _answer_line, ensure_dataset, format_results, run_demo
+from picovlm.demo import Exchange, _answer_line, ensure_dataset, format_results, run_demo
 from picovlm.engine.pipeline import Pipeline
 from picovlm.interop.pretrained import smollm2_folder_path
-from picovlm.presets import DATA_PRESETS, RECIPES, pretrained_recipe
+from picovlm.presets import DATA_PRESETS, PRESETS, pretrained_recipe
 
 
 def test_run_demo_tiny(tmp_path, capsys):
@@ -61,7 +61,7 @@ def _pretrained_like(lm_folder):
         r = pretrained_recipe(data_dir)
         vision = dataclasses.replace(r.model.vision, cnn_image_size=64, cnn_pretrained=False)
         model = dataclasses.replace(r.model, vision=vision, lm_hf_path=str(lm_folder))
-        stages = [dataclasses.replace(s, steps=2, batch_size=4, warmup_steps=0, eval_batches=1) for s in r.stages]
+        stages = [dataclasses.replace(s, steps=2, batch_size=4, warmup=0.0, eval_batches=1) for s in r.stages]
         return dataclasses.replace(r, model=model, stages=stages)
 
     return recipe
@@ -69,13 +69,15 @@ def _pretrained_like(lm_folder):
 
 def test_run_demo_pretrained_plumbing(tmp_path, capsys, monkeypatch, write_hf_lm):
     lm_folder, _ = write_hf_lm(tmp_path / "lm", "llama", chatml=True)  # SmolLM2 has its own template too
-    monkeypatch.setitem(RECIPES, "pretrained", _pretrained_like(lm_folder))
-    monkeypatch.setitem(DATA_PRESETS, "pretrained", DATA_PRESETS["tiny"])
-    monkeypatch.setitem(EVAL_LIMIT, "pretrained", 5)
+    question = PRESETS["pretrained"].text_question
+    shrunk = dataclasses.replace(
+        PRESETS["pretrained"], data=DATA_PRESETS["tiny"], recipe=_pretrained_like(lm_folder), eval_limit=5
+    )
+    monkeypatch.setitem(PRESETS, "pretrained", shrunk)
     result = run_demo(tmp_path / "out", tmp_path / "data", preset="pretrained", progress=False)
     out = capsys.readouterr().out
-    assert "instruct (2 steps, LoRA)" in out and f"you>     {TEXT_QUESTION}" in out
-    assert result["n_test_questions"] == 5 and result["text_question"] == TEXT_QUESTION
+    assert question and "instruct (2 steps, LoRA)" in out and f"you>     {question}" in out
+    assert result["n_test_questions"] == 5 and result["text_question"] == question
     assert isinstance(result["text_answer"], str)
     assert (tmp_path / "out" / "instruct" / "model" / "adapter" / "adapter_config.json").is_file()
 

@@ -109,8 +109,8 @@ def isolated_turns(ids: torch.Tensor, labels: torch.Tensor, image_id: int) -> tu
     return torch.where(turn, prefix + index - turn_start, index), segments
 
 
-def fraction_of(sample: Sample) -> float:
-    """A number in [0, 1) that depends only on the sample's content (stable across runs and resumes)."""
+def stable_draw(sample: Sample) -> float:
+    """A pseudo-random number in [0, 1) fixed by the sample's content (the same in every run and resume)."""
     return zlib.crc32(repr((sample.images, sample.messages)).encode()) / 2**32
 
 
@@ -123,7 +123,7 @@ def vlm_batch(
 ) -> Batch:
     """ids, labels (IGNORE_INDEX off the assistant tokens) and the pixels of all images in order, or,
     given a frozen tower's `features`, their tower features instead of the pixels; with
-    `isolate_turns`, also the "positions" and "segments" of `isolated_turns`."""
+    `isolate_turns`, also the "position_ids" and "segment_ids" of `isolated_turns`."""
     # with features only the number of images matters: their sources stand in, none is decoded (past
     # ImageCache's limit every image would otherwise be read from disk again just to be counted)
     encoded = [
@@ -140,10 +140,10 @@ def vlm_batch(
     if isolate_turns:
         positions, segments = isolated_turns(ids, labels, processor.tokenizer.image_id)
         if isolate_turns < 1:  # a fixed share of the conversations, the same in every epoch, stays whole
-            whole = torch.tensor([fraction_of(s) >= isolate_turns for s in samples])[:, None]
+            whole = torch.tensor([stable_draw(s) >= isolate_turns for s in samples])[:, None]
             positions = torch.where(whole, torch.arange(ids.shape[1]).expand_as(ids), positions)
             segments = segments.masked_fill(whole, 0)
-        batch["positions"], batch["segments"] = positions, segments
+        batch["position_ids"], batch["segment_ids"] = positions, segments
     if features is not None:
         return {**batch, "features": features([p for s in samples for p in s.images])}
     return {**batch, "pixels": torch.cat([e.pixels for e in encoded])}

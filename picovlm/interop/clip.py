@@ -2,7 +2,7 @@
 
 The image side always maps (our ViT is in the CLIPVisionModel layout; `image_proj` is CLIP's
 `visual_projection`, both without bias, both on the post-LayerNormed CLS). The text side maps only
-when the recipe trained it in the "clip" layout (`RecipeConfig.clip_text_layout = "clip"`):
+when the recipe trained it in the "clip" layout (`RecipeConfig.clip.text_layout = "clip"`):
 HF's `CLIPTextModel` has learned absolute positions, LayerNorm, biased attention and a quick_gelu
 MLP, where our default "gpt" layout has RoPE, RMSNorm, no biases and SwiGLU, so a GPT text encoder
 has no weights to put there (and no way to compute the same function), and export says so; as it
@@ -30,6 +30,7 @@ from picovlm.interop.mapping import (
 )
 from picovlm.models.clip import CLIPModel, load_clip
 from picovlm.text.tokenizer import Tokenizer
+from picovlm.vision.vit import ViT
 
 _TEXT_TOP = {
     "token_embedding.weight": "embeddings.token_embedding.weight",
@@ -45,15 +46,17 @@ def clip_text_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def clip_unmappable(model: CLIPModel, layout: str) -> str | None:
     if layout == "hf":
         return (
-            "its text encoder is a pretrained HF sentence encoder (clip_text_layout 'hf': its own tokenizer, "
+            "its text encoder is a pretrained HF sentence encoder (clip.text_layout 'hf': its own tokenizer, "
             "mean-pooled), which HF CLIPModel's text side cannot hold; its image tower still serves a VLM"
         )
     if layout != "clip":
         return (
             "its text encoder is in the GPT layout (RoPE, RMSNorm, SwiGLU, no biases), which HF CLIPTextModel "
             "(learned positions, LayerNorm, biased attention, quick_gelu MLP) cannot hold; train the clip stage "
-            "with clip_text_layout='clip'"
+            "with clip.text_layout='clip'"
         )
+    if not isinstance(model.tower, ViT):
+        return f"its image tower is of kind {model.vision_cfg.kind!r}; HF CLIPModel holds picovlm's ViT (kind 'vit')"
     return vit_unmappable(model.tower.cfg)
 
 

@@ -43,12 +43,11 @@ from picovlm.interop.mapping import (
     vit_to_hf,
     vit_unmappable,
 )
-from picovlm.models.vlm import VLM, load_vlm
+from picovlm.models.vlm import VLM, VLM_PARTS, load_vlm, vlm_checkpoint_config
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.text.tokens import IMAGE
 from picovlm.vision.hf_tower import read_image_processor
 
-VLM_PARTS = {"tower": "tower.", "projector": "projector.", "lm": "lm."}
 EXPORTABLE_PROJECTORS = ("linear", "mlp2x_gelu", "identity")
 
 
@@ -220,7 +219,7 @@ def import_llava(folder: str | Path, out: str | Path) -> Path:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{folder}: weights do not fit picovlm ({(missing or unexpected)[0]})")
-    config = {"task": "vlm", "model": cfg.to_dict(), "image_token_id": tok.image_id, "source": str(folder)}
+    config = {**vlm_checkpoint_config(model), "source": str(folder)}
     with tempfile.TemporaryDirectory() as tmp:  # save_checkpoint copies one self-contained tokenizer file
         plain = Path(tmp) / "tokenizer.json"
         tok.save(plain)

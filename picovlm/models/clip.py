@@ -2,8 +2,9 @@
 pairs have similar embeddings (symmetric InfoNCE with a learned temperature).
 
 In picovlm this is how a vision tower is pretrained when no pretrained tower is at hand: the
-trained `tower` then becomes a VLM's vision tower. It also serves zero-shot classification and
-retrieval (both sides embed into one space).
+tower is built from the model's `VisionConfig` by the tower registry, so the trained `tower` is
+exactly a VLM's vision tower. It also serves zero-shot classification and retrieval (both sides
+embed into one space).
 
 The text encoder comes in three layouts (`text_layout`, listed in `TEXT_LAYOUTS`):
   gpt   our GPT (RoPE, RMSNorm, SwiGLU, no biases), trained from scratch with the tower
@@ -19,23 +20,31 @@ way a batch of captions is (ids [B, T] right-padded, lengths [B]), made by `CLIP
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from picovlm.checkpoint import load_weights, read_config
-from picovlm.config import GPTConfig, ViTConfig, from_dict
+from picovlm.checkpoint import EVERYTHING_ELSE, load_weights, read_config
+from picovlm.config import CLIPConfig, GPTConfig, VisionConfig, ViTConfig, from_dict
 from picovlm.models.gpt import GPT
 from picovlm.models.hf_encoder import HFTextEncoder
 from picovlm.models.vlm import pad_right
 from picovlm.text.tokenizer import Tokenizer
+from picovlm.vision.towers import build_vision_tower
 from picovlm.vision.vit import Block, ViT
 
 TEXT_LAYOUTS = ("gpt", "clip", "hf")
+# checkpoint parts (name -> parameter prefix): the tower, and the rest (projections, temperature, text)
+CLIP_PARTS = {"tower": "tower.", "clip": EVERYTHING_ELSE}
+# a pretrained HF text encoder (layout "hf") is a part of its own: locked unless a stage names "text"
+# among its trainable parts, and then not stored (the checkpoint names its folder)
+CLIP_HF_PARTS = {"tower": "tower.", "text": "text.", "clip": EVERYTHING_ELSE}
 
 # captions -> (ids [B, T] right-padded, lengths [B]): what `CLIPModel.encode_text` reads
 Captions = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
@@ -86,24 +95,30 @@ def build_text_encoder(layout: str, text: GPTConfig, hf_path: str | Path = "") -
         return CLIPTextEncoder(text)
     if layout == "hf":
         if not str(hf_path):
-            raise ValueError("CLIP text layout 'hf' needs clip_text_hf_path: a local HF encoder folder")
+            raise ValueError("CLIP text layout 'hf' needs clip.text_hf_path: a local HF encoder folder")
         return HFTextEncoder(hf_path, text.max_seq_len)
     raise ValueError(f"unknown CLIP text layout {layout!r}; known: {', '.join(TEXT_LAYOUTS)}")
 
 
 class CLIPModel(nn.Module):
-    def __init__(
-        self, vit: ViTConfig, text: GPTConfig, embed_dim: int, text_layout: str = "gpt", text_hf_path: str | Path = ""
-    ):
+    """`vision` builds the image tower (any kind of the tower registry); `cfg` the text encoder and
+    the shared space, with `cfg.text.vocab_size` the tokenizer's."""
+
+    def __init__(self, vision: VisionConfig, cfg: CLIPConfig):
         super().__init__()
-        if text_layout not in TEXT_LAYOUTS:  # before the tower is built: a typo should not cost its init
-            raise ValueError(f"unknown CLIP text layout {text_layout!r}; known: {', '.join(TEXT_LAYOUTS)}")
-        self.text_layout = text_layout
-        self.tower = ViT(vit)
-        self.text = build_text_encoder(text_layout, text, text_hf_path)
-        self.image_proj = nn.Linear(vit.n_embd, embed_dim, bias=False)
-        self.text_proj = nn.Linear(self.text.n_embd if text_layout == "hf" else text.n_embd, embed_dim, bias=False)
+        if cfg.text_layout not in TEXT_LAYOUTS:  # before the tower is built: a typo should not cost its init
+            raise ValueError(f"unknown CLIP text layout {cfg.text_layout!r}; known: {', '.join(TEXT_LAYOUTS)}")
+        self.vision_cfg, self.cfg = vision, cfg
+        self.tower = build_vision_tower(vision)
+        self.text = build_text_encoder(cfg.text_layout, cfg.text, cfg.text_hf_path)
+        text_width = self.text.n_embd if cfg.text_layout == "hf" else cfg.text.n_embd
+        self.image_proj = nn.Linear(self.tower.hidden_size, cfg.embed_dim, bias=False)
+        self.text_proj = nn.Linear(text_width, cfg.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    @property
+    def text_layout(self) -> str:
+        return self.cfg.text_layout
 
     def captions(self, tok: Tokenizer) -> Captions:
         """How captions become this model's text input: the HF encoder's own tokenizer for "hf" (`tok`,
@@ -114,7 +129,7 @@ class CLIPModel(nn.Module):
         return end_pooled_captions(tok, self.text.cfg.max_seq_len)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_proj(self.tower.pooled(pixels)), dim=-1)
+        return F.normalize(self.image_proj(pooled_image(self.tower, pixels)), dim=-1)
 
     def encode_text(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids [B, T] right-padded; lengths [B] real tokens per row."""
@@ -133,15 +148,37 @@ class CLIPModel(nn.Module):
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
+def pooled_image(tower: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """One vector per image: our ViT's CLIP embedding (the post-LayerNormed CLS after every block);
+    the registry's other towers (HF, open_clip, CNN) give patch features only, so their mean."""
+    if isinstance(tower, ViT):
+        return tower.pooled(pixels)
+    return tower(pixels).mean(dim=1)
+
+
+def clip_checkpoint_config(model: CLIPModel) -> dict[str, Any]:
+    """What a CLIP checkpoint's config.json says about the model, for `load_clip` to rebuild it."""
+    return {"task": "clip", "vision": dataclasses.asdict(model.vision_cfg), "clip": dataclasses.asdict(model.cfg)}
+
+
+def _upgrade(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A config.json from before CLIP read its tower from a VisionConfig (it was always a ViT, whose
+    parameter names have not changed) and its settings from a CLIPConfig, in today's layout."""
+    if "vision" in cfg:
+        return cfg
+    clip = {"text": cfg["text"], "embed_dim": cfg["embed_dim"], "text_layout": cfg.get("text_layout", "gpt")}
+    clip["text_hf_path"] = cfg.get("text_hf_path", "")
+    return {**cfg, "vision": {"kind": "vit", "vit": cfg["vit"]}, "clip": clip}
+
+
 def load_clip(path: str | Path) -> tuple[CLIPModel, Tokenizer, str]:
     """A CLIP-stage checkpoint (eval mode), its tokenizer and its text-encoder layout."""
     path = Path(path)
     cfg = read_config(path)
     if cfg.get("task") != "clip":
         raise ValueError(f"{path}: a {cfg.get('task')!r} checkpoint, not a CLIP model (use runs/<x>/clip/model)")
-    layout = cfg.get("text_layout", "gpt")
-    vit, text = from_dict(ViTConfig, cfg["vit"]), from_dict(GPTConfig, cfg["text"])
+    cfg = _upgrade(cfg)
     # a locked "hf" text encoder is not in the checkpoint: it is rebuilt from the folder (or packaged name) stored here
-    model = CLIPModel(vit, text, cfg["embed_dim"], layout, cfg.get("text_hf_path", ""))
+    model = CLIPModel(from_dict(VisionConfig, cfg["vision"]), from_dict(CLIPConfig, cfg["clip"]))
     load_weights(model, path)
-    return model.eval(), Tokenizer.load(path / "tokenizer.json"), layout
+    return model.eval(), Tokenizer.load(path / "tokenizer.json"), model.text_layout

@@ -1,4 +1,4 @@
-"""A pretrained HF sentence encoder as CLIP's text tower (`RecipeConfig.clip_text_layout = "hf"`), and
+"""A pretrained HF sentence encoder as CLIP's text tower (`RecipeConfig.clip.text_layout = "hf"`), and
 the packaged all-MiniLM-L6-v2 as such an encoder's folder.
 
 `HFTextEncoder` wraps any BERT-like `AutoModel` (BERT, MiniLM, MPNet, RoBERTa, ...) from a local

@@ -1,7 +1,7 @@
 """An HF `AutoModelForCausalLM` from a local folder behind our GPT's interface, and its tokenizer.
 
 The VLM, the engine and the training stages talk to a language model through four things: `embed(ids)`,
-`forward(ids | inputs_embeds, key_padding_mask, kv_cache, position_ids, return_hidden)`, `cfg`
+`forward(ids | inputs_embeds, key_padding_mask, kv_cache, position_ids, return_hidden, segment_ids)`, `cfg`
 (n_embd, max_seq_len, ...) and our `KVCache` (which the engine allocates and advances). This wrapper
 gives an HF model (Llama, Qwen2, GPT-2, SmolLM, ...) the same four, so it is interchangeable with our
 GPT everywhere. The HF model keeps its own cache object, stored on our KVCache; our cache's tensors
@@ -136,8 +136,14 @@ class HFCausalLM(nn.Module):
         kv_cache: KVCache | None = None,
         position_ids: torch.Tensor | None = None,
         return_hidden: bool = False,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Same contract as `GPT.forward`: logits, or the last hidden states with `return_hidden`."""
+        """Same contract as `GPT.forward`: logits, or the last hidden states with `return_hidden`.
+        `segment_ids` (isolated turns) are refused: HF models take no attention mask of that shape."""
+        if segment_ids is not None:
+            raise ValueError(
+                "segment_ids (isolated turns) need picovlm's GPT; an HF LM attends over the whole sequence"
+            )
         x = self.embed(ids) if inputs_embeds is None else inputs_embeds
         B, T, _ = x.shape
         past = kv_cache.pos if kv_cache is not None else 0

@@ -3,8 +3,9 @@
   gpt  our GPT (`picovlm.models.gpt`), configured by `VLMConfig.lm`
   hf   any HF `AutoModelForCausalLM` in the local folder `VLMConfig.lm_hf_path` (`picovlm.models.hf_lm`)
 
-Both expose the same interface (embed, forward with inputs_embeds / key padding / KV cache, cfg), so
-the VLM, the engine, the training stages, the evaluation and the server do not know which one runs.
+Both expose the same interface (embed, forward with inputs_embeds / key padding / KV cache /
+position_ids / segment_ids, cfg), so the VLM, the engine, the training stages, the evaluation and the
+server do not know which one runs (an HF LM refuses segment_ids, isolated turns, in one line).
 """
 
 from __future__ import annotations

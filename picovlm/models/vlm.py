@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -25,6 +26,7 @@ from picovlm.text.tokenizer import Tokenizer
 from picovlm.vision.towers import build_vision_tower
 
 IGNORE_INDEX = -100
+VLM_PARTS = {"tower": "tower.", "projector": "projector.", "lm": "lm."}  # checkpoint parts: name -> prefix
 
 
 def pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -75,13 +77,11 @@ def merge_image_embeds(
 class VLM(nn.Module):
     def __init__(self, cfg: VLMConfig, image_token_id: int):
         super().__init__()
-        self.cfg, self.image_token_id = cfg, image_token_id
         self.tower = build_vision_tower(cfg.vision)
-        lm = None if cfg.lm_kind == "gpt" else build_lm(cfg)
-        if lm is not None:  # an HF LM knows its own dims (the projector needs its width): keep cfg truthful
-            self.cfg = cfg = dataclasses.replace(cfg, lm=lm.cfg)
-        self.projector = build_projector(cfg.projector, self.tower.hidden_size, cfg.lm.n_embd, self.tower.grid)
-        self.lm = lm if lm is not None else build_lm(cfg)  # after the projector: same init order as before
+        self.lm = build_lm(cfg)
+        # the LM's own cfg: an HF LM knows its dims (the projector needs its width), keep the config truthful
+        self.cfg, self.image_token_id = dataclasses.replace(cfg, lm=self.lm.cfg), image_token_id
+        self.projector = build_projector(cfg.projector, self.tower.hidden_size, self.lm.cfg.n_embd, self.tower.grid)
 
     @property
     def tokens_per_image(self) -> int:
@@ -119,8 +119,13 @@ class VLM(nn.Module):
         """Logits, or (with `labels`, IGNORE_INDEX where no loss) the mean next-token loss.
         `position_ids` and `segment_ids` come from `isolated_turns` (picovlm's GPT only)."""
         embeds = self.embed(ids, pixels, features)
-        extra = {} if segment_ids is None else {"position_ids": position_ids, "segment_ids": segment_ids}
-        logits = self.lm(inputs_embeds=embeds, key_padding_mask=key_padding_mask, kv_cache=kv_cache, **extra)
+        logits = self.lm(
+            inputs_embeds=embeds,
+            key_padding_mask=key_padding_mask,
+            kv_cache=kv_cache,
+            position_ids=position_ids,
+            segment_ids=segment_ids,
+        )
         if labels is None:
             return logits
         return masked_lm_loss(logits, labels)
@@ -131,6 +136,11 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     targets = labels[:, 1:].flatten()
     total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def vlm_checkpoint_config(model: VLM) -> dict[str, Any]:
+    """What a VLM checkpoint's config.json says about the model, for `load_vlm` to rebuild it."""
+    return {"task": "vlm", "model": model.cfg.to_dict(), "image_token_id": model.image_token_id}
 
 
 def load_vlm(path: str | Path) -> tuple[VLM, Tokenizer]:

@@ -1,5 +1,6 @@
-"""A recipe is a list of stages; each stage builds its task (model + data + loss) and runs the one
-training loop. Stage outputs are checkpoints that later stages initialize parts from.
+"""A recipe is a list of stages; each stage builds its task (train/stage_tasks.py: model, batches,
+loss, checkpoint parts) and runs the one training loop. Stage outputs are checkpoints that later
+stages initialize parts from.
 
 The classic adapter-VLM recipe, as the config in `picovlm.presets` spells it:
   lm        pretrain the text LM on text (nothing pretrained is available offline)
@@ -17,6 +18,7 @@ as the stage began (its `init`, or the pretrained LM), puts the adapters back, a
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +26,17 @@ import torch
 
 from picovlm.checkpoint import load_part, load_trainer_state, part_files, read_config, save_checkpoint
 from picovlm.config import RecipeConfig, StageConfig
-from picovlm.data.batches import BatchStream, ImageCache, TowerFeatures, clip_batch, text_batch, vlm_batch
+from picovlm.data.batches import Batch, BatchStream
 from picovlm.data.formats import Sample, load_samples, split_format
 from picovlm.interop.lora import add_lora, load_lora, merged_state_dict, save_lora
-from picovlm.models.clip import CLIPModel
-from picovlm.models.gpt import GPT
-from picovlm.models.processor import VLMProcessor
-from picovlm.models.vlm import VLM, masked_lm_loss
+from picovlm.models.vlm import VLM
 from picovlm.text.tokenizer import Tokenizer
-from picovlm.train.loop import History, Task, train
+from picovlm.train.loop import History, train
+from picovlm.train.stage_tasks import StageTask, build_stage_task
 
-VLM_PARTS = {"tower": "tower.", "projector": "projector.", "lm": "lm."}
-CLIP_PARTS = {"tower": "tower.", "clip": ""}
-# a pretrained HF text encoder (clip_text_layout "hf") is a part of its own: locked unless a stage names
-# "text" among its trainable parts, and then not stored (the checkpoint names its folder)
-CLIP_HF_PARTS = {"tower": "tower.", "text": "text.", "clip": ""}
-LM_PARTS = {"lm": ""}
 LORA_KEYS = ("r", "alpha", "dropout", "targets", "new_tokens")
 ADAPTER_DIR = "adapter"  # inside a LoRA stage's checkpoint folder
+VAL_SEED = 12345  # of the validation stream: the same batches at every evaluation
 
 
 def stage_dir(out_dir: Path, stage: str) -> Path:
@@ -72,73 +67,8 @@ def train_tokenizer(recipe: RecipeConfig, path: Path) -> Tokenizer:
     return tok
 
 
-def build_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> tuple[Task, Any, dict[str, str]]:
-    """(task, batch builder, parts). The model is built with the tokenizer's vocabulary size."""
-    lm_cfg = dataclasses.replace(recipe.model.lm, vocab_size=tok.vocab_size)
-    if stage.task == "lm":
-        model = GPT(lm_cfg)
-        task = Task(model, LM_PARTS, _lm_loss, lambda b: b["ids"].numel())
-        return (
-            task,
-            lambda s: text_batch(s, tok, lm_cfg.max_seq_len),
-            {"task": "lm", "model": dataclasses.asdict(lm_cfg)},
-        )
-    if stage.task == "clip":
-        vit = recipe.model.vision.vit
-        text_cfg = dataclasses.replace(recipe.clip_text, vocab_size=tok.vocab_size)
-        layout, hf_path = recipe.clip_text_layout, recipe.clip_text_hf_path
-        model = CLIPModel(vit, text_cfg, recipe.clip_embed_dim, layout, hf_path)
-        proc, cache, captions = model.tower.processor, ImageCache(), model.captions(tok)
-        hf = layout == "hf"
-        task = Task(
-            model,
-            CLIP_HF_PARTS if hf else CLIP_PARTS,
-            lambda m, b: m(b["pixels"], b["ids"], b["lengths"]),
-            lambda b: b["pixels"].shape[0],
-            unit="img",
-            pretrained=("text",) if hf else (),
-        )
-        config = {
-            "task": "clip",
-            "vit": dataclasses.asdict(vit),
-            "text": dataclasses.asdict(text_cfg),
-            "embed_dim": recipe.clip_embed_dim,
-            "text_layout": layout,
-            "text_hf_path": hf_path if hf else "",
-        }
-        return task, lambda s: clip_batch(s, captions, proc, cache), config
-    if stage.task == "vlm":
-        if not 0 <= stage.isolate_turns <= 1:
-            raise ValueError(f"stage {stage.name!r}: isolate_turns is a share in [0, 1], got {stage.isolate_turns}")
-        if stage.isolate_turns and recipe.model.lm_kind != "gpt":
-            raise ValueError(f"stage {stage.name!r}: isolate_turns needs picovlm's GPT, not an HF LM")
-        cfg = dataclasses.replace(recipe.model, lm=lm_cfg)
-        model = VLM(cfg, tok.image_id)
-        processor = VLMProcessor(tok, model.tower.processor, model.tokens_per_image, lm_cfg.max_seq_len)
-        cache = ImageCache()
-        # a tower that does not learn in this stage is run once per image, not once per use (its weights
-        # are loaded before the first batch is drawn, so the features are those of the trained tower)
-        features = None if "tower" in stage.trainable else TowerFeatures(model.tower, cache)
-
-        def loss(m: VLM, b: dict[str, torch.Tensor]) -> torch.Tensor:
-            return m(
-                b["ids"],
-                b.get("pixels"),
-                b["labels"],
-                features=b.get("features"),
-                position_ids=b.get("positions"),
-                segment_ids=b.get("segments"),
-            )
-
-        task = Task(model, VLM_PARTS, loss, lambda b: b["ids"].numel())
-        config = {"task": "vlm", "model": model.cfg.to_dict(), "image_token_id": tok.image_id}
-        return task, lambda s: vlm_batch(s, processor, cache, features, stage.isolate_turns), config
-    raise ValueError(f"stage {stage.name!r}: unknown task {stage.task!r} (lm, clip or vlm)")
-
-
 def lora_kwargs(stage: StageConfig, model: VLM) -> dict[str, Any]:
-    """`add_lora` arguments from a stage's `lora` settings, checked against the stage."""
-    check_lora(stage)
+    """`add_lora` arguments from a stage's `lora` settings."""
     kwargs = {k: stage.lora[k] for k in ("r", "alpha", "dropout", "targets") if k in stage.lora}
     base = getattr(model.lm, "base_vocab", None)  # an HF LM: ids from here on are tokens picovlm added
     if stage.lora.get("new_tokens", True) and base is not None and base < model.lm.cfg.vocab_size:
@@ -154,25 +84,9 @@ def check_lora(stage: StageConfig) -> None:
         raise ValueError(f"stage {stage.name!r}: lora needs task 'vlm' with 'lm' among its trainable parts")
 
 
-def _lm_loss(model: GPT, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return masked_lm_loss(model(batch["ids"]), batch["labels"])
-
-
-def run_stage(
-    recipe: RecipeConfig,
-    stage: StageConfig,
-    out_dir: Path,
-    tok: Tokenizer,
-    resume: bool = False,
-    until: int | None = None,
-    progress: bool = True,
-) -> tuple[Path, History]:
-    """Train one stage; returns its checkpoint folder."""
-    if stage.lora:
-        check_lora(stage)  # before anything is built or loaded
-    torch.manual_seed(stage.seed)
-    task, make_batch, config = build_task(recipe, stage, tok)
-    ckpt = checkpoint_dir(out_dir, stage.name)
+def init_parts(task: StageTask, stage: StageConfig, out_dir: Path) -> dict[str, Path]:
+    """Load each part named in `stage.init` from that stage's checkpoint; returns the files of those
+    that stay frozen (part -> file), which the checkpoint then references instead of copying."""
     inherited: dict[str, Path] = {}
     for part, source in stage.init.items():
         if part not in task.parts:
@@ -182,51 +96,100 @@ def run_stage(
             locked = part in read_config(checkpoint_dir(out_dir, source))["parts"]
             why = "a locked pretrained part, rebuilt from its folder, not stored" if locked else "no such part"
             raise ValueError(f"stage {stage.name!r}: stage {source!r} has no stored part {part!r} ({why})")
-        file = files[part]
-        load_part(task.model, task.parts, part, file)
+        load_part(task.model, task.parts, part, files[part])
         if part not in stage.trainable:
-            inherited[part] = file  # frozen and unchanged: reference it instead of copying
-    state = None
-    if resume and (ckpt / "trainer_state.pt").is_file():
-        state = load_trainer_state(ckpt)
-        for part, file in part_files(ckpt).items():
-            if not (stage.lora and part == "lm"):  # a LoRA stage stores its LM merged: the base comes from init
-                load_part(task.model, task.parts, part, file)
-    if stage.lora:
-        if state is not None:
-            load_lora(task.model, ckpt / ADAPTER_DIR)
-        else:
-            add_lora(task.model, **lora_kwargs(stage, task.model))
+            inherited[part] = files[part]
+    return inherited
+
+
+def resume_from(task: StageTask, stage: StageConfig, ckpt: Path) -> dict[str, Any] | None:
+    """The trainer state of an interrupted run of the stage, its weights loaded; None if there is none."""
+    if not (ckpt / "trainer_state.pt").is_file():
+        return None
+    for part, file in part_files(ckpt).items():
+        if not (stage.lora and part == "lm"):  # a LoRA stage stores its LM merged: the base comes from init
+            load_part(task.model, task.parts, part, file)
+    return load_trainer_state(ckpt)
+
+
+def attach_lora(model: VLM, stage: StageConfig, ckpt: Path, resumed: bool) -> None:
+    """New adapters, or, resuming, those the interrupted run saved."""
+    if resumed:
+        load_lora(model, ckpt / ADAPTER_DIR)
+    else:
+        add_lora(model, **lora_kwargs(stage, model))
+
+
+def data_streams(
+    recipe: RecipeConfig, stage: StageConfig, make_batch: Callable[[list[Sample]], Batch]
+) -> tuple[BatchStream, Callable[[], BatchStream] | None]:
+    """The training batches, and (with `val_data`) a maker of the validation batches."""
     data_dir = Path(recipe.data_dir)
     batches = BatchStream(read_samples(stage.data, data_dir), stage.batch_size, make_batch, stage.seed)
-    make_val = None
-    if stage.val_data:
-        val_samples = read_samples(stage.val_data, data_dir)
-        bs = min(stage.batch_size, len(val_samples))
+    if not stage.val_data:
+        return batches, None
+    val_samples = read_samples(stage.val_data, data_dir)
+    batch_size = min(stage.batch_size, len(val_samples))
+    return batches, lambda: BatchStream(val_samples, batch_size, make_batch, seed=VAL_SEED)
 
-        def make_val() -> BatchStream:  # the same validation batches at every evaluation
-            return BatchStream(val_samples, bs, make_batch, seed=12345)
 
-    config = {**config, "stage": dataclasses.asdict(stage)}
-    unstored = tuple(p for p in task.pretrained if p not in stage.trainable)
+def checkpoint_writer(
+    task: StageTask, stage: StageConfig, ckpt: Path, inherited: dict[str, Path], tokenizer_file: Path
+) -> Callable[[dict[str, Any]], None]:
+    """What the loop calls to save the stage: the model's parts, config and tokenizer, the trainer
+    state beside them; a LoRA stage's LM merged, and its adapters apart."""
+    config = {**task.checkpoint_config(), "stage": dataclasses.asdict(stage)}
+    rebuilt = tuple(p for p in task.pretrained_parts if p not in stage.trainable)
 
     def save(trainer_state: dict[str, Any]) -> None:
-        lora = bool(stage.lora)
         save_checkpoint(
             ckpt,
             task.model,
             {**config, "step": trainer_state["step"]},
             task.parts,
             inherited,
-            out_dir / "tokenizer.json",
-            trainer_state,
-            state=merged_state_dict(task.model) if lora else None,
-            extra=(lambda folder: save_lora(task.model, folder / ADAPTER_DIR)) if lora else None,
-            pretrained=unstored,
+            tokenizer_file,
+            trainer_state=trainer_state,
+            state_dict=merged_state_dict(task.model) if stage.lora else None,
+            write_files=(lambda folder: save_lora(task.model, folder / ADAPTER_DIR)) if stage.lora else None,
+            rebuilt=rebuilt,
         )
 
+    return save
+
+
+def run_stage(
+    recipe: RecipeConfig,
+    stage: StageConfig,
+    out_dir: Path,
+    tok: Tokenizer,
+    resume: bool = False,
+    stop_at: int | None = None,
+    progress: bool = True,
+) -> tuple[Path, History]:
+    """Train one stage (stopping early after step `stop_at`); returns its checkpoint folder and losses."""
+    if stage.lora:
+        check_lora(stage)  # before anything is built or loaded
+    torch.manual_seed(stage.seed)
+    task = build_stage_task(recipe, stage, tok)
+    ckpt = checkpoint_dir(out_dir, stage.name)
+    inherited = init_parts(task, stage, out_dir)
+    state = resume_from(task, stage, ckpt) if resume else None
+    if stage.lora:
+        attach_lora(task.model, stage, ckpt, resumed=state is not None)
+    batches, make_val = data_streams(recipe, stage, task.make_batch)
+    save = checkpoint_writer(task, stage, ckpt, inherited, out_dir / "tokenizer.json")
     history = train(
-        task, stage, batches, stage_dir(out_dir, stage.name), save, make_val, state, recipe.device, until, progress
+        task,
+        stage,
+        batches,
+        out_dir=stage_dir(out_dir, stage.name),
+        save=save,
+        make_val=make_val,
+        resume=state,
+        device=recipe.device,
+        stop_at=stop_at,
+        progress=progress,
     )
     return ckpt, history
 

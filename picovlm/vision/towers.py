@@ -22,17 +22,19 @@ def _build_vit(cfg: VisionConfig) -> nn.Module:
 def _build_hf(cfg: VisionConfig) -> nn.Module:
     from picovlm.vision.hf_tower import HFVisionTower
 
-    if not cfg.hf_path:
-        raise ValueError("vision kind 'hf' needs hf_path: a local folder with a CLIP or SigLIP vision model")
-    return HFVisionTower(cfg.hf_path, cfg.hf_feature_layer, cfg.hf_use_cls)
+    if not cfg.pretrained_path:
+        raise ValueError("vision kind 'hf' needs pretrained_path: a local folder with a CLIP or SigLIP vision model")
+    return HFVisionTower(cfg.pretrained_path, cfg.pretrained_feature_layer, cfg.pretrained_use_cls)
 
 
 def _build_open_clip(cfg: VisionConfig) -> nn.Module:
     from picovlm.vision.open_clip_tower import OpenCLIPTower
 
-    if not cfg.hf_path:
-        raise ValueError("vision kind 'open_clip' needs hf_path: a local folder with open_clip_config.json and weights")
-    return OpenCLIPTower(cfg.hf_path, cfg.hf_feature_layer, cfg.hf_use_cls)
+    if not cfg.pretrained_path:
+        raise ValueError(
+            "vision kind 'open_clip' needs pretrained_path: a local folder with open_clip_config.json and weights"
+        )
+    return OpenCLIPTower(cfg.pretrained_path, cfg.pretrained_feature_layer, cfg.pretrained_use_cls)
 
 
 def _build_efficientnet(cfg: VisionConfig) -> nn.Module:

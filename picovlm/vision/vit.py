@@ -31,7 +31,7 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def halvings(patch_size: int, stem: str) -> int:
+def stem_depth(patch_size: int, stem: str) -> int:
     """How many stride-2 convs a conv stem needs to reach the patch grid."""
     depth = patch_size.bit_length() - 1
     if patch_size != 2**depth or depth < 1:
@@ -50,7 +50,7 @@ class ConvStem(nn.Module):
 
     def __init__(self, patch_size: int, n_embd: int):
         super().__init__()
-        depth = halvings(patch_size, "conv")
+        depth = stem_depth(patch_size, "conv")
         widths = [3] + [max(n_embd >> (depth - i), 8) for i in range(1, depth + 1)]
         layers: list[nn.Module] = []
         for c_in, c_out in zip(widths, widths[1:], strict=False):
@@ -81,7 +81,7 @@ class HybridStem(nn.Module):
 
     def __init__(self, patch_size: int, n_embd: int):
         super().__init__()
-        depth = halvings(patch_size, "hybrid")
+        depth = stem_depth(patch_size, "hybrid")
         self.patch = nn.Conv2d(3, n_embd, patch_size, stride=patch_size, bias=False)
         w = max(n_embd // 4, 8)
         widths = [1, w] + [2 * w] * (depth - 1) + [n_embd]

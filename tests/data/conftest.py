@@ -10,7 +10,8 @@ import torch
 
 from picovlm.data.formats import Sample, load_samples
 from picovlm.presets import RECIPES
-from picovlm.train.stages import build_task, run_stage, train_tokenizer
+from picovlm.train.stage_tasks import build_stage_task
+from picovlm.train.stages import run_stage, train_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +37,7 @@ def train_from(tiny_data, tiny_tokenizer, llava_samples, tmp_path):
         recipe = dataclasses.replace(RECIPES["tiny"](str(tiny_data)), data_dir=str(data_dir))
         instruct = next(s for s in recipe.stages if s.name == "instruct")
         stage = dataclasses.replace(instruct, init={}, data=files, val_data=(), steps=2, batch_size=4)
-        _, make_batch, _ = build_task(recipe, stage, tok)
+        make_batch = build_stage_task(recipe, stage, tok).make_batch
         ours, reference = make_batch(samples[:4]), make_batch(llava_samples[:4])
         assert ours.keys() == reference.keys()
         for key in reference:

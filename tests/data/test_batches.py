@@ -144,8 +144,8 @@ def test_isolated_turns_split_after_each_answer_and_restart_positions(tok, image
         {"kind": "chat"},
     )
     proc = VLMProcessor(tok, ImageProcessor(16), tokens_per_image=4, max_len=64)
-    batch = vlm_batch([two_turns, chat(images[1], "red")], proc, ImageCache(), isolate_turns=True)
-    ids, labels, pos, seg = batch["ids"], batch["labels"], batch["positions"], batch["segments"]
+    batch = vlm_batch([two_turns, chat(images[1], "red")], proc, ImageCache(), isolate_turns=1.0)
+    ids, labels, pos, seg = batch["ids"], batch["labels"], batch["position_ids"], batch["segment_ids"]
     for row in range(2):
         prefix = int((ids[row] == tok.image_id).nonzero().max()) + 1
         assert seg[row, :prefix].eq(0).all() and pos[row, :prefix].tolist() == list(range(prefix))
@@ -165,9 +165,9 @@ def test_isolating_a_share_of_the_conversations_keeps_the_rest_whole(tok, images
     proc = VLMProcessor(tok, ImageProcessor(16), tokens_per_image=4, max_len=64)
     samples = [chat(images[i % 3], f"red {'cat ' * i}".strip()) for i in range(12)]
     batch = vlm_batch(samples, proc, ImageCache(), isolate_turns=0.5)
-    whole = batch["segments"].eq(0).all(1)
+    whole = batch["segment_ids"].eq(0).all(1)
     assert 0 < int(whole.sum()) < 12  # some of each
     T = batch["ids"].shape[1]
-    assert torch.equal(batch["positions"][whole], torch.arange(T).expand(int(whole.sum()), T))
+    assert torch.equal(batch["position_ids"][whole], torch.arange(T).expand(int(whole.sum()), T))
     again = vlm_batch(samples, proc, ImageCache(), isolate_turns=0.5)
-    assert torch.equal(again["segments"], batch["segments"])  # the same share in every epoch and run
+    assert torch.equal(again["segment_ids"], batch["segment_ids"])  # the same share in every epoch and run

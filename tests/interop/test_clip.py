@@ -4,17 +4,17 @@ import pytest
 import torch
 
 from picovlm.checkpoint import save_checkpoint
-from picovlm.config import GPTConfig, ViTConfig
+from picovlm.config import CLIPConfig, GPTConfig, VisionConfig, ViTConfig
 from picovlm.interop.clip import export_clip
-from picovlm.models.clip import CLIPModel
-from picovlm.train.stages import CLIP_PARTS
+from picovlm.models.clip import CLIP_PARTS, CLIPModel, clip_checkpoint_config
 
 
-def make_clip(path, tok, layout="clip"):
+def make_clip(path, tok, layout="clip", old_config=False):
+    """A random CLIP checkpoint; `old_config`: its config.json in the layout written before CLIPConfig."""
     torch.manual_seed(0)
     vit = ViTConfig(image_size=16, patch_size=4, n_embd=32, n_layer=2, n_head=4, mlp_ratio=2.0, act="quick_gelu")
     text = GPTConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=4, n_kv_head=4, n_embd=32, mlp_hidden=64)
-    model = CLIPModel(vit, text, 24, layout)
+    model = CLIPModel(VisionConfig(vit=vit), CLIPConfig(text=text, embed_dim=24, text_layout=layout))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name and name.endswith("weight"):
@@ -23,7 +23,9 @@ def make_clip(path, tok, layout="clip"):
                 p.normal_(0, 0.2)
     tok_file = path.parent / "tok.json"
     tok.save(tok_file)
-    config = {"task": "clip", "vit": vars(vit), "text": vars(text), "embed_dim": 24, "text_layout": layout}
+    config = clip_checkpoint_config(model)
+    if old_config:
+        config = {"task": "clip", "vit": vars(vit), "text": vars(text), "embed_dim": 24, "text_layout": layout}
     save_checkpoint(path, model, config, CLIP_PARTS, {}, tok_file)
     return model.eval()
 
@@ -62,7 +64,7 @@ def test_hf_clip_gives_our_embeddings(tmp_path, tok):
 
 def test_gpt_text_layout_is_refused_with_the_reason(tmp_path, tok):
     make_clip(tmp_path / "clip", tok, layout="gpt")
-    with pytest.raises(ValueError, match="GPT layout .* clip_text_layout='clip'"):
+    with pytest.raises(ValueError, match="GPT layout .* clip.text_layout='clip'"):
         export_clip(tmp_path / "clip", tmp_path / "hf")
 
 
@@ -76,11 +78,11 @@ def test_cli_export_hf_clip(tmp_path, tok, capsys):
     assert "not a VLM" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("layout", ["clip", "gpt"])
-def test_eval_embedder_loads_either_text_layout(tmp_path, tok, layout):
+@pytest.mark.parametrize(("layout", "old_config"), [("clip", False), ("gpt", False), ("gpt", True)])
+def test_eval_embedder_loads_either_text_layout_and_old_configs(tmp_path, tok, layout, old_config):
     from picovlm.eval.embedder import ClipEmbedder
 
-    ours = make_clip(tmp_path / "clip", tok, layout)
+    ours = make_clip(tmp_path / "clip", tok, layout, old_config)
     row = tok.encode("a red cat on the mat") + [tok.end_id]
     expected = ours.encode_text(torch.tensor([row]), torch.tensor([len(row)]))
     got = ClipEmbedder.load(tmp_path / "clip").encode_texts(["a red cat on the mat"])

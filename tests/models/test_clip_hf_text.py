@@ -1,4 +1,4 @@
-"""CLIP with a locked pretrained HF text encoder (clip_text_layout "hf"), on a tiny random BertModel
+"""CLIP with a locked pretrained HF text encoder (clip.text_layout "hf"), on a tiny random BertModel
 written to a temp dir: the clip stage trains the tower against it, leaves it untouched, does not store
 it, and the checkpoint reloads (eval embedder, a VLM's tower) to the same embeddings."""
 
@@ -27,24 +27,23 @@ def stage(recipe, name):
 @pytest.fixture(scope="module")
 def run(tiny_data, hf_encoder, tmp_path_factory):
     """The tiny recipe with the HF text encoder; its clip stage run once, the task's model kept (a spy on
-    build_task) with a copy of its weights before training."""
-    recipe = dataclasses.replace(
-        RECIPES["tiny"](str(tiny_data)), clip_text_layout="hf", clip_text_hf_path=str(hf_encoder)
-    )
-    clip = dataclasses.replace(stage(recipe, "clip"), steps=12, batch_size=16, lr=3e-3, warmup_steps=2)
+    build_stage_task) with a copy of its weights before training."""
+    recipe = RECIPES["tiny"](str(tiny_data))
+    recipe.clip = dataclasses.replace(recipe.clip, text_layout="hf", text_hf_path=str(hf_encoder))
+    clip = dataclasses.replace(stage(recipe, "clip"), steps=12, batch_size=16, lr=3e-3, warmup=2 / 12)
     recipe.stages = [clip if s.name == "clip" else s for s in recipe.stages]
     out = tmp_path_factory.mktemp("hf_clip_run")
     tok = train_tokenizer(recipe, out / "tokenizer.json")
     seen = {}
 
     def spy(*args, **kwargs):
-        task, make_batch, config = build_task(*args, **kwargs)
+        task = build_stage_task(*args, **kwargs)
         seen["task"], seen["initial"] = task, {k: v.clone() for k, v in task.model.state_dict().items()}
-        return task, make_batch, config
+        return task
 
-    build_task = stages.build_task
+    build_stage_task = stages.build_stage_task
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(stages, "build_task", spy)
+        mp.setattr(stages, "build_stage_task", spy)
         ckpt, history = run_stage(recipe, clip, out, tok, progress=False)
     return SimpleNamespace(recipe=recipe, out=out, tok=tok, ckpt=ckpt, history=history, **seen)
 
@@ -66,7 +65,7 @@ def test_text_encoder_stays_locked_while_the_tower_and_projections_learn(run, hf
 
 def test_checkpoint_stores_no_text_encoder_and_names_its_folder(run, hf_encoder):
     cfg = read_config(run.ckpt)
-    assert cfg["text_layout"] == "hf" and cfg["text_hf_path"] == str(hf_encoder)
+    assert cfg["clip"]["text_layout"] == "hf" and cfg["clip"]["text_hf_path"] == str(hf_encoder)
     assert cfg["parts"]["text"] is None and set(cfg["parts"]) == {"tower", "text", "clip"}
     files = sorted(run.ckpt.glob("*.safetensors"))
     assert [f.name for f in files] == ["clip.safetensors", "tower.safetensors"]
@@ -134,9 +133,8 @@ def test_hf_clip_export_is_refused_in_one_line(run, tmp_path):
 
 
 def test_missing_encoder_folder_is_one_clear_error(tmp_path):
-    from picovlm.config import GPTConfig, ViTConfig
+    from picovlm.config import CLIPConfig, VisionConfig, ViTConfig
 
+    vision = VisionConfig(vit=ViTConfig(image_size=16, patch_size=8, n_embd=16, n_layer=1, n_head=2))
     with pytest.raises(FileNotFoundError, match="no config.json; expected a local HF encoder folder"):
-        CLIPModel(
-            ViTConfig(image_size=16, patch_size=8, n_embd=16, n_layer=1, n_head=2), GPTConfig(), 8, "hf", tmp_path
-        )
+        CLIPModel(vision, CLIPConfig(embed_dim=8, text_layout="hf", text_hf_path=str(tmp_path)))

@@ -50,6 +50,11 @@ def test_tokenizer_gets_our_special_tokens_and_embeddings_grow(hf_lm):
     with torch.no_grad():  # our interface gives the HF model's own logits
         torch.testing.assert_close(lm(ids), lm.model(input_ids=ids).logits)
         assert lm(inputs_embeds=lm.embed(ids), return_hidden=True).shape == (1, ids.shape[1], 32)
+        same_place = torch.zeros_like(ids)  # position_ids reach the HF model (RoPE or a position table)
+        assert not torch.allclose(lm(ids, position_ids=same_place), lm(ids))
+        # GPT's interface, segment_ids included: an HF LM cannot isolate turns, and says so in one line
+        with pytest.raises(ValueError, match=r"^segment_ids \(isolated turns\) need picovlm's GPT[^\n]*$"):
+            lm(ids, segment_ids=torch.zeros_like(ids))
 
 
 def test_with_its_own_template_our_unused_tokens_start_at_the_mean(tmp_path, write_hf_lm):

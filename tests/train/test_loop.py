@@ -10,10 +10,12 @@ import torch
 
 from picovlm.checkpoint import load_weights, read_config
 from picovlm.config import StageConfig
+from picovlm.models.vlm import VLM_PARTS
 from picovlm.presets import RECIPES
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.train.optim import lr_at, make_optimizer
-from picovlm.train.stages import VLM_PARTS, build_task, read_samples, run_recipe, run_stage, train_tokenizer
+from picovlm.train.stage_tasks import build_stage_task
+from picovlm.train.stages import read_samples, run_recipe, run_stage, train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def solo_stage(recipe, **kw) -> StageConfig:
 
 
 def test_lr_schedule_warmup_then_cosine():
-    cfg = StageConfig(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    cfg = StageConfig(steps=100, warmup=0.1, lr=1.0, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(0.1)
     assert lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(100, cfg) == pytest.approx(0.1)
@@ -43,7 +45,7 @@ def test_lr_schedule_warmup_then_cosine():
 
 
 def test_weight_decay_only_on_matrices_and_lr_scale_per_part(recipe, tokenizer):
-    task, _, _ = build_task(recipe, solo_stage(recipe), tokenizer[0])
+    task = build_stage_task(recipe, solo_stage(recipe), tokenizer[0])
     for p in task.model.tower.parameters():
         p.requires_grad = False
     opt = make_optimizer(task.model, StageConfig(weight_decay=0.1, lr_scale={"lm": 0.5}), task.parts)
@@ -64,10 +66,10 @@ def test_frozen_parts_do_not_change(recipe, tokenizer, tmp_path):
     shutil.copy(tok_path, tmp_path / "tokenizer.json")
     stage = solo_stage(recipe, trainable=("projector",), steps=2)
     torch.manual_seed(stage.seed)
-    task, _, _ = build_task(recipe, stage, tok)
+    task = build_stage_task(recipe, stage, tok)
     before = {k: v.clone() for k, v in task.model.state_dict().items()}
     ckpt, _ = run_stage(recipe, stage, tmp_path, tok, progress=False)
-    model = build_task(recipe, stage, tok)[0].model
+    model = build_stage_task(recipe, stage, tok).model
     load_weights(model, ckpt)
     after = model.state_dict()
     for key in before:
@@ -78,13 +80,13 @@ def test_frozen_parts_do_not_change(recipe, tokenizer, tmp_path):
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_resume_gives_the_same_losses(recipe, tokenizer, tmp_path, optimizer):
     tok, tok_path = tokenizer
-    stage = solo_stage(recipe, steps=6, warmup_steps=2, optimizer=optimizer)
+    stage = solo_stage(recipe, steps=6, warmup=2 / 6, optimizer=optimizer)
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     for d in (whole, parts):
         d.mkdir()
         shutil.copy(tok_path, d / "tokenizer.json")
     _, uninterrupted = run_stage(recipe, stage, whole, tok, progress=False)
-    run_stage(recipe, stage, parts, tok, progress=False, until=3)  # "crash" after step 3
+    run_stage(recipe, stage, parts, tok, progress=False, stop_at=3)  # "crash" after step 3
     assert read_config(parts / "instruct" / "model")["step"] == 3
     _, resumed = run_stage(recipe, stage, parts, tok, resume=True, progress=False)
     assert [s for s, _ in resumed.train] == [1, 2, 3, 4, 5, 6]
@@ -115,17 +117,18 @@ def test_unknown_trainable_part_is_a_clear_error(recipe, tokenizer, tmp_path):
 def test_isolated_turns_train_and_are_refused_for_an_hf_lm(recipe, tokenizer, tmp_path):
     tok, tok_path = tokenizer
     shutil.copy(tok_path, tmp_path / "tokenizer.json")
-    stage = solo_stage(recipe, isolate_turns=True, steps=2)
-    task, make_batch, _ = build_task(recipe, stage, tok)
+    stage = solo_stage(recipe, isolate_turns=1.0, steps=2)
+    task = build_stage_task(recipe, stage, tok)
     samples = read_samples(stage.data, Path(recipe.data_dir))[:4]
-    batch = make_batch(samples)
-    isolated = float(task.loss(task.model, batch))
-    whole = float(task.loss(task.model, {k: v for k, v in batch.items() if k not in ("positions", "segments")}))
-    assert batch["segments"].max() > 1 and isolated != whole  # several turns, and they no longer see each other
+    batch = task.make_batch(samples)
+    with torch.no_grad():
+        isolated = float(task.loss(batch))
+        whole = float(task.loss({k: v for k, v in batch.items() if k not in ("position_ids", "segment_ids")}))
+    assert batch["segment_ids"].max() > 1 and isolated != whole  # several turns, and they no longer see each other
     run_stage(recipe, stage, tmp_path, tok, progress=False)
 
     hf = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, lm_kind="hf", lm_hf_path="nowhere"))
     with pytest.raises(ValueError, match="isolate_turns needs picovlm's GPT"):
-        build_task(hf, stage, tok)
+        build_stage_task(hf, stage, tok)
     with pytest.raises(ValueError, match=r"isolate_turns is a share in \[0, 1\]"):
-        build_task(recipe, dataclasses.replace(stage, isolate_turns=2), tok)
+        build_stage_task(recipe, dataclasses.replace(stage, isolate_turns=2.0), tok)

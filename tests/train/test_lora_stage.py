@@ -28,7 +28,7 @@ def _recipe(data, lm_folder, lora=None, steps=4):
         steps=steps,
         batch_size=4,
         lr=1e-2,
-        warmup_steps=0,
+        warmup=0.0,
         lora=lora if lora is not None else {"r": 4, "alpha": 8},
     )
     return dataclasses.replace(recipe, model=model, stages=[align, lora_stage])
@@ -40,13 +40,13 @@ def lm_folder(tmp_path_factory, write_hf_lm):
     return folder
 
 
-def _run(recipe, out, until=None, resume=False, only_lora=False):
+def _run(recipe, out, stop_at=None, resume=False, only_lora=False):
     tok = hf_lm_tokenizer(recipe.model.lm_hf_path)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(out / "tokenizer.json")
     if not only_lora:
         run_stage(recipe, recipe.stages[0], out, tok, progress=False)
-    return run_stage(recipe, recipe.stages[1], out, tok, resume=resume, until=until, progress=False)[0]
+    return run_stage(recipe, recipe.stages[1], out, tok, resume=resume, stop_at=stop_at, progress=False)[0]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def runs(tiny_data, lm_folder, tmp_path_factory):
     recipe, out = _recipe(tiny_data, lm_folder), tmp_path_factory.mktemp("lora_runs")
     straight = _run(recipe, out / "straight")
     shutil.copytree(out / "straight" / "align", out / "resumed" / "align")
-    _run(recipe, out / "resumed", until=2, only_lora=True)
+    _run(recipe, out / "resumed", stop_at=2, only_lora=True)
     resumed = _run(recipe, out / "resumed", resume=True, only_lora=True)
     return {"straight": straight, "resumed": resumed, "align": checkpoint_dir(out / "straight", "align")}
 

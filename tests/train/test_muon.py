@@ -9,7 +9,8 @@ from picovlm.config import StageConfig
 from picovlm.presets import RECIPES
 from picovlm.train.muon import MuonAdamW, orthogonalize
 from picovlm.train.optim import make_optimizer
-from picovlm.train.stages import build_task, train_tokenizer
+from picovlm.train.stage_tasks import build_stage_task
+from picovlm.train.stages import train_tokenizer
 
 
 @pytest.mark.parametrize("shape", [(16, 48), (48, 16), (32, 32)])
@@ -63,7 +64,7 @@ def test_muon_gets_the_hidden_matrices_and_adamw_the_rest(tiny_data, tmp_path):
     recipe = RECIPES["tiny"](str(tiny_data))
     tok = train_tokenizer(recipe, tmp_path / "tokenizer.json")
     stage = dataclasses.replace(next(s for s in recipe.stages if s.name == "instruct"), init={})
-    task, _, _ = build_task(recipe, stage, tok)
+    task = build_stage_task(recipe, stage, tok)
     for p in task.model.tower.parameters():
         p.requires_grad = False
     cfg = StageConfig(optimizer="muon", lr=1e-3, muon_lr=0.02, lr_scale={"lm": 0.5})

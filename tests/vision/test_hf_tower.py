@@ -50,7 +50,7 @@ def pixels(n: int = 2) -> torch.Tensor:
 
 
 def test_clip_tower_drops_cls(clip_dir):
-    tower = build_vision_tower(VisionConfig(kind="hf", hf_path=str(clip_dir)))
+    tower = build_vision_tower(VisionConfig(kind="hf", pretrained_path=str(clip_dir)))
     assert (tower.grid, tower.num_patches, tower.hidden_size) == (4, 16, 32)
     x = pixels()
     with torch.no_grad():
@@ -61,7 +61,9 @@ def test_clip_tower_drops_cls(clip_dir):
 
 
 def test_clip_tower_keeps_cls_and_feature_layer(clip_dir):
-    tower = build_vision_tower(VisionConfig(kind="hf", hf_path=str(clip_dir), hf_use_cls=True, hf_feature_layer=-1))
+    tower = build_vision_tower(
+        VisionConfig(kind="hf", pretrained_path=str(clip_dir), pretrained_use_cls=True, pretrained_feature_layer=-1)
+    )
     assert tower.num_patches == 17
     x = pixels()
     with torch.no_grad():
@@ -72,14 +74,14 @@ def test_clip_tower_keeps_cls_and_feature_layer(clip_dir):
 
 
 def test_processor_values_read_from_folder(clip_dir):
-    proc = build_vision_tower(VisionConfig(kind="hf", hf_path=str(clip_dir))).processor
+    proc = build_vision_tower(VisionConfig(kind="hf", pretrained_path=str(clip_dir))).processor
     assert proc.size == 16  # crop_size wins over size
     assert proc.mean == (0.1, 0.2, 0.3) and proc.std == (0.4, 0.5, 0.6)
 
 
 def test_siglip_tower(siglip_dir):
     for use_cls in (False, True):  # SigLIP has no CLS: asking for it changes nothing
-        tower = build_vision_tower(VisionConfig(kind="hf", hf_path=str(siglip_dir), hf_use_cls=use_cls))
+        tower = build_vision_tower(VisionConfig(kind="hf", pretrained_path=str(siglip_dir), pretrained_use_cls=use_cls))
         assert (tower.grid, tower.num_patches, tower.hidden_size) == (4, 16, 32)
         x = pixels()
         with torch.no_grad():
@@ -101,8 +103,8 @@ def test_processor_size_as_int_or_dict(tmp_path):
 
 def test_folder_without_config_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        build_vision_tower(VisionConfig(kind="hf", hf_path=str(tmp_path)))
-    with pytest.raises(ValueError, match="needs hf_path"):
+        build_vision_tower(VisionConfig(kind="hf", pretrained_path=str(tmp_path)))
+    with pytest.raises(ValueError, match="needs pretrained_path"):
         build_vision_tower(VisionConfig(kind="hf"))
     with pytest.raises(ValueError, match="unknown vision tower 'nope'"):
         build_vision_tower(VisionConfig(kind="nope"))
@@ -113,4 +115,4 @@ def test_unsupported_model_type_raises(tmp_path):
 
     BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="unsupported vision model type 'bert'"):
-        build_vision_tower(VisionConfig(kind="hf", hf_path=str(tmp_path)))
+        build_vision_tower(VisionConfig(kind="hf", pretrained_path=str(tmp_path)))

@@ -175,7 +175,9 @@ def pixels(n: int = 2) -> torch.Tensor:
 @pytest.mark.parametrize("feature_layer", [-2, -1, 1])
 def test_patch_features_match_open_clip(case, feature_layer):
     _, folder, ref = case
-    tower = build_vision_tower(VisionConfig(kind="open_clip", hf_path=str(folder), hf_feature_layer=feature_layer))
+    tower = build_vision_tower(
+        VisionConfig(kind="open_clip", pretrained_path=str(folder), pretrained_feature_layer=feature_layer)
+    )
     assert (tower.grid, tower.num_patches, tower.hidden_size) == (4, 16, 32)
     x = pixels()
     with torch.no_grad():
@@ -188,7 +190,9 @@ def test_patch_features_match_open_clip(case, feature_layer):
 
 def test_cls_kept_and_embeddings_layer(case):
     _, folder, ref = case
-    tower = build_vision_tower(VisionConfig(kind="open_clip", hf_path=str(folder), hf_feature_layer=0, hf_use_cls=True))
+    tower = build_vision_tower(
+        VisionConfig(kind="open_clip", pretrained_path=str(folder), pretrained_feature_layer=0, pretrained_use_cls=True)
+    )
     assert tower.num_patches == 17
     x = pixels()
     with torch.no_grad():
@@ -201,7 +205,7 @@ def test_cls_kept_and_embeddings_layer(case):
 def test_pooled_embedding_matches_encode_image(case):
     """ln_post maps too: our ViT's pooled CLS through open_clip's `proj` is open_clip's image embedding."""
     _, folder, ref = case
-    tower = build_vision_tower(VisionConfig(kind="open_clip", hf_path=str(folder)))
+    tower = build_vision_tower(VisionConfig(kind="open_clip", pretrained_path=str(folder)))
     x = pixels()
     with torch.no_grad():
         assert (tower.vit.pooled(x) @ ref.visual.proj - ref.visual(x)).abs().max() < 1e-5
@@ -212,13 +216,13 @@ def test_quick_gelu_is_read_not_guessed(case):
     name, folder, _ = case
     cfg = json.loads((folder / "open_clip_config.json").read_text())
     assert cfg["model_cfg"].get("quick_gelu", False) == (name == "quick_gelu_ls")
-    tower = build_vision_tower(VisionConfig(kind="open_clip", hf_path=str(folder)))
+    tower = build_vision_tower(VisionConfig(kind="open_clip", pretrained_path=str(folder)))
     assert tower.vit.cfg.act == ("quick_gelu" if name == "quick_gelu_ls" else "gelu")
 
 
 def test_preprocessing_read_from_folder(case):
     name, folder, _ = case
-    proc = build_vision_tower(VisionConfig(kind="open_clip", hf_path=str(folder))).processor
+    proc = build_vision_tower(VisionConfig(kind="open_clip", pretrained_path=str(folder))).processor
     assert proc.size == 16  # the tower's image_size, as open_clip sets it
     if name == "gelu":
         assert proc.mean == (0.1, 0.2, 0.3) and proc.std == (0.4, 0.5, 0.6)
@@ -234,7 +238,7 @@ def test_tower_runs_in_a_vlm(case):
 
     _, folder, _ = case
     cfg = VLMConfig(
-        vision=VisionConfig(kind="open_clip", hf_path=str(folder)),
+        vision=VisionConfig(kind="open_clip", pretrained_path=str(folder)),
         projector="pixel_shuffle2",
         lm=GPTConfig(vocab_size=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=16, mlp_hidden=32),
     )
@@ -266,18 +270,18 @@ def write_config(folder, vision_cfg: dict, **model_cfg):
 def test_unsupported_towers_say_so_in_one_line(tmp_path, vision_cfg, message):
     folder = write_config(tmp_path / "m", vision_cfg)
     with pytest.raises(ValueError, match=message) as err:
-        build_vision_tower(VisionConfig(kind="open_clip", hf_path=str(folder)))
+        build_vision_tower(VisionConfig(kind="open_clip", pretrained_path=str(folder)))
     assert "\n" not in str(err.value)
 
 
 def test_missing_files_and_path(tmp_path):
-    with pytest.raises(ValueError, match="needs hf_path"):
+    with pytest.raises(ValueError, match="needs pretrained_path"):
         build_vision_tower(VisionConfig(kind="open_clip"))
     with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
-        build_vision_tower(VisionConfig(kind="open_clip", hf_path=str(tmp_path)))
+        build_vision_tower(VisionConfig(kind="open_clip", pretrained_path=str(tmp_path)))
     folder = write_config(tmp_path / "m", VISION)
     with pytest.raises(FileNotFoundError, match="no open_clip weights"):
-        build_vision_tower(VisionConfig(kind="open_clip", hf_path=str(folder)))
+        build_vision_tower(VisionConfig(kind="open_clip", pretrained_path=str(folder)))
 
 
 def test_weights_that_do_not_fit_the_config(case, tmp_path):
@@ -290,7 +294,7 @@ def test_weights_that_do_not_fit_the_config(case, tmp_path):
     (bad / "open_clip_config.json").write_text(json.dumps(cfg))
     torch.save(ref.state_dict(), bad / "open_clip_pytorch_model.bin")
     with pytest.raises(ValueError, match=r"lack our ViT's blocks\.3\.") as err:
-        build_vision_tower(VisionConfig(kind="open_clip", hf_path=str(bad)))
+        build_vision_tower(VisionConfig(kind="open_clip", pretrained_path=str(bad)))
     assert "\n" not in str(err.value)
 
 

@@ -1,0 +1,173 @@
+"""The stage-task registry: what each kind of training stage (`StageConfig.task`) trains.
+
+A stage task owns everything that differs between kinds of stage: the model it builds, how samples
+become a batch, the loss, how the model's parameters group into checkpoint parts, what the
+checkpoint's config.json records, and how such a checkpoint loads again. Everything else (freezing,
+optimizer, schedule, evaluation, checkpoints, exact resume) is the same for all of them: the loop's
+(`train/loop.py`) and `run_stage`'s (`train/stages.py`).
+
+  lm    picovlm's GPT on text alone, loss on every token
+  clip  the vision tower against a text encoder, contrastively (models/clip.py)
+  vlm   the adapter VLM (models/vlm.py), loss on the assistant's tokens
+
+A new kind of stage is a `StageTask` subclass added to `STAGE_TASKS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from picovlm.checkpoint import EVERYTHING_ELSE, load_weights, read_config
+from picovlm.config import GPTConfig, RecipeConfig, StageConfig, from_dict
+from picovlm.data.batches import Batch, ImageCache, TowerFeatures, clip_batch, text_batch, vlm_batch
+from picovlm.data.formats import Sample
+from picovlm.models.clip import CLIP_HF_PARTS, CLIP_PARTS, CLIPModel, clip_checkpoint_config, load_clip
+from picovlm.models.gpt import GPT
+from picovlm.models.processor import VLMProcessor
+from picovlm.models.vlm import VLM, VLM_PARTS, load_vlm, masked_lm_loss, vlm_checkpoint_config
+from picovlm.text.tokenizer import Tokenizer
+
+
+class StageTask(ABC):
+    """One stage's model and how it learns. A subclass builds `model` in `__init__` (with the
+    tokenizer's vocabulary size) and says how its parameters group into checkpoint `parts`."""
+
+    model: nn.Module
+    parts: dict[str, str]  # checkpoint part -> prefix of its parameter names (`checkpoint.part_of`)
+    # parts the model loads from a pretrained folder that its checkpoint config names: stored only
+    # in a stage where they learn (a locked HF text encoder is rebuilt from its folder instead)
+    pretrained_parts: tuple[str, ...] = ()
+    unit = "tok"  # what `count` counts, for the progress bar's rate
+
+    @abstractmethod
+    def __init__(self, recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer): ...
+
+    @abstractmethod
+    def make_batch(self, samples: list[Sample]) -> Batch: ...
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """The model's mean loss on a batch: the batch's keys are its forward's arguments."""
+        return self.model(**batch)
+
+    def count(self, batch: Batch) -> int:
+        """Units of work in a batch (`unit`), for throughput."""
+        return batch["ids"].numel()
+
+    @abstractmethod
+    def checkpoint_config(self) -> dict[str, Any]:
+        """What config.json records so that `load` can rebuild the model (its "task" among it)."""
+
+    @staticmethod
+    @abstractmethod
+    def load(folder: Path) -> nn.Module:
+        """The model of a checkpoint this task wrote, in eval mode."""
+
+
+class LMTask(StageTask):
+    """Text pretraining of picovlm's GPT (`VLMConfig.lm`): the conversations without their images."""
+
+    parts = {"lm": EVERYTHING_ELSE}
+
+    def __init__(self, recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer):
+        self.cfg, self.tok = dataclasses.replace(recipe.model.lm, vocab_size=tok.vocab_size), tok
+        self.model = GPT(self.cfg)
+
+    def make_batch(self, samples: list[Sample]) -> Batch:
+        return text_batch(samples, self.tok, self.cfg.max_seq_len)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return masked_lm_loss(self.model(batch["ids"]), batch["labels"])
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return {"task": "lm", "model": dataclasses.asdict(self.cfg)}
+
+    @staticmethod
+    def load(folder: Path) -> nn.Module:
+        model = GPT(from_dict(GPTConfig, read_config(folder)["model"]))
+        load_weights(model, folder)
+        return model.eval()
+
+
+class CLIPTask(StageTask):
+    """Contrastive pretraining of the model's vision tower (`VLMConfig.vision`, any kind) against the
+    text encoder of `RecipeConfig.clip`, on image/caption pairs."""
+
+    unit = "img"
+
+    def __init__(self, recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer):
+        text = dataclasses.replace(recipe.clip.text, vocab_size=tok.vocab_size)
+        self.model = CLIPModel(recipe.model.vision, dataclasses.replace(recipe.clip, text=text))
+        locked_text = recipe.clip.text_layout == "hf"
+        self.parts = CLIP_HF_PARTS if locked_text else CLIP_PARTS
+        self.pretrained_parts = ("text",) if locked_text else ()
+        self.captions, self.images = self.model.captions(tok), ImageCache()
+
+    def make_batch(self, samples: list[Sample]) -> Batch:
+        return clip_batch(samples, self.captions, self.model.tower.processor, self.images)
+
+    def count(self, batch: Batch) -> int:
+        return batch["pixels"].shape[0]
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return clip_checkpoint_config(self.model)
+
+    @staticmethod
+    def load(folder: Path) -> nn.Module:
+        return load_clip(folder)[0]
+
+
+class VLMTask(StageTask):
+    """The adapter VLM on captions or conversations, loss on the assistant's tokens."""
+
+    parts = VLM_PARTS
+
+    def __init__(self, recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer):
+        check_isolate_turns(recipe, stage)
+        lm = dataclasses.replace(recipe.model.lm, vocab_size=tok.vocab_size)
+        self.model = VLM(dataclasses.replace(recipe.model, lm=lm), tok.image_id)
+        self.processor = VLMProcessor(tok, self.model.tower.processor, self.model.tokens_per_image, lm.max_seq_len)
+        self.images, self.isolate_turns = ImageCache(), stage.isolate_turns
+        # a tower that does not learn in this stage is run once per image, not once per use (its weights
+        # are loaded before the first batch is drawn, so the features are those of the trained tower)
+        self.features = None if "tower" in stage.trainable else TowerFeatures(self.model.tower, self.images)
+
+    def make_batch(self, samples: list[Sample]) -> Batch:
+        return vlm_batch(samples, self.processor, self.images, self.features, self.isolate_turns)
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return vlm_checkpoint_config(self.model)
+
+    @staticmethod
+    def load(folder: Path) -> nn.Module:
+        return load_vlm(folder)[0]
+
+
+def check_isolate_turns(recipe: RecipeConfig, stage: StageConfig) -> None:
+    if not 0 <= stage.isolate_turns <= 1:
+        raise ValueError(f"stage {stage.name!r}: isolate_turns is a share in [0, 1], got {stage.isolate_turns}")
+    if stage.isolate_turns and recipe.model.lm_kind != "gpt":
+        raise ValueError(f"stage {stage.name!r}: isolate_turns needs picovlm's GPT, not an HF LM")
+
+
+STAGE_TASKS: dict[str, type[StageTask]] = {"lm": LMTask, "clip": CLIPTask, "vlm": VLMTask}
+
+
+def build_stage_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> StageTask:
+    """The task of `stage.task`, its model built with the tokenizer's vocabulary size."""
+    if stage.task not in STAGE_TASKS:
+        raise ValueError(f"stage {stage.name!r}: unknown task {stage.task!r}; known: {', '.join(STAGE_TASKS)}")
+    return STAGE_TASKS[stage.task](recipe, stage, tok)
+
+
+def load_stage_model(folder: str | Path) -> nn.Module:
+    """The model of any stage's checkpoint (eval mode), by the task its config.json names."""
+    task = read_config(folder).get("task")
+    if task not in STAGE_TASKS:
+        raise ValueError(f"{folder}: checkpoint of unknown task {task!r}; known: {', '.join(STAGE_TASKS)}")
+    return STAGE_TASKS[task].load(Path(folder))
