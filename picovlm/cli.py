@@ -10,7 +10,7 @@
     picovlm chat --model runs/tiny/instruct/model
     picovlm serve --model runs/tiny/instruct/model --port 8000
     picovlm demo
-    picovlm export --model runs/demo/instruct/model --format hf-llava out/llava
+    picovlm export --model runs/llava/instruct/model --format hf-llava out/llava  # a LLaVA projector: docs/interop.md
     picovlm import --format hf-llava out/llava runs/imported/model
 
 Anything that goes wrong at run time is reported as one line, `picovlm: error: ...`, with exit code 1:
