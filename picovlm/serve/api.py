@@ -126,6 +126,7 @@ class Answer:
     asyncio queue, and the answer is read off it whole or as server-sent events."""
 
     def __init__(self, scheduler: Scheduler, prep: Prepared, req: ChatRequest, model_name: str):
+        """Submit the request (a full queue is a 503, for the client to retry)."""
         loop, self.events = asyncio.get_running_loop(), asyncio.Queue()
         try:
             self.handle: Handle = scheduler.submit(
