@@ -10,7 +10,7 @@
     picovlm chat --model runs/tiny/instruct/model
     picovlm serve --model runs/tiny/instruct/model --port 8000
     picovlm demo
-    picovlm export --model runs/demo/instruct/model --format hf-llava out/llava
+    picovlm export --model runs/llava/instruct/model --format hf-llava out/llava  # a LLaVA projector: docs/interop.md
     picovlm import --format hf-llava out/llava runs/imported/model
 
 Anything that goes wrong at run time is reported as one line, `picovlm: error: ...`, with exit code 1:
@@ -40,9 +40,13 @@ from picovlm.eval.harness import markdown_table, run_eval, score_files
 from picovlm.eval.tasks import GENERATION_TASKS, TASK_NAMES
 from picovlm.eval.vqa import evaluate_vqa
 from picovlm.presets import DATA_PRESETS, RECIPES
+from picovlm.serve.config import ServeConfig
+from picovlm.serve.protocol import Limits
 from picovlm.text.tokens import IMAGE
 from picovlm.train.stages import run_recipe
 from picovlm.vision.image import load_image
+
+MB = 1024 * 1024
 
 
 def _positive_int(text: str) -> int:
@@ -207,32 +211,37 @@ def cmd_chat(args: argparse.Namespace) -> int:
         except EOFError:
             print()
             return 0
-        if not line:
-            continue
-        command, _, arg = line.partition(" ")
-        arg, answering = arg.strip(), False
-        try:
-            if command == "/quit":
-                return 0
-            elif command == "/reset":
-                session.reset()
-                print("(conversation cleared)")
-            elif command == "/image":
-                n = session.attach(arg or "(no path given)")
-                print(f"(image added to your next message; {n} in the conversation)")
-            elif command == "/save":
-                print(f"(saved to {session.save(arg or '(no file given)')})")
-            elif command.startswith("/"):
-                raise ValueError(f"unknown command {command}; {CHAT_HELP}")
-            else:
-                print("picovlm> ", end="", flush=True)
-                answering = True
-                for piece in session.send(line):
-                    print(piece, end="", flush=True)
-                print()
-        except (ValueError, OSError) as e:  # a bad path, or the conversation outgrew the context
-            lead, hint = ("\n", " (/reset starts over)") if answering else ("", "")
-            print(f"{lead}picovlm: error: {e}{hint}", file=sys.stderr)
+        if line.partition(" ")[0] == "/quit":
+            return 0
+        if line:
+            _chat_line(session, line)
+
+
+def _chat_line(session: ChatSession, line: str) -> None:
+    """One line of the chat: a /command, or a message answered as it is decoded. A bad path, or a
+    conversation that outgrew the context, is one error line and the chat goes on."""
+    command, _, arg = line.partition(" ")
+    arg, answering = arg.strip(), False
+    try:
+        if command == "/reset":
+            session.reset()
+            print("(conversation cleared)")
+        elif command == "/image":
+            n = session.attach(arg or "(no path given)")
+            print(f"(image added to your next message; {n} in the conversation)")
+        elif command == "/save":
+            print(f"(saved to {session.save(arg or '(no file given)')})")
+        elif command.startswith("/"):
+            raise ValueError(f"unknown command {command}; {CHAT_HELP}")
+        else:
+            print("picovlm> ", end="", flush=True)
+            answering = True
+            for piece in session.send(line):
+                print(piece, end="", flush=True)
+            print()
+    except (ValueError, OSError) as e:
+        lead, hint = ("\n", " (/reset starts over)") if answering else ("", "")
+        print(f"{lead}picovlm: error: {e}{hint}", file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -240,17 +249,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from picovlm.serve.api import run_server
     except ImportError as e:
         raise ValueError(f"serving needs FastAPI and uvicorn: pip install 'picovlm[serve]' ({e})") from None
-    from picovlm.serve.protocol import Limits
-
     limits = Limits(
         max_images=args.max_images,
         allow_image_urls=args.allow_image_urls,
-        max_body_bytes=args.max_body_mb * 1024 * 1024,
+        max_body_bytes=args.max_body_mb * MB,
     )
-    api_key = args.api_key or os.environ.get("PICOVLM_API_KEY") or None
+    cfg = ServeConfig(
+        model_name=args.name,
+        api_key=args.api_key or os.environ.get("PICOVLM_API_KEY") or None,
+        max_batch=args.max_batch,
+        host=args.host,
+        port=args.port,
+        limits=limits,
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_server(args.model, args.host, args.port, args.name, api_key, limits, args.max_batch)
+    run_server(args.model, cfg)
     return 0
 
 
@@ -310,8 +324,15 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="picovlm", description="Build, train, evaluate and chat with small VLMs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    presets = sorted(RECIPES)
+    for add_command in COMMANDS:
+        add_command(sub)
+    return parser
 
+
+Subparsers = argparse._SubParsersAction  # what `add_subparsers` returns
+
+
+def _data_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "data",
         help="generate a shapes dataset",
@@ -327,13 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", metavar="N", type=int, help="random seed (default: the preset's)")
     p.set_defaults(run=cmd_data)
 
+
+def _train_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "train",
         help="train a recipe's stages",
         description="Train the stages of a recipe in order; each stage writes a checkpoint to OUT/<stage>/model.",
     )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", choices=presets, help="a built-in recipe")
+    source.add_argument("--preset", choices=sorted(RECIPES), help="a built-in recipe")
     source.add_argument(
         "--config", metavar="FILE", type=Path, help="a recipe JSON file (start from the output of --dump-config)"
     )
@@ -348,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dump-config", action="store_true", help="print the recipe as JSON and exit")
     p.set_defaults(run=cmd_train)
 
+
+def _eval_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "eval",
         help="score a model on VQA data or a benchmark task",
@@ -383,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", metavar="N", type=_positive_int, default=32, help="questions decoded together (default: 32)"
     )
+    _add_eval_output_args(p)
+    p.set_defaults(run=cmd_eval)
+
+
+def _add_eval_output_args(p: argparse.ArgumentParser) -> None:
+    """Where eval writes, and the options of single benchmarks."""
     p.add_argument(
         "--out",
         metavar="FILE",
@@ -398,8 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
         "'Answer the question using a single word or phrase.'; '' for none)",
     )
     p.add_argument("--endpoint-model", metavar="NAME", default="default", help="the model name sent to --endpoint")
-    p.set_defaults(run=cmd_eval)
 
+
+def _score_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "score",
         help="score an official-format result file (no model)",
@@ -419,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", metavar="FILE", type=Path, required=True, help="the result file to score")
     p.set_defaults(run=cmd_score)
 
+
+def _eval_data_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "eval-data",
         help="write small benchmark-format eval sets",
@@ -433,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", metavar="N", type=int, default=0, help="random seed (default: 0)")
     p.set_defaults(run=cmd_eval_data)
 
+
+def _generate_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "generate",
         help="answer one prompt about an image",
@@ -444,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(p)
     p.set_defaults(run=cmd_generate)
 
+
+def _chat_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "chat",
         help="multi-turn chat in the terminal",
@@ -454,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(p)
     p.set_defaults(run=cmd_chat)
 
+
+def _serve_parser(sub: Subparsers) -> None:
+    cfg, limits = ServeConfig(), Limits()  # the defaults
     p = sub.add_parser(
         "serve",
         help="OpenAI-compatible server and web chat page",
@@ -461,15 +502,25 @@ def build_parser() -> argparse.ArgumentParser:
         "GET /v1/models, GET /health, and a chat page at /. Concurrent requests are decoded in one batch.",
     )
     p.add_argument("--model", metavar="DIR", type=Path, required=True, help="checkpoint folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--name", default="picovlm", help="the model name clients send (default: picovlm)")
+    p.add_argument("--host", default=cfg.host, help=f"address to listen on (default: {cfg.host}, this machine only)")
+    p.add_argument("--port", type=int, default=cfg.port, help=f"port (default: {cfg.port})")
+    p.add_argument("--name", default=cfg.model_name, help=f"the model name clients send (default: {cfg.model_name})")
     p.add_argument(
         "--api-key", metavar="KEY", help="require Authorization: Bearer KEY (default: $PICOVLM_API_KEY, else no auth)"
     )
-    p.add_argument("--max-batch", metavar="N", type=_positive_int, default=16, help="most requests decoded together")
-    p.add_argument("--max-images", metavar="N", type=_positive_int, default=8, help="most images per request")
-    p.add_argument("--max-body-mb", metavar="MB", type=_positive_int, default=32, help="largest request body")
+    p.add_argument(
+        "--max-batch", metavar="N", type=_positive_int, default=cfg.max_batch, help="most requests decoded together"
+    )
+    p.add_argument(
+        "--max-images", metavar="N", type=_positive_int, default=limits.max_images, help="most images per request"
+    )
+    p.add_argument(
+        "--max-body-mb",
+        metavar="MB",
+        type=_positive_int,
+        default=limits.max_body_bytes // MB,
+        help="largest request body",
+    )
     p.add_argument("--allow-image-urls", action="store_true", help="fetch http(s) image URLs (default: data URLs only)")
     p.add_argument(
         "--threads",
@@ -479,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=cmd_serve)
 
+
+def _demo_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "demo",
         help="data, training, evaluation and a sample chat in one go",
@@ -493,10 +546,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("data/demo"),
         help="dataset folder, reused when it holds the preset's data (default: data/demo)",
     )
-    p.add_argument("--preset", choices=presets, default="demo", help="data and recipe preset (default: demo)")
+    p.add_argument("--preset", choices=sorted(RECIPES), default="demo", help="data and recipe preset (default: demo)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(run=cmd_demo)
 
+
+def _export_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "export",
         help="write a model as an HF folder",
@@ -510,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT", type=Path, help="folder to write")
     p.set_defaults(run=cmd_export)
 
+
+def _import_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "import",
         help="read an HF folder into a picovlm checkpoint",
@@ -519,7 +576,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="SRC", type=Path, help="HF folder to read")
     p.add_argument("out", metavar="OUT", type=Path, help="checkpoint folder to write")
     p.set_defaults(run=cmd_import)
-    return parser
+
+
+COMMANDS = (  # in the order `picovlm --help` lists them
+    _data_parser,
+    _train_parser,
+    _eval_parser,
+    _score_parser,
+    _eval_data_parser,
+    _generate_parser,
+    _chat_parser,
+    _serve_parser,
+    _demo_parser,
+    _export_parser,
+    _import_parser,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,20 +79,15 @@ def llava_canonical(key: str) -> str:
 
 
 def _projector_to_hf(name: str, proj: torch.nn.Module, dim: int) -> tuple[dict[str, torch.Tensor], str]:
-    """(linear_1/linear_2 tensors, act) of an exportable projector."""
-    eye, zero = torch.eye(dim), torch.zeros(dim)
+    """(linear_1/linear_2 tensors, act) of an exportable projector. LLaVA's is linear -> act -> linear,
+    so one linear layer (or none, for identity) is written with act "linear" and identity matrices."""
     if name == "mlp2x_gelu":
         first, second = proj.net[0], proj.net[2]
         w = {"linear_1.weight": first.weight, "linear_1.bias": first.bias}
         return {**w, "linear_2.weight": second.weight, "linear_2.bias": second.bias}, "gelu"
-    if name == "linear":
-        first = proj.net[0]
-        return {"linear_1.weight": first.weight, "linear_1.bias": first.bias, **_eye2(eye, zero)}, "linear"
-    return {"linear_1.weight": eye, "linear_1.bias": zero, **_eye2(eye, zero)}, "linear"  # identity
-
-
-def _eye2(eye: torch.Tensor, zero: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"linear_2.weight": eye, "linear_2.bias": zero}
+    eye, zero = torch.eye(dim), torch.zeros(dim)
+    w1, b1 = (proj.net[0].weight, proj.net[0].bias) if name == "linear" else (eye, zero)  # else identity
+    return {"linear_1.weight": w1, "linear_1.bias": b1, "linear_2.weight": eye, "linear_2.bias": zero}, "linear"
 
 
 def to_llava(model: VLM, tok: Tokenizer):
@@ -178,28 +173,11 @@ def export_llava(model_path: str | Path, out: str | Path) -> Path:
 
 def import_llava(folder: str | Path, out: str | Path) -> Path:
     """Read an HF LLaVA folder (CLIP tower, Llama/Qwen3 LM, our tokenizer) into a picovlm checkpoint."""
-    from transformers import AutoConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     folder, out = Path(folder), Path(out)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: no config.json; expected an HF LLaVA folder")
-    hf_cfg = AutoConfig.from_pretrained(folder)
-    if hf_cfg.model_type != "llava":
-        raise ValueError(f"{folder}: a {hf_cfg.model_type!r} model, not llava")
+    hf_cfg, tok = _read_llava_folder(folder)
     vcfg = hf_cfg.vision_config
-    if vcfg.model_type not in ("clip_vision_model", "clip"):
-        raise ValueError(f"{folder}: vision tower {vcfg.model_type!r}; only CLIP vision towers map onto our ViT")
-    if hf_cfg.vision_feature_select_strategy != "default" or not isinstance(hf_cfg.vision_feature_layer, int):
-        raise ValueError(f"{folder}: only vision_feature_select_strategy 'default' with one feature layer maps")
-    tok_file = folder / "tokenizer.json"
-    try:
-        tok = Tokenizer.load(tok_file)
-    except ValueError as e:
-        raise ValueError(f"{e}; importing a LLaVA with a foreign tokenizer is not supported") from None
-    image_id = hf_cfg.image_token_index if hasattr(hf_cfg, "image_token_index") else hf_cfg.image_token_id
-    if image_id != tok.image_id:
-        raise ValueError(f"{folder}: image token id {image_id} is not the tokenizer's {IMAGE} ({tok.image_id})")
-
     ip = read_image_processor(folder, vcfg.image_size)
     vit = vit_config_from_hf(vcfg, hf_cfg.vision_feature_layer, ip.mean, ip.std)
     lm = gpt_config_from_hf(hf_cfg.text_config)
@@ -225,6 +203,30 @@ def import_llava(folder: str | Path, out: str | Path) -> Path:
         tok.save(plain)
         save_checkpoint(out, model, config, VLM_PARTS, {}, plain)
     return out
+
+
+def _read_llava_folder(folder: Path):
+    """(HF LlavaConfig, our Tokenizer) of a folder whose parts picovlm can hold; otherwise one line why."""
+    from transformers import AutoConfig
+
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no config.json; expected an HF LLaVA folder")
+    hf_cfg = AutoConfig.from_pretrained(folder)
+    if hf_cfg.model_type != "llava":
+        raise ValueError(f"{folder}: a {hf_cfg.model_type!r} model, not llava")
+    vcfg = hf_cfg.vision_config
+    if vcfg.model_type not in ("clip_vision_model", "clip"):
+        raise ValueError(f"{folder}: vision tower {vcfg.model_type!r}; only CLIP vision towers map onto our ViT")
+    if hf_cfg.vision_feature_select_strategy != "default" or not isinstance(hf_cfg.vision_feature_layer, int):
+        raise ValueError(f"{folder}: only vision_feature_select_strategy 'default' with one feature layer maps")
+    try:
+        tok = Tokenizer.load(folder / "tokenizer.json")
+    except ValueError as e:
+        raise ValueError(f"{e}; importing a LLaVA with a foreign tokenizer is not supported") from None
+    image_id = hf_cfg.image_token_index if hasattr(hf_cfg, "image_token_index") else hf_cfg.image_token_id
+    if image_id != tok.image_id:
+        raise ValueError(f"{folder}: image token id {image_id} is not the tokenizer's {IMAGE} ({tok.image_id})")
+    return hf_cfg, tok
 
 
 def _projector_from_hf(act: str, sd: dict[str, torch.Tensor], folder: Path) -> tuple[str, dict[str, torch.Tensor]]:

@@ -84,8 +84,9 @@ def gpt_unmappable(cfg: GPTConfig) -> str | None:
     return None
 
 
-def gpt_hf_config(cfg: GPTConfig, **extra):
-    """The HF config of our GPT's twin: `LlamaConfig`, or `Qwen3Config` when qk_norm is on."""
+def gpt_hf_config(cfg: GPTConfig, **hf_fields):
+    """The HF config of our GPT's twin: `LlamaConfig`, or `Qwen3Config` when qk_norm is on.
+    `hf_fields` go into it as they are (e.g. the special token ids, which our GPTConfig does not hold)."""
     from transformers import LlamaConfig, Qwen3Config
 
     common = dict(
@@ -102,7 +103,7 @@ def gpt_hf_config(cfg: GPTConfig, **extra):
         tie_word_embeddings=cfg.tie_embeddings,
         attention_bias=False,
         hidden_act="silu",
-        **extra,
+        **hf_fields,
     )
     if cfg.qk_norm:
         return Qwen3Config(**common)
@@ -283,10 +284,3 @@ def fit_state_dict(hf_keys: list[str], ours: StateDict, canonical: Callable[[str
     if unused:
         raise ValueError(f"picovlm weight {unused[0]} has no place in the HF model ({len(unused)} unused)")
     return out
-
-
-def strip_prefixes(key: str, prefixes: tuple[str, ...]) -> str:
-    for p in prefixes:
-        if key.startswith(p):
-            return key[len(p) :]
-    return key

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
+from picovlm.serve.config import ServeConfig
 from picovlm.serve.protocol import (
     APIError,
     ChatRequest,
@@ -42,11 +43,15 @@ from picovlm.serve.protocol import (
     parse_chat_request,
     usage,
 )
-from picovlm.serve.scheduler import Event, QueueFull, Scheduler
+from picovlm.serve.scheduler import Event, Handle, QueueFull, Scheduler
 from picovlm.text.chat import render_prompt
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may hold pieces back
+
+
+# ---------------------------------------------------------------------------- a request, before the scheduler
 
 
 @dataclass
@@ -58,22 +63,7 @@ class Prepared:
 
 def prepare(pipe: Pipeline, req: ChatRequest, limits: Limits) -> Prepared:
     """Count tokens (refusing what cannot fit before decoding any image), decode images, encode."""
-    try:
-        text_ids = render_prompt(pipe.tokenizer, req.messages)
-    except ValueError as e:
-        raise APIError(400, str(e), "messages") from None
-    context = pipe.processor.max_len
-    n_prompt = len(text_ids) + len(req.image_sources) * (pipe.processor.tokens_per_image - 1)
-    max_tokens = req.max_tokens if req.max_tokens is not None else context - n_prompt
-    if n_prompt + max(max_tokens, 1) > context:
-        raise APIError(
-            400,
-            f"the prompt is {n_prompt} tokens ({len(req.image_sources)} images x "
-            f"{pipe.processor.tokens_per_image} included); with {max_tokens} new tokens it exceeds "
-            f"the model's context of {context}",
-            "messages",
-            "context_length_exceeded",
-        )
+    max_tokens = _new_tokens(pipe, req)
     images = [decode_image(param, url, limits) for param, url in req.image_sources]
     try:
         enc = pipe.processor.encode_prompt(req.messages, images, reserve=max_tokens)
@@ -90,8 +80,29 @@ def prepare(pipe: Pipeline, req: ChatRequest, limits: Limits) -> Prepared:
     return Prepared(enc.ids, enc.pixels, params)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than `limit` bytes without reading them all first."""
+def _new_tokens(pipe: Pipeline, req: ChatRequest) -> int:
+    """How many tokens the answer may have: max_tokens, or what the context leaves; refused if the
+    prompt (each image counted as its tokens) and that many new tokens do not fit."""
+    try:
+        text_ids = render_prompt(pipe.tokenizer, req.messages)
+    except ValueError as e:
+        raise APIError(400, str(e), "messages") from None
+    context, per_image = pipe.processor.max_len, pipe.processor.tokens_per_image
+    n_prompt = len(text_ids) + len(req.image_sources) * (per_image - 1)
+    max_tokens = req.max_tokens if req.max_tokens is not None else context - n_prompt
+    if n_prompt + max(max_tokens, 1) > context:
+        raise APIError(
+            400,
+            f"the prompt is {n_prompt} tokens ({len(req.image_sources)} images x {per_image} included); "
+            f"with {max_tokens} new tokens it exceeds the model's context of {context}",
+            "messages",
+            "context_length_exceeded",
+        )
+    return max_tokens
+
+
+async def _read_json(request: Request, limit: int) -> object:
+    """The decoded JSON body, refusing more than `limit` bytes without reading them all first."""
     too_large = APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -101,23 +112,170 @@ async def _read_body(request: Request, limit: int) -> bytes:
         body += part
         if len(body) > limit:
             raise too_large
-    return bytes(body)
+    try:
+        return json.loads(bytes(body))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+
+
+# ---------------------------------------------------------------------------- a request in the scheduler
+
+
+class Answer:
+    """One submitted request as the event loop sees it: the scheduler thread puts its events on an
+    asyncio queue, and the answer is read off it whole or as server-sent events."""
+
+    def __init__(self, scheduler: Scheduler, prep: Prepared, req: ChatRequest, model_name: str):
+        """Submit the request (a full queue is a 503, for the client to retry)."""
+        loop, self.events = asyncio.get_running_loop(), asyncio.Queue()
+        try:
+            self.handle: Handle = scheduler.submit(
+                prep.ids,
+                prep.pixels,
+                prep.params,
+                emit=lambda ev: loop.call_soon_threadsafe(self.events.put_nowait, ev),
+                ignore_eos=req.ignore_eos,
+            )
+        except QueueFull as e:
+            raise APIError(503, str(e), code="server_overloaded", type="server_error") from None
+        self.id, self.model_name, self.include_usage = new_id(), model_name, req.include_usage
+
+    async def ready(self) -> AsyncIterator[list[Event]]:
+        """The events, all that are ready at once (one write for several tokens when the client
+        falls behind); if the client leaves first (cancellation), its row is freed."""
+        finished = False
+        try:
+            while not finished:
+                ready = [await self.events.get()]
+                while not self.events.empty():
+                    ready.append(self.events.get_nowait())
+                finished = ready[-1].finish_reason is not None
+                yield ready
+        finally:
+            if not finished:
+                self.handle.cancel()
+
+    async def whole(self) -> dict:
+        """The `chat.completion` object, once the answer is complete."""
+        pieces, last = [], Event()
+        async for ready in self.ready():
+            pieces += [e.text for e in ready]
+            last = ready[-1]
+        if last.error is not None:
+            raise APIError(500, f"generation failed: {last.error}", type="server_error")
+        text = "".join(pieces)
+        return completion(
+            self.id, self.model_name, text, last.finish_reason, self.handle.prompt_tokens, last.completion_tokens
+        )
+
+    async def stream(self) -> AsyncIterator[str]:
+        """Server-sent `chat.completion.chunk`s: the role, the text pieces, the finish (and usage), [DONE]."""
+        yield self._chunk({"role": "assistant", "content": ""})
+        async for ready in self.ready():
+            failed = next((e for e in ready if e.error is not None), None)
+            if failed is not None:
+                yield _sse(APIError(500, f"generation failed: {failed.error}", type="server_error").body())
+                return
+            yield "".join(self._chunks(event) for event in ready)
+        yield _sse("[DONE]")
+
+    def _chunks(self, event: Event) -> str:
+        out = self._chunk({"content": event.text}) if event.text else ""
+        if event.finish_reason is not None:
+            out += self._chunk({}, event.finish_reason)
+            if self.include_usage:
+                out += self._chunk(None, use=usage(self.handle.prompt_tokens, event.completion_tokens))
+        return out
+
+    def _chunk(self, delta: dict | None, finish: str | None = None, use: dict | None = None) -> str:
+        return _sse(chunk(self.id, self.model_name, delta, finish, use, with_usage_field=self.include_usage))
 
 
 def _sse(obj: dict | str) -> str:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n"
 
 
-def create_app(
-    pipe: Pipeline,
-    model_name: str = "picovlm",
-    api_key: str | None = None,
-    limits: Limits | None = None,
-    max_batch: int = 16,
-) -> FastAPI:
+# ---------------------------------------------------------------------------- routes
+
+
+class Routes:
+    """The route handlers, over one pipeline, its scheduler and the config (no global state)."""
+
+    def __init__(self, pipe: Pipeline, scheduler: Scheduler, cfg: ServeConfig):
+        self.pipe, self.scheduler, self.cfg = pipe, scheduler, cfg
+
+    def check_key(self, request: Request) -> None:
+        key = self.cfg.api_key
+        if key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise APIError(401, "missing or incorrect API key (send Authorization: Bearer KEY)", code="invalid_api_key")
+
+    async def page(self) -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    async def health(self) -> dict:
+        s = self.scheduler
+        return {"status": "ok", "model": self.cfg.model_name, "running": s.running, "waiting": s.waiting}
+
+    def model_card(self) -> dict:
+        return {"id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "picovlm"}
+
+    async def models(self, request: Request) -> dict:
+        self.check_key(request)
+        return {"object": "list", "data": [self.model_card()]}
+
+    async def model(self, name: str, request: Request) -> dict:
+        self.check_key(request)
+        if name != self.cfg.model_name:
+            raise APIError(404, f"the model {name!r} does not exist", "model", "model_not_found")
+        return self.model_card()
+
+    async def chat_completions(self, request: Request) -> dict | StreamingResponse:
+        """Validate, tokenize and decode the images off the event loop, submit, then answer."""
+        self.check_key(request)
+        limits = self.cfg.limits
+        req = parse_chat_request(await _read_json(request, limits.max_body_bytes), self.cfg.model_name, limits)
+        prep = await run_in_threadpool(prepare, self.pipe, req, limits)
+        answer = Answer(self.scheduler, prep, req, self.cfg.model_name)
+        if not req.stream:
+            return await answer.whole()
+        return StreamingResponse(answer.stream(), media_type="text/event-stream", headers=STREAM_HEADERS)
+
+    def add_to(self, app: FastAPI) -> None:
+        app.get("/", include_in_schema=False)(self.page)
+        app.get("/health")(self.health)
+        app.get("/v1/models")(self.models)
+        app.get("/v1/models/{name:path}")(self.model)
+        app.post("/v1/chat/completions", response_model=None)(self.chat_completions)  # a dict or a stream
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+async def _api_error(request: Request, e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown route 404, wrong method 405) in OpenAI's shape too."""
+    return JSONResponse(APIError(e.status_code, str(e.detail), code=None).body(), status_code=e.status_code)
+
+
+async def _unexpected(request: Request, e: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    body = APIError(500, "internal server error", type="server_error").body()
+    return JSONResponse(body, status_code=500)
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+def create_app(pipe: Pipeline, cfg: ServeConfig | None = None) -> FastAPI:
     """The app; its scheduler thread starts and stops with the app's lifespan."""
-    limits = limits or Limits()
-    scheduler = Scheduler(pipe, max_batch=max_batch)
+    cfg = cfg or ServeConfig()
+    scheduler = Scheduler(pipe, max_batch=cfg.max_batch)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -127,143 +285,21 @@ def create_app(
 
     app = FastAPI(title="picovlm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.scheduler = scheduler
-
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, e: APIError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(APIError(e.status_code, str(e.detail), code=None).body(), status_code=e.status_code)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, e: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        body = APIError(500, "internal server error", type="server_error").body()
-        return JSONResponse(body, status_code=500)
-
-    def check_key(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise APIError(401, "missing or incorrect API key (send Authorization: Bearer KEY)", code="invalid_api_key")
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
-
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "model": model_name, "running": scheduler.running, "waiting": scheduler.waiting}
-
-    def model_card() -> dict:
-        return {"id": model_name, "object": "model", "created": 0, "owned_by": "picovlm"}
-
-    @app.get("/v1/models")
-    async def models(request: Request) -> dict:
-        check_key(request)
-        return {"object": "list", "data": [model_card()]}
-
-    @app.get("/v1/models/{name:path}")
-    async def model(name: str, request: Request) -> dict:
-        check_key(request)
-        if name != model_name:
-            raise APIError(404, f"the model {name!r} does not exist", "model", "model_not_found")
-        return model_card()
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        check_key(request)
-        raw = await _read_body(request, limits.max_body_bytes)
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
-        req = parse_chat_request(body, model_name, limits)
-        prep = await run_in_threadpool(prepare, pipe, req, limits)
-
-        loop, events = asyncio.get_running_loop(), asyncio.Queue()
-        try:
-            handle = scheduler.submit(
-                prep.ids,
-                prep.pixels,
-                prep.params,
-                emit=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
-                ignore_eos=req.ignore_eos,
-            )
-        except QueueFull as e:
-            raise APIError(503, str(e), code="server_overloaded", type="server_error") from None
-        cid = new_id()
-
-        async def relay() -> AsyncIterator[list[Event]]:
-            """The request's events, all that are ready at once (one write for several tokens when the
-            client falls behind); if the client leaves first (cancellation), its row is freed."""
-            finished = False
-            try:
-                while not finished:
-                    ready = [await events.get()]
-                    while not events.empty():
-                        ready.append(events.get_nowait())
-                    finished = ready[-1].finish_reason is not None
-                    yield ready
-            finally:
-                if not finished:
-                    handle.cancel()
-
-        if not req.stream:
-            pieces, last = [], Event()
-            async for ready in relay():
-                pieces += [e.text for e in ready]
-                last = ready[-1]
-            if last.error is not None:
-                raise APIError(500, f"generation failed: {last.error}", type="server_error")
-            return completion(
-                cid, model_name, "".join(pieces), last.finish_reason, handle.prompt_tokens, last.completion_tokens
-            )
-
-        def piece(delta: dict | None, finish: str | None = None, use: dict | None = None) -> str:
-            return _sse(chunk(cid, model_name, delta, finish, use, with_usage_field=req.include_usage))
-
-        async def stream() -> AsyncIterator[str]:
-            yield piece({"role": "assistant", "content": ""})
-            async for ready in relay():
-                out = []
-                for event in ready:
-                    if event.error is not None:
-                        yield _sse(APIError(500, f"generation failed: {event.error}", type="server_error").body())
-                        return
-                    if event.text:
-                        out.append(piece({"content": event.text}))
-                    if event.finish_reason is not None:
-                        out.append(piece({}, event.finish_reason))
-                        if req.include_usage:
-                            out.append(piece(None, use=usage(handle.prompt_tokens, event.completion_tokens)))
-                yield "".join(out)
-            yield _sse("[DONE]")
-
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
-
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    Routes(pipe, scheduler, cfg).add_to(app)
     return app
 
 
-def run_server(
-    model: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    name: str = "picovlm",
-    api_key: str | None = None,
-    limits: Limits | None = None,
-    max_batch: int = 16,
-) -> None:
+def run_server(model: str | Path, cfg: ServeConfig | None = None) -> None:
     """Load a checkpoint and serve it until interrupted."""
     import uvicorn
 
+    cfg = cfg or ServeConfig()
     pipe = Pipeline.load(model)
-    app = create_app(pipe, name, api_key=api_key, limits=limits, max_batch=max_batch)
+    app = create_app(pipe, cfg)
     started = time.time()
-    log.info("serving %s as %r on http://%s:%d", model, name, host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    log.info("serving %s as %r on http://%s:%d", model, cfg.model_name, cfg.host, cfg.port)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
     log.info("stopped after %.0f s", time.time() - started)

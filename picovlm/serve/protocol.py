@@ -18,7 +18,7 @@ import re
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -70,7 +70,6 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     ignore_eos: bool = False  # extension (as in vLLM): decode exactly max_tokens tokens, for benchmarks
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?),(?P<data>.*)$", re.DOTALL)
@@ -113,113 +112,60 @@ def _integer(body: dict, name: str, lo: int) -> int | None:
 
 
 def _text_of(content: Any, param: str, allow_images: bool, images: list[tuple[str, str]]) -> str:
-    """A message's content (a string or a list of parts) as template text with <|image|> placeholders."""
+    """A message's content (a string or a list of parts) as template text with <|image|> placeholders;
+    the image sources are appended to `images`."""
     if content is None:
         return ""
     if isinstance(content, str):
-        parts: list[Any] = [{"type": "text", "text": content}]
-    elif isinstance(content, list):
-        parts = content
-    else:
+        return _part_text({"type": "text", "text": content}, param, allow_images, images)
+    if not isinstance(content, list):
         raise _bad(f"{param} must be a string or a list of content parts", param)
-    pieces = []
-    for j, part in enumerate(parts):
-        where = f"{param}[{j}]" if isinstance(content, list) else param
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise _bad(f"{where}.text must be a string", f"{where}.text")
-            for special in SPECIAL_TOKENS:
-                if special in text:
-                    raise _bad(f"{where}: text may not contain the special token {special}", where)
-            pieces.append(text)
-        elif kind == "image_url" and allow_images:
-            spec = part.get("image_url")
-            url = spec.get("url") if isinstance(spec, dict) else spec
-            if not isinstance(url, str):
-                raise _bad(f"{where}.image_url.url must be a string (a data URL)", f"{where}.image_url")
-            images.append((f"{where}.image_url", url))
-            pieces.append(IMAGE)
-        elif kind == "image_url":
-            raise _bad(f"{where}: only user messages may contain images", where)
-        else:
-            raise _bad(f"{where}: unsupported content part type {kind!r} (use 'text' or 'image_url')", where)
-    return "\n".join(pieces)
+    return "\n".join(_part_text(part, f"{param}[{j}]", allow_images, images) for j, part in enumerate(content))
+
+
+def _part_text(part: Any, where: str, allow_images: bool, images: list[tuple[str, str]]) -> str:
+    """One content part: its text, or <|image|> for an image (whose source goes to `images`)."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text":
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise _bad(f"{where}.text must be a string", f"{where}.text")
+        for special in SPECIAL_TOKENS:
+            if special in text:
+                raise _bad(f"{where}: text may not contain the special token {special}", where)
+        return text
+    if kind == "image_url" and allow_images:
+        spec = part.get("image_url")
+        url = spec.get("url") if isinstance(spec, dict) else spec
+        if not isinstance(url, str):
+            raise _bad(f"{where}.image_url.url must be a string (a data URL)", f"{where}.image_url")
+        images.append((f"{where}.image_url", url))
+        return IMAGE
+    if kind == "image_url":
+        raise _bad(f"{where}: only user messages may contain images", where)
+    raise _bad(f"{where}: unsupported content part type {kind!r} (use 'text' or 'image_url')", where)
 
 
 def parse_chat_request(body: Any, model_name: str, limits: Limits) -> ChatRequest:
-    """Validate a decoded JSON body; raise APIError saying which field is wrong and why."""
+    """Validate a decoded JSON body; raise APIError saying which field is wrong and why.
+    The checks run in a fixed order, so a body with several problems always names the same one."""
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("model is required (see GET /v1/models)", "model")
-    if model != model_name:
-        raise APIError(
-            404, f"the model {model!r} does not exist; this server has {model_name!r}", "model", "model_not_found"
-        )
-    for name, allowed in _UNSUPPORTED.items():
-        if name in body and body[name] not in allowed:
-            raise _bad(f"{name} is not supported by this server", name, "unsupported_parameter")
-    n = _integer(body, "n", 1)
-    if n not in (None, 1):
-        raise _bad("only n=1 is supported", "n", "unsupported_parameter")
-
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise _bad("messages must be a non-empty list", "messages")
-    messages: list[dict[str, str]] = []
-    images: list[tuple[str, str]] = []
-    system: list[str] = []  # system/developer text is put in front of the next user message
-    for i, m in enumerate(raw):
-        param = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise _bad(f"{param} must be an object with role and content", param)
-        role = m.get("role")
-        if role in ("system", "developer"):
-            system.append(_text_of(m.get("content"), f"{param}.content", False, images))
-        elif role == "user":
-            text = _text_of(m.get("content"), f"{param}.content", True, images)
-            messages.append({"role": "user", "content": "\n\n".join([*system, text])})
-            system = []
-        elif role == "assistant":
-            messages.append(
-                {"role": "assistant", "content": _text_of(m.get("content"), f"{param}.content", False, images)}
-            )
-        else:
-            raise _bad(f"{param}.role must be system, user or assistant, got {role!r}", f"{param}.role")
-    if not messages or messages[-1]["role"] != "user":
-        raise _bad("the last message must be from the user", "messages")
-    if len(images) > limits.max_images:
-        raise _bad(
-            f"{len(images)} images in the conversation; at most {limits.max_images} are allowed",
-            "messages",
-            "too_many_images",
-        )
-
+    _check_model(body, model_name)
+    _refuse_unsupported(body)
+    messages, images = _conversation(body.get("messages"), limits)
     max_tokens = _integer(body, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens", 1)
-    stop = body.get("stop")
-    if stop is None:
-        stop = []
-    elif isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
-        raise _bad("stop must be a non-empty string or a list of at most 4 of them", "stop")
-    stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise _bad("stream must be a boolean", "stream")
+    stop = _stop_strings(body.get("stop"))
+    stream = _boolean(body, "stream")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict) or (options and not stream):
         raise _bad("stream_options is an object, and only allowed with stream=true", "stream_options")
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise _bad("seed must be an integer", "seed")
-    ignore_eos = body.get("ignore_eos") or False
-    if not isinstance(ignore_eos, bool):
-        raise _bad("ignore_eos must be a boolean", "ignore_eos")
+    ignore_eos = _boolean(body, "ignore_eos")
     if ignore_eos and max_tokens is None:
         raise _bad("ignore_eos needs max_tokens", "max_tokens")
     return ChatRequest(
@@ -229,12 +175,83 @@ def parse_chat_request(body: Any, model_name: str, limits: Limits) -> ChatReques
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         top_k=_integer(body, "top_k", 0) or 0,
-        stop=tuple(stop),
+        stop=stop,
         seed=seed,
         stream=stream,
         include_usage=bool(options.get("include_usage", False)),
         ignore_eos=ignore_eos,
     )
+
+
+def _check_model(body: dict, model_name: str) -> None:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("model is required (see GET /v1/models)", "model")
+    if model != model_name:
+        raise APIError(
+            404, f"the model {model!r} does not exist; this server has {model_name!r}", "model", "model_not_found"
+        )
+
+
+def _refuse_unsupported(body: dict) -> None:
+    """A field we cannot honour, set to anything but its default, is an error (not silently ignored)."""
+    for name, allowed in _UNSUPPORTED.items():
+        if name in body and body[name] not in allowed:
+            raise _bad(f"{name} is not supported by this server", name, "unsupported_parameter")
+    n = _integer(body, "n", 1)
+    if n not in (None, 1):
+        raise _bad("only n=1 is supported", "n", "unsupported_parameter")
+
+
+def _conversation(raw: Any, limits: Limits) -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
+    """(user/assistant messages in template form, image sources in placeholder order). picovlm's
+    template has no system turn: system/developer text is put in front of the next user message."""
+    if not isinstance(raw, list) or not raw:
+        raise _bad("messages must be a non-empty list", "messages")
+    messages: list[dict[str, str]] = []
+    images: list[tuple[str, str]] = []
+    system: list[str] = []
+    for i, m in enumerate(raw):
+        param = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise _bad(f"{param} must be an object with role and content", param)
+        role = m.get("role")
+        if role not in ("system", "developer", "user", "assistant"):
+            raise _bad(f"{param}.role must be system, user or assistant, got {role!r}", f"{param}.role")
+        text = _text_of(m.get("content"), f"{param}.content", role == "user", images)
+        if role == "user":
+            messages.append({"role": "user", "content": "\n\n".join([*system, text])})
+            system = []
+        elif role == "assistant":
+            messages.append({"role": "assistant", "content": text})
+        else:
+            system.append(text)
+    if not messages or messages[-1]["role"] != "user":
+        raise _bad("the last message must be from the user", "messages")
+    if len(images) > limits.max_images:
+        raise _bad(
+            f"{len(images)} images in the conversation; at most {limits.max_images} are allowed",
+            "messages",
+            "too_many_images",
+        )
+    return messages, images
+
+
+def _stop_strings(stop: Any) -> tuple[str, ...]:
+    if stop is None:
+        stop = []
+    elif isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise _bad("stop must be a non-empty string or a list of at most 4 of them", "stop")
+    return tuple(stop)
+
+
+def _boolean(body: dict, name: str) -> bool:
+    value = body.get(name) or False
+    if not isinstance(value, bool):
+        raise _bad(f"{name} must be a boolean", name)
+    return value
 
 
 def image_bytes(param: str, url: str, limits: Limits) -> bytes:

@@ -124,7 +124,7 @@ class _Request:
 class Scheduler:
     """Owns the model; decodes all submitted requests together in a background thread."""
 
-    def __init__(self, pipe: Pipeline, max_batch: int = 16, max_waiting: int = 256):
+    def __init__(self, pipe: Pipeline, max_batch: int, max_waiting: int = 256):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.pipe, self.max_batch, self.max_waiting = pipe, max_batch, max_waiting

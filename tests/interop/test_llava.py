@@ -54,7 +54,11 @@ HF_MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", 
 
 @pytest.mark.parametrize(
     "projector,qk_norm,tie,pos_embed",
-    [("mlp2x_gelu", False, False, "learned"), ("linear", True, True, "sincos2d")],
+    [
+        ("mlp2x_gelu", False, False, "learned"),
+        ("linear", True, True, "sincos2d"),
+        ("identity", False, False, "learned"),
+    ],
 )
 def test_export_runs_in_transformers_with_our_logits(tmp_path, tok, projector, qk_norm, tie, pos_embed):
     from transformers import AutoProcessor, LlavaForConditionalGeneration

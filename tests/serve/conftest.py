@@ -6,6 +6,7 @@ import pytest
 
 from picovlm.engine.pipeline import Pipeline
 from picovlm.serve.api import create_app
+from picovlm.serve.config import ServeConfig
 from picovlm.serve.protocol import Limits
 from tests.serve.helpers import running
 
@@ -25,6 +26,7 @@ def image_url(tiny_run) -> str:
 @pytest.fixture(scope="module")
 def server(pipe):
     """(base URL, app) of a server for the tiny model, named "tiny", with an API key."""
-    app = create_app(pipe, "tiny", api_key="sekret", limits=Limits(max_body_bytes=2_000_000), max_batch=8)
+    cfg = ServeConfig(model_name="tiny", api_key="sekret", max_batch=8, limits=Limits(max_body_bytes=2_000_000))
+    app = create_app(pipe, cfg)
     with running(app) as url:
         yield url, app

@@ -4,6 +4,7 @@ traceback, and the server keeps answering."""
 import base64
 import functools
 import io
+import json
 
 import httpx
 import pytest
@@ -132,3 +133,36 @@ def test_small_image_is_fine(server):
     url, _ = server
     payload = {"model": "tiny", "messages": user(image(png_url((300, 200))), text("hi")), "max_tokens": 2}
     assert chat(url, payload).status_code == 200
+
+
+def test_a_full_queue_is_a_503(server, image_url, monkeypatch):
+    url, app = server
+    monkeypatch.setattr(app.state.scheduler, "max_waiting", 0)
+    r = chat(url, {"model": "tiny", "messages": user(image(image_url), text("what colour?"))})
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "server_overloaded" and r.json()["error"]["type"] == "server_error"
+
+
+def test_a_failed_decode_step_reaches_the_client(server, image_url, monkeypatch):
+    """Whole: a 500 error object. Streamed: the stream began (200), so an error event ends it, no [DONE]."""
+    url, app = server
+
+    def broken(admitted):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app.state.scheduler, "_step", broken)
+    payload = {"model": "tiny", "messages": user(image(image_url), text("what colour?")), "max_tokens": 3}
+    r = chat(url, payload)
+    assert r.status_code == 500 and r.json()["error"] == {
+        "message": "generation failed: RuntimeError: boom",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json={**payload, "stream": True}, headers=AUTH) as r:
+        events = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
+    assert r.status_code == 200 and json.loads(events[0])["choices"][0]["delta"]["role"] == "assistant"
+    assert json.loads(events[-1])["error"]["message"] == "generation failed: RuntimeError: boom"
+    assert "[DONE]" not in events
+    monkeypatch.undo()
+    assert chat(url, payload).status_code == 200  # and the server goes on
