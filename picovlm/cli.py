@@ -558,7 +558,7 @@ def _export_parser(sub: Subparsers) -> None:
         description="hf-llava: a VLM checkpoint as an HF LlavaForConditionalGeneration folder (weights, "
         "config, tokenizer, chat template, processor); needs a ViT tower in the CLIP layout and a "
         "linear/mlp2x_gelu/identity projector; any GPT maps (Llama, or Qwen3 with qk_norm). "
-        "hf-clip: a clip-stage checkpoint as an HF CLIPModel folder (needs clip_text_layout 'clip').",
+        "hf-clip: a clip-stage checkpoint as an HF CLIPModel folder (needs clip.text_layout 'clip').",
     )
     p.add_argument("--model", metavar="DIR", type=Path, required=True, help="picovlm checkpoint folder")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="hf-llava", help="output format (default: hf-llava)")

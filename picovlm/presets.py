@@ -69,14 +69,14 @@ def demo_recipe(data_dir: str = "data/demo") -> RecipeConfig:
     return RecipeConfig(
         model=VLMConfig(vision=VisionConfig(kind="vit", vit=vit), projector="pixel_shuffle2+pos", lm=lm),
         stages=adapter_stages(
-            # Muon for the hidden matrices in every stage (train/muon.py): on the first 600 test questions
-            # 0.655 -> 0.732 (patch stem, 800 instruct steps) and a CLIP loss of 0.47 instead of 1.24 (README)
+            # Muon for the hidden matrices in every stage (train/muon.py): on the first 600 test questions 0.655 ->
+            # 0.732 (patch stem, 800 instruct steps) and a CLIP loss of 0.47 instead of 1.24 (docs/experiments.md)
             lm=StageConfig(steps=60, batch_size=32, lr=3e-3, optimizer="muon", muon_lr=0.01),
             clip=StageConfig(steps=150, batch_size=64, lr=2e-3, optimizer="muon", muon_lr=0.01),
             align=StageConfig(steps=60, batch_size=32, lr=3e-3, optimizer="muon", muon_lr=0.015),
             # isolate_turns: every question trained as if asked alone (data/batches.py): with 1100 steps
             # 0.846 / 0.780 -> 0.947 / 0.944 on all test questions (instruct seeds 0 / 1); 0.942 in a timed
-            # demo (README)
+            # demo (docs/experiments.md)
             instruct=StageConfig(steps=900, batch_size=16, lr=2e-3, optimizer="muon", muon_lr=0.01, isolate_turns=1.0),
         ),
         data_dir=data_dir,
@@ -105,7 +105,7 @@ def pretrained_recipe(data_dir: str = "data/demo") -> RecipeConfig:
     SmolLM2-135M-Instruct (from the packaged GGUF, converted once into `smollm2_folder_path()`).
     `align` trains only the projector on captions; `instruct` trains LoRA adapters on every linear
     layer of the LM (plus the rows of the tokens picovlm adds to its vocabulary) and the projector, on
-    conversations. Step counts are sized for 2 CPU cores and about half an hour in all (see README).
+    conversations. Step counts are sized for 2 CPU cores and about half an hour in all (see docs/experiments.md).
     """
     from picovlm.interop.pretrained import smollm2_folder_path
 
@@ -150,7 +150,7 @@ def pretrained_recipe(data_dir: str = "data/demo") -> RecipeConfig:
 
 
 # (align, instruct) steps of 4 samples: about 4-17 s per align step and 6-20 s per instruct step on 2
-# CPU cores, depending on what else runs (SmolLM2 is 30 layers; each image is 49 tokens): see README
+# CPU cores, depending on what else runs (SmolLM2 is 30 layers; each image is 49 tokens): see docs/experiments.md
 PRETRAINED_STEPS = (10, 40)
 
 

@@ -4,7 +4,7 @@ Muon (Jordan et al. 2024, the optimizer of the nanoGPT speedrun and nanochat) ke
 each weight matrix's gradient and steps along its nearest semi-orthogonal matrix: every direction
 of the update gets the same size, so the rare directions that Adam's per-entry scaling leaves
 small (a feature seen in few tokens) learn as fast as the common ones. On the demo's instruction
-stage it reached in 600 steps the loss AdamW reached in 1000 (README). It is meant for the matrices
+stage it reached in 600 steps the loss AdamW reached in 1000 (docs/experiments.md). It is meant for the matrices
 inside the network: embeddings, the output head, position tables, norms and biases stay on AdamW,
 which is why one optimizer holds both kinds of parameter group (flag `muon` in the group).
 
