@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from picovlm.data.formats import Sample, load_samples
+from picovlm.data.formats import load_samples
+from picovlm.data.records import Sample
 from picovlm.presets import RECIPES
 from picovlm.train.stages import build_task, run_stage, train_tokenizer
 
