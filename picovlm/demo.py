@@ -27,7 +27,10 @@ from picovlm.data.formats import load_samples
 from picovlm.data.scenes import build_dataset
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
-from picovlm.eval.vqa import evaluate_vqa, normalize_answer, questions_from
+from picovlm.eval.clients import PipelineClient
+from picovlm.eval.harness import evaluate, load_queries, write_jsonl
+from picovlm.eval.tasks import VQA
+from picovlm.eval.vqa import normalize_answer, questions_from
 from picovlm.presets import DATA_PRESETS, RECIPES, DataPreset
 from picovlm.train.stages import checkpoint_dir, run_recipe, stage_dir
 from picovlm.vision.image import load_image
@@ -50,7 +53,7 @@ class Exchange:
 
 
 def format_results(results: dict) -> str:
-    """The per-type accuracy table of an `evaluate_vqa` result, overall last."""
+    """The per-type accuracy table of the `vqa` task's metrics, overall last."""
     rows = [(qtype, r["accuracy"], r["n"]) for qtype, r in results["by_type"].items()]
     rows.append(("overall", results["accuracy"], results["n"]))
     return "\n".join(f"  {name:<10} {accuracy:.3f}  (n={n})" for name, accuracy, n in rows)
@@ -200,10 +203,12 @@ def run_demo(
     limit = EVAL_LIMIT.get(preset)
     _header(3, f"evaluate {model} on {data / 'test.json'}" + (f" (first {limit} questions)" if limit else ""))
     pipe = Pipeline.load(model)
-    results = evaluate_vqa(
-        pipe, data / "test.json", limit=limit, predictions=out / "predictions.jsonl", progress=progress
+    evaluation = evaluate(
+        VQA(), load_queries(VQA(), data / "test.json", limit=limit), PipelineClient(pipe), progress=progress
     )
+    results = evaluation.metrics
     save_json(results, out / "eval.json")
+    write_jsonl(out / "predictions.jsonl", evaluation.predictions)
     print("VQA accuracy (exact match) by question type:")
     print(format_results(results))
 
