@@ -1,8 +1,9 @@
 """The import graph of picovlm has no cycle, counting every import: module level, inside functions
-and under `if TYPE_CHECKING:`, so a cycle cannot hide behind a lazy import.
+and under `if TYPE_CHECKING:`, so a cycle cannot hide behind a lazy import. Nor do its packages
+(data, models, eval, ...) import each other both ways: the floors of the code point one way.
 
-Run it as a script to see the graph's size and its floors (each module sits one floor above the
-highest module it imports):
+Run it as a script to see the graph's size, the packages' imports and the modules' floors (each
+module sits one floor above the highest module it imports):
 
     python tests/test_imports.py
 """
@@ -48,6 +49,15 @@ def import_graph() -> dict[str, set[str]]:
         name: imported(ast.parse(path.read_text(encoding="utf-8")), name, path.name == "__init__.py", modules)
         for name, path in paths.items()
     }
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The graph between picovlm's subpackages and top-level modules ("data", "cli", ...)."""
+    part = {m: m.split(".")[1] if m.count(".") else m for m in graph}
+    packages: dict[str, set[str]] = {p: set() for p in part.values()}
+    for module, targets in graph.items():
+        packages[part[module]].update(part[t] for t in targets if part[t] != part[module])
+    return packages
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -105,11 +115,23 @@ def test_picovlm_has_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+def test_picovlm_packages_import_each_other_one_way():
+    packages = package_graph(import_graph())
+    assert {"data", "models", "eval", "text"} <= set(packages) and "text" in packages["data"]
+    cycle = find_cycle(packages)
+    assert cycle is None, "packages import each other both ways: " + " -> ".join(cycle)
+
+
 if __name__ == "__main__":
     graph = import_graph()
     cycle = find_cycle(graph)
     print(f"{len(graph)} modules, {sum(map(len, graph.values()))} imports between them (function-level included)")
     print("cycle: " + (" -> ".join(cycle) if cycle else "none"))
+    packages = package_graph(graph)
+    package_cycle = find_cycle(packages)
+    print("package cycle: " + (" -> ".join(package_cycle) if package_cycle else "none"))
+    for package in sorted(packages, key=lambda p: (len(packages[p]), p)):
+        print(f"  {package:>10} -> {' '.join(sorted(packages[package])) or '(nothing of picovlm)'}")
     if not cycle:
         by_floor: dict[int, list[str]] = {}
         for module, floor in floors(graph).items():
