@@ -39,12 +39,13 @@ BATCH_SIZE = 32
 
 @dataclass
 class Evaluation:
-    """A generation task's outcome: its metrics, one row per query for predictions.jsonl (what was
-    asked, the reference, the answer, its score) and the answers in the official result format."""
+    """A task's outcome: its metrics, one row per query for predictions.jsonl (what was asked, the
+    reference, the answer, its score) and the answers in the official result format (None for the
+    embedding tasks, which have none)."""
 
     metrics: dict[str, Any]
     predictions: list[dict[str, Any]]
-    official: list[dict[str, Any]]
+    official: list[dict[str, Any]] | None
 
 
 def load_queries(
@@ -113,6 +114,25 @@ def run_retrieval(
         for k, q in enumerate(queries)
     ]
     return metrics, rows
+
+
+def evaluate_embeddings(
+    task: str,
+    model: str | Path | None,
+    data: Path,
+    images: Path | None,
+    limit: int | None,
+    batch_size: int,
+    progress: bool,
+) -> Evaluation:
+    """`retrieval` or `zeroshot` on a CLIP checkpoint."""
+    if model is None:
+        raise ValueError(f"task {task!r} needs a CLIP checkpoint (--model runs/<x>/clip/model), not an endpoint")
+    embedder = ClipEmbedder.load(model)
+    torch.set_num_threads(min(torch.get_num_threads(), 4))
+    run = run_retrieval if task == "retrieval" else run_zeroshot
+    metrics, rows = run(embedder, data, images, limit, batch_size, progress)
+    return Evaluation(metrics, rows, None)
 
 
 def read_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -215,42 +235,42 @@ def run_eval(
 ) -> dict[str, Any]:
     """Evaluate one task; returns the results dict it writes to `out` (see the module docstring).
     `options` are the task's own (`make_task`); `client`, when given, answers instead of a model."""
-    data, out = Path(data), Path(out)
-    images = Path(images) if images else None
-    paths = output_paths(out)
+    data, images = Path(data), Path(images) if images else None
     if task in EMBEDDING_TASKS:
         if options:
             raise ValueError(f"task {task!r} has no option {next(iter(options))!r}")
-        if endpoint or model is None:
+        if endpoint:
             raise ValueError(f"task {task!r} needs a CLIP checkpoint (--model runs/<x>/clip/model), not an endpoint")
-        embedder = ClipEmbedder.load(model)
-        torch.set_num_threads(min(torch.get_num_threads(), 4))
-        run = run_retrieval if task == "retrieval" else run_zeroshot
-        metrics, rows = run(embedder, data, images, limit, batch_size, progress)
-        official = None
+        evaluation = evaluate_embeddings(task, model, data, images, limit, batch_size, progress)
     else:
         t = make_task(task, **options)
         queries = load_queries(t, data, images, limit)
         evaluation = evaluate(t, queries, client or connect(model, endpoint, endpoint_model), batch_size, progress)
-        metrics, rows, official = evaluation.metrics, evaluation.predictions, evaluation.official
-    notes = metrics.pop("notes", [])
+    paths = output_paths(Path(out))
+    notes = evaluation.metrics.pop("notes", [])
     results = {
         "task": task,
         "model": str(model) if model else None,
         "endpoint": endpoint,
         "data": str(data),
         "limit": limit,
-        "metrics": metrics,
+        "metrics": evaluation.metrics,
         "notes": notes,
-        "files": {k: str(v) for k, v in paths.items() if k != "official" or official is not None},
+        "files": {k: str(v) for k, v in paths.items() if k != "official" or evaluation.official is not None},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    paths["markdown"].write_text(markdown_table(task, metrics) + "".join(f"\nNote: {n}\n" for n in notes))
-    write_jsonl(paths["predictions"], rows)
-    if official is not None:
-        paths["official"].write_text(json.dumps(official) + "\n")
+    write_outputs(paths, results, evaluation)
     return results
+
+
+def write_outputs(paths: dict[str, Path], results: dict[str, Any], evaluation: Evaluation) -> None:
+    """The files of the module docstring: results JSON, markdown table, predictions, official results."""
+    paths["results"].parent.mkdir(parents=True, exist_ok=True)
+    paths["results"].write_text(json.dumps(results, indent=2, default=str) + "\n")
+    notes = "".join(f"\nNote: {n}\n" for n in results["notes"])
+    paths["markdown"].write_text(markdown_table(results["task"], results["metrics"]) + notes)
+    write_jsonl(paths["predictions"], evaluation.predictions)
+    if evaluation.official is not None:
+        paths["official"].write_text(json.dumps(evaluation.official) + "\n")
 
 
 def connect(model: str | Path | None, endpoint: str | None, endpoint_model: str = "default") -> VLMClient:
