@@ -340,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="score a model on VQA data or a benchmark task",
         description="Score a task: by default (vqa) short-answer VQA accuracy of a LLaVA-style test file (exact "
-        f"match after normalization, per question type), or a benchmark in its own format ({', '.join(TASK_NAMES)}). "
+        "match after normalization, per question type), or a benchmark in its own format "
+        f"({', '.join(t for t in TASK_NAMES if t != 'vqa')}). "
         "Writes the results JSON, a markdown table, every prediction (.predictions.jsonl) and the official result "
         "file.",
     )
