@@ -29,16 +29,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from picovlm.config import RecipeConfig, from_dict, save_json
+from picovlm.config import RecipeConfig, from_dict
 from picovlm.data.scenes import build_dataset
-from picovlm.demo import format_results, run_demo
+from picovlm.demo import run_demo
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
 from picovlm.engine.session import ChatSession
 from picovlm.eval.benchmarks import scene_config_of, write_eval_sets
-from picovlm.eval.harness import markdown_table, run_eval, score_files
+from picovlm.eval.harness import BATCH_SIZE, markdown_table, run_eval, score_files
 from picovlm.eval.tasks import GENERATION_TASKS, TASK_NAMES
-from picovlm.eval.vqa import evaluate_vqa
 from picovlm.presets import DATA_PRESETS, RECIPES
 from picovlm.serve.config import ServeConfig
 from picovlm.serve.protocol import Limits
@@ -110,24 +109,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    if args.task:
-        return cmd_eval_task(args)
-    if args.model is None or args.data is None:
-        raise ValueError("eval without --task scores a LLaVA-style test file: it needs --model and --data")
-    pipe = Pipeline.load(args.model)
-    results = evaluate_vqa(pipe, args.data, batch_size=args.batch_size, limit=args.limit)
-    if args.out:
-        save_json(results, args.out)
-    print(format_results(results))
-    print(json.dumps(results))
-    return 0
-
-
-def cmd_eval_task(args: argparse.Namespace) -> int:
     if args.data is None:
-        raise ValueError(f"--task {args.task} needs --data (a folder made by `picovlm eval-data`, or benchmark files)")
+        what = "a LLaVA-style test file" if args.task == "vqa" else "a folder made by `picovlm eval-data`, or its files"
+        raise ValueError(f"--task {args.task} needs --data ({what})")
     out = args.out or Path("eval") / f"{args.task}.json"
-    options = {"circular": args.circular, "prompt_suffix": args.prompt_suffix}
+    # only the options given: a task refuses one it does not have (--circular means nothing to vqav2)
+    given = {"circular": args.circular or None, "prompt_suffix": args.prompt_suffix}
+    options = {k: v for k, v in given.items() if v is not None}
     results = run_eval(
         args.task,
         args.data,
@@ -376,10 +364,11 @@ def _eval_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "eval",
         help="score a model on VQA data or a benchmark task",
-        description="Without --task: short-answer VQA accuracy of a LLaVA-style test file (exact match after "
-        "normalization, per question type). With --task: a benchmark in its own format "
-        f"({', '.join(TASK_NAMES)}); writes results JSON, a markdown table, predictions.jsonl and the "
-        "official result file.",
+        description="Score a task: by default (vqa) short-answer VQA accuracy of a LLaVA-style test file (exact "
+        "match after normalization, per question type), or a benchmark in its own format "
+        f"({', '.join(t for t in TASK_NAMES if t != 'vqa')}). "
+        "Writes the results JSON, a markdown table, every prediction (.predictions.jsonl) and the official result "
+        "file.",
     )
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument(
@@ -393,20 +382,22 @@ def _eval_parser(sub: Subparsers) -> None:
         metavar="URL",
         help="an OpenAI-compatible server: POST URL/v1/chat/completions (instead of --model)",
     )
-    p.add_argument("--task", choices=TASK_NAMES, help="benchmark task (default: the LLaVA-style test file of --data)")
+    p.add_argument("--task", choices=TASK_NAMES, default="vqa", help="what to score (default: vqa)")
     p.add_argument(
         "--data",
         metavar="PATH",
         type=Path,
-        help="LLaVA-style .json/.jsonl test file; with --task, a folder made by "
+        help="vqa: a LLaVA-style test file (.json, .jsonl, ...); a benchmark: a folder made by "
         "`picovlm eval-data` or the benchmark's own file(s)",
     )
-    p.add_argument(
-        "--images", metavar="DIR", type=Path, help="where the benchmark's images are (default: beside --data)"
-    )
+    p.add_argument("--images", metavar="DIR", type=Path, help="where the images are (default: beside --data)")
     p.add_argument("--limit", metavar="N", type=_positive_int, help="score only the first N questions")
     p.add_argument(
-        "--batch-size", metavar="N", type=_positive_int, default=32, help="questions decoded together (default: 32)"
+        "--batch-size",
+        metavar="N",
+        type=_positive_int,
+        default=BATCH_SIZE,
+        help=f"questions decoded together (default: {BATCH_SIZE})",
     )
     _add_eval_output_args(p)
     p.set_defaults(run=cmd_eval)
@@ -418,14 +409,14 @@ def _add_eval_output_args(p: argparse.ArgumentParser) -> None:
         "--out",
         metavar="FILE",
         type=Path,
-        help="also write the results JSON to this file (with --task: default "
-        "eval/TASK.json, and the other files beside it)",
+        help="the results JSON (default: eval/TASK.json); the markdown table, predictions and official "
+        "result file go beside it",
     )
     p.add_argument("--circular", action="store_true", help="mmstar: MMBench circular evaluation (all rotations right)")
     p.add_argument(
         "--prompt-suffix",
         metavar="TEXT",
-        help="vqav2/gqa/pope: text after each question (default: LLaVA's "
+        help="vqa/vqav2/gqa/pope: text after each question (default: none for vqa, else LLaVA's "
         "'Answer the question using a single word or phrase.'; '' for none)",
     )
     p.add_argument("--endpoint-model", metavar="NAME", default="default", help="the model name sent to --endpoint")

@@ -27,7 +27,10 @@ from picovlm.data.formats import load_samples
 from picovlm.data.scenes import build_dataset
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
-from picovlm.eval.vqa import evaluate_vqa, normalize_answer, questions_from
+from picovlm.eval.clients import PipelineClient
+from picovlm.eval.harness import evaluate, load_queries, write_jsonl
+from picovlm.eval.tasks import VQA
+from picovlm.eval.vqa import normalize_answer, questions_from
 from picovlm.presets import PRESETS, DataPreset
 from picovlm.train.stages import checkpoint_dir, run_recipe, stage_dir
 from picovlm.vision.image import load_image
@@ -46,7 +49,7 @@ class Exchange:
 
 
 def format_results(results: dict) -> str:
-    """The per-type accuracy table of an `evaluate_vqa` result, overall last."""
+    """The per-type accuracy table of the `vqa` task's metrics, overall last."""
     rows = [(qtype, r["accuracy"], r["n"]) for qtype, r in results["by_type"].items()]
     rows.append(("overall", results["accuracy"], results["n"]))
     return "\n".join(f"  {name:<10} {accuracy:.3f}  (n={n})" for name, accuracy, n in rows)
@@ -185,7 +188,7 @@ def run_demo(
     build_data(data, chosen.data(), preset)
     model = train_from_scratch(recipe, out, progress)
     pipe = Pipeline.load(model)
-    results = evaluate(pipe, model, data, out, chosen.eval_limit, progress)
+    results = score(pipe, model, data, out, chosen.eval_limit, progress)
     title = f"picovlm demo ({preset} preset): {results['accuracy']:.1%} VQA accuracy on {results['n']} test questions"
     text_answer = chat(pipe, data, out, title, chosen.text_question)
     summary = {
@@ -218,13 +221,15 @@ def train_from_scratch(recipe: RecipeConfig, out: Path, progress: bool) -> Path:
     return checkpoint_dir(out, recipe.stages[-1].name)
 
 
-def evaluate(pipe: Pipeline, model: Path, data: Path, out: Path, limit: int | None, progress: bool) -> dict:
+def score(pipe: Pipeline, model: Path, data: Path, out: Path, limit: int | None, progress: bool) -> dict:
     """VQA accuracy on the first `limit` test questions (None: all), saved and printed by type."""
     _header(3, f"evaluate {model} on {data / 'test.json'}" + (f" (first {limit} questions)" if limit else ""))
-    results = evaluate_vqa(
-        pipe, data / "test.json", limit=limit, predictions=out / "predictions.jsonl", progress=progress
+    evaluation = evaluate(
+        VQA(), load_queries(VQA(), data / "test.json", limit=limit), PipelineClient(pipe), progress=progress
     )
+    results = evaluation.metrics
     save_json(results, out / "eval.json")
+    write_jsonl(out / "predictions.jsonl", evaluation.predictions)
     print("VQA accuracy (exact match) by question type:")
     print(format_results(results))
     return results

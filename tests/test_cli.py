@@ -25,8 +25,10 @@ def test_data_train_eval_generate(tmp_path, capsys):
     assert main([*args, "--limit", "5", "--out", str(results)]) == 0
     out = capsys.readouterr().out
     printed = json.loads(out.strip().splitlines()[-1])
-    assert printed == json.loads(results.read_text())
-    assert printed["n"] == 5 and "overall" in out
+    assert printed == json.loads(results.read_text())["metrics"]  # the default task: vqa on the test file
+    assert printed["n"] == 5 and "| vqa | value |" in out and "by_type/" in out
+    predictions = tmp_path / "results.predictions.jsonl"  # every question's answer, beside --out
+    assert len(predictions.read_text().splitlines()) == 5 and f"predictions: {predictions}" in out
 
     image = data / "images" / "test_000000.png"
     args = [

@@ -15,11 +15,11 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from picovlm.data.formats import ImageSource, Sample, open_image
+from picovlm.data.records import ImageSource, Sample, open_image
 from picovlm.models.clip import Captions
 from picovlm.models.processor import VLMProcessor
-from picovlm.models.vlm import IGNORE_INDEX, pad_right
 from picovlm.text.chat import render_conversation
+from picovlm.text.padding import IGNORE_INDEX, pad_right
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.text.tokens import IMAGE
 from picovlm.vision.image import ImageProcessor
@@ -110,7 +110,8 @@ def isolated_turns(ids: torch.Tensor, labels: torch.Tensor, image_id: int) -> tu
 
 
 def stable_draw(sample: Sample) -> float:
-    """A pseudo-random number in [0, 1) fixed by the sample's content (the same in every run and resume)."""
+    """A pseudo-random number in [0, 1) drawn from the sample's content: the same in every run,
+    epoch and resume, so a share of the samples can be picked once and for all."""
     return zlib.crc32(repr((sample.images, sample.messages)).encode()) / 2**32
 
 
@@ -124,10 +125,10 @@ def vlm_batch(
     """ids, labels (IGNORE_INDEX off the assistant tokens) and the pixels of all images in order, or,
     given a frozen tower's `features`, their tower features instead of the pixels; with
     `isolate_turns`, also the "position_ids" and "segment_ids" of `isolated_turns`."""
-    # with features only the number of images matters: their sources stand in, none is decoded (past
-    # ImageCache's limit every image would otherwise be read from disk again just to be counted)
+    # with features only the number of images matters, so none is decoded (past ImageCache's limit
+    # every image would otherwise be read from disk again just to be counted)
     encoded = [
-        processor.encode_conversation(as_chat(s), s.images, pixels=False)
+        processor.encode_conversation_ids(as_chat(s), len(s.images))
         if features is not None
         else processor.encode_conversation(as_chat(s), [images(p) for p in s.images])
         for s in samples

@@ -16,7 +16,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from picovlm.data.formats import DataError, ImageRef, ImageSource, Records, Sample, chat_messages, check
+from picovlm.data.records import DataError, ImageRef, ImageSource, Records, Sample, chat_messages, require
 
 COLUMNS = ("images", "texts")
 _CHUNK = 256  # rows converted to Python at a time while checking
@@ -60,22 +60,22 @@ def _read_cell(table: Any, row: int, k: int, root: Path) -> bytes | Path:
 
 
 def _sample(table: Any, path: Path, row: int, images: Any, texts: Any, root: Path, check_images: bool) -> Sample:
-    check(isinstance(images, list), "'images' must be a list")
-    check(isinstance(texts, list) and len(texts) > 0, "'texts' must be a non-empty list")
+    require(isinstance(images, list), "'images' must be a list")
+    require(isinstance(texts, list) and len(texts) > 0, "'texts' must be a non-empty list")
     refs: list[ImageSource] = []
     for k, cell in enumerate(images):
         try:
             value = _image_value(cell, root)
         except ValueError as e:
-            check(False, f"image {k}: {e}")
-        check(not check_images or not isinstance(value, Path) or value.exists(), f"image {k} not found: {value}")
+            require(False, f"image {k}: {e}")
+        require(not check_images or not isinstance(value, Path) or value.exists(), f"image {k} not found: {value}")
         refs.append(ImageRef(f"{path}:row {row} image {k}", functools.partial(_read_cell, table, row, k, root)))
     turns = []
     for i, t in enumerate(texts):
         valid = isinstance(t, dict) and isinstance(t.get("user"), str) and isinstance(t.get("assistant"), str)
-        check(valid, f"texts[{i}] needs string 'user' and 'assistant'")
+        require(valid, f"texts[{i}] needs string 'user' and 'assistant'")
         turns += [("user", t["user"]), ("assistant", t["assistant"])]
-    check(not any("<image>" in text for _, text in turns), "texts hold an <image> placeholder; this layout has none")
+    require(not any("<image>" in text for _, text in turns), "texts hold an <image> placeholder; this layout has none")
     if refs:  # the images go before the first question
         turns[0] = ("user", "<image>" * len(refs) + "\n" + turns[0][1])
     messages = chat_messages(turns, len(refs), what="text turn")

@@ -5,7 +5,7 @@ key "dir/abc" (the name up to the first dot of the file name, as webdataset spli
 
 * images: members whose last extension is an image type ("abc.jpg", or "abc.0.png", "abc.1.png"
   for several, in the order of their extensions);
-* a `.json` member: a record as in `picovlm.data.formats` (conversations, messages or a caption
+* a `.json` member: a record as in `picovlm.data.records` (conversations, messages or a caption
   "text"); its own image keys are not used, the images are the key's members;
 * a `.txt` member: the caption, when there is no JSON record (or the record has no text);
 * `.pyd`, `.pickle`, `.pkl`, `.pt`, `.pth` members are refused: unpickling a downloaded file can
@@ -23,10 +23,11 @@ import json
 import tarfile
 from pathlib import Path
 
-from picovlm.data.formats import TAR_SUFFIXES, BadRecord, ImageRef, Records, Sample, check, parse_record
+from picovlm.data.records import BadRecord, ImageRef, Records, Sample, bad_record, parse_record, require
 
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "webp", "bmp", "gif", "ppm", "tif", "tiff"}
 PICKLE_EXTENSIONS = {"pyd", "pickle", "pkl", "pt", "pth"}
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
 def split_key(name: str) -> tuple[str, str]:
@@ -49,7 +50,7 @@ def _sample(
     if refused:
         raise BadRecord(f"refusing pickle member {key}.{refused[0]} (unpickling can run code; store it as .json)")
     for ext, info in members.items():
-        check(info.isfile(), f"member {key}.{ext} is a link or special file, not a regular file")
+        require(info.isfile(), f"member {key}.{ext} is a link or special file, not a regular file")
     names = sorted(ext for ext in members if ext.rpartition(".")[2] in IMAGE_EXTENSIONS)
     images = []
     for ext in names:
@@ -66,7 +67,7 @@ def _sample(
             record = json.loads(texts["json"].decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BadRecord(f"{key}.json is not valid JSON ({e})") from None
-        check(isinstance(record, dict), f"{key}.json must hold a JSON object, not {type(record).__name__}")
+        require(isinstance(record, dict), f"{key}.json must hold a JSON object, not {type(record).__name__}")
     if "txt" in texts:
         try:
             caption = texts["txt"].decode("utf-8").strip()
@@ -74,7 +75,7 @@ def _sample(
             raise BadRecord(f"{key}.txt is not UTF-8 text") from None
         if not any(k in record for k in ("conversations", "messages", "text")):
             record = {**record, "text": caption}
-    check("json" in texts or "txt" in texts, "no .json or .txt member for this key")
+    require("json" in texts or "txt" in texts, "no .json or .txt member for this key")
     return parse_record(record, shard.parent, check_images=False, images=images)
 
 
@@ -112,7 +113,7 @@ def _read_shard(shard: Path) -> Records:
         try:
             tar, compressed = tarfile.open(shard, "r:*"), True
         except tarfile.ReadError as e:
-            yield f"{shard}:0", functools.partial(_fail, f"not a readable tar file ({e})")
+            yield f"{shard}:0", functools.partial(bad_record, BadRecord(f"not a readable tar file ({e})"))
             return
     with tar:
         members, texts, data, error = _scan(tar, compressed)
@@ -122,11 +123,7 @@ def _read_shard(shard: Path) -> Records:
             functools.partial(_sample, shard, key, by_ext, texts[key], data[key] if compressed else None),
         )
     if error is not None:
-        yield f"{shard}:end", functools.partial(_fail, error)
-
-
-def _fail(message: str) -> Sample:
-    raise BadRecord(message)
+        yield f"{shard}:end", functools.partial(bad_record, BadRecord(error))
 
 
 def read_shards(path: Path) -> Records:

@@ -23,7 +23,6 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, PTBTokenizer
 
-METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 NO_JAVA = "Java not found: captions tokenized by a simple Python tokenizer, METEOR skipped"
 _TOKEN = re.compile(r"\.\.\.|--|''|``|[\w']+|[^\w\s]")
 

@@ -1,6 +1,10 @@
 """Run an evaluation task end to end: read the data, ask the model in batches, score, write files.
 
+The one path of every evaluation: `picovlm eval` (whatever the task), the demo's VQA score and
+the Python API all come through `load_queries` -> `evaluate` (or `run_eval`, which adds the files).
+
     run_eval("vqav2", data="data/eval", model="runs/demo/instruct/model", out="runs/demo/eval/vqav2.json")
+    run_eval("vqa", data="data/demo/test.json", model="runs/demo/instruct/model", out="eval/vqa.json")
 
 writes, beside `out`:
     vqav2.json               {"task", "model", "data", "metrics", "notes", ...}
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +28,49 @@ from tqdm import tqdm
 from picovlm.eval.clients import EndpointClient, PipelineClient, VLMClient
 from picovlm.eval.embedder import ClipEmbedder
 from picovlm.eval.retrieval import retrieval_metrics
-from picovlm.eval.tasks import EMBEDDING_TASKS, GENERATION_TASKS, TASK_NAMES, Caption, Query, Task, find_image
+from picovlm.eval.tasks import EMBEDDING_TASKS, Caption, EvalTask, Query, make_task
 from picovlm.eval.zeroshot import TEMPLATES, class_embeddings, topk_accuracy
 from picovlm.vision.image import load_image
 
+# Questions decoded together (images embedded together, for the CLIP tasks): the one default of
+# `picovlm eval`, the harness and the demo; larger is faster and takes more memory.
+BATCH_SIZE = 32
 
-def make_task(name: str, **options: Any) -> Task:
-    if name not in GENERATION_TASKS:
-        raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASK_NAMES)}")
-    cls = GENERATION_TASKS[name]
-    accepted = cls.__init__.__code__.co_varnames[1 : cls.__init__.__code__.co_argcount]
-    return cls(**{k: v for k, v in options.items() if k in accepted and v is not None})
+
+@dataclass
+class Evaluation:
+    """A task's outcome: its metrics, one row per query for predictions.jsonl (what was asked, the
+    reference, the answer, its score) and the answers in the official result format (None for the
+    embedding tasks, which have none)."""
+
+    metrics: dict[str, Any]
+    predictions: list[dict[str, Any]]
+    official: list[dict[str, Any]] | None
+
+
+def load_queries(
+    task: EvalTask, data: str | Path, images: str | Path | None = None, limit: int | None = None
+) -> list[Query]:
+    """The task's queries from `data` (images in `images`, default: beside it); an error when there
+    are none. Call it before loading a model, so that bad data fails fast."""
+    queries = task.load(Path(data), Path(images) if images else None, limit)
+    if not queries:
+        raise ValueError(f"{data}: no {task.name} questions found")
+    return queries
+
+
+def evaluate(
+    task: EvalTask, queries: list[Query], client: VLMClient, batch_size: int = BATCH_SIZE, progress: bool = True
+) -> Evaluation:
+    """Ask `client` every query, `batch_size` at a time, and score the answers."""
+    answers = generate_answers(client, queries, task.max_tokens, batch_size, progress)
+    metrics, per_query = task.score(queries, answers)
+    rows = [{**q.record, "prediction": a, **p} for q, a, p in zip(queries, answers, per_query, strict=True)]
+    return Evaluation(metrics, rows, task.result_rows(queries, answers))
 
 
 def generate_answers(
-    client: VLMClient, queries: list[Query], max_tokens: int, batch_size: int = 16, progress: bool = True
+    client: VLMClient, queries: list[Query], max_tokens: int, batch_size: int = BATCH_SIZE, progress: bool = True
 ) -> list[str]:
     """Answers to every query, `batch_size` at a time, with a progress bar."""
     answers: list[str] = []
@@ -69,7 +102,7 @@ def run_retrieval(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Retrieval over the first `limit` images of a COCO captions file and all their captions."""
     queries = Caption().load(data, images, limit)
-    texts = [(k, c) for k, q in enumerate(queries) for c in q.record["references"]]
+    texts = [(k, c) for k, q in enumerate(queries) for c in q.reference]
     img = _embed_images(embedder, [q.image for q in queries], batch_size, progress)
     txt = _embed_texts(embedder, [c for _, c in texts], batch_size)
     sim = (img @ txt.T).numpy()
@@ -81,6 +114,25 @@ def run_retrieval(
         for k, q in enumerate(queries)
     ]
     return metrics, rows
+
+
+def evaluate_embeddings(
+    task: str,
+    model: str | Path | None,
+    data: Path,
+    images: Path | None,
+    limit: int | None,
+    batch_size: int,
+    progress: bool,
+) -> Evaluation:
+    """`retrieval` or `zeroshot` on a CLIP checkpoint."""
+    if model is None:
+        raise ValueError(f"task {task!r} needs a CLIP checkpoint (--model runs/<x>/clip/model), not an endpoint")
+    embedder = ClipEmbedder.load(model)
+    torch.set_num_threads(min(torch.get_num_threads(), 4))
+    run = run_retrieval if task == "retrieval" else run_zeroshot
+    metrics, rows = run(embedder, data, images, limit, batch_size, progress)
+    return Evaluation(metrics, rows, None)
 
 
 def read_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -100,11 +152,15 @@ def read_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
 def run_zeroshot(
     embedder: ClipEmbedder,
     data: Path,
+    images: Path | None,
     limit: int | None,
     batch_size: int,
     progress: bool,
     templates: tuple[str, ...] = TEMPLATES,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Zero-shot classification of the images of an ImageFolder (`data`, or its zeroshot/ folder)."""
+    if images is not None:
+        raise ValueError("zeroshot reads its images from the class folders under --data; --images does not apply")
     root = data / "zeroshot" if (data / "zeroshot").is_dir() else data
     classes, items = read_image_folder(root)
     items = items[:limit]
@@ -159,7 +215,7 @@ def output_paths(out: Path) -> dict[str, Path]:
     }
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
@@ -172,59 +228,58 @@ def run_eval(
     endpoint_model: str = "default",
     images: str | Path | None = None,
     limit: int | None = None,
-    batch_size: int = 16,
+    batch_size: int = BATCH_SIZE,
     progress: bool = True,
     client: VLMClient | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Evaluate one task; returns the results dict it writes to `out` (see the module docstring)."""
-    data, out = Path(data), Path(out)
-    images = Path(images) if images else None
-    paths = output_paths(out)
+    """Evaluate one task; returns the results dict it writes to `out` (see the module docstring).
+    `options` are the task's own (`make_task`); `client`, when given, answers instead of a model."""
+    data, images = Path(data), Path(images) if images else None
     if task in EMBEDDING_TASKS:
-        if endpoint or model is None:
+        if options:
+            raise ValueError(f"task {task!r} has no option {next(iter(options))!r}")
+        if endpoint:
             raise ValueError(f"task {task!r} needs a CLIP checkpoint (--model runs/<x>/clip/model), not an endpoint")
-        embedder = ClipEmbedder.load(model)
-        torch.set_num_threads(min(torch.get_num_threads(), 4))
-        if task == "retrieval":
-            metrics, rows = run_retrieval(embedder, data, images, limit, batch_size, progress)
-        else:
-            metrics, rows = run_zeroshot(embedder, data, limit, batch_size, progress)
-        official = None
+        evaluation = evaluate_embeddings(task, model, data, images, limit, batch_size, progress)
     else:
         t = make_task(task, **options)
-        queries = t.load(data, images, limit)  # before the model loads: bad data fails fast
-        if not queries:
-            raise ValueError(f"{data}: no {task} questions found")
-        if client is None:
-            if endpoint:
-                client = EndpointClient(endpoint, endpoint_model)
-            elif model is not None:
-                client = PipelineClient.load(model)
-            else:
-                raise ValueError("give --model or --endpoint")
-        answers = generate_answers(client, queries, t.max_tokens, batch_size, progress)
-        metrics, per_item = t.score(queries, answers)
-        rows = [{**q.record, "prediction": a, **p} for q, a, p in zip(queries, answers, per_item, strict=True)]
-        official = t.result_rows(queries, answers)
-    notes = metrics.pop("notes", [])
+        queries = load_queries(t, data, images, limit)
+        evaluation = evaluate(t, queries, client or connect(model, endpoint, endpoint_model), batch_size, progress)
+    paths = output_paths(Path(out))
+    notes = evaluation.metrics.pop("notes", [])
     results = {
         "task": task,
         "model": str(model) if model else None,
         "endpoint": endpoint,
         "data": str(data),
         "limit": limit,
-        "metrics": metrics,
+        "metrics": evaluation.metrics,
         "notes": notes,
-        "files": {k: str(v) for k, v in paths.items() if k != "official" or official is not None},
+        "files": {k: str(v) for k, v in paths.items() if k != "official" or evaluation.official is not None},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    paths["markdown"].write_text(markdown_table(task, metrics) + "".join(f"\nNote: {n}\n" for n in notes))
-    _write_jsonl(paths["predictions"], rows)
-    if official is not None:
-        paths["official"].write_text(json.dumps(official) + "\n")
+    write_outputs(paths, results, evaluation)
     return results
+
+
+def write_outputs(paths: dict[str, Path], results: dict[str, Any], evaluation: Evaluation) -> None:
+    """The files of the module docstring: results JSON, markdown table, predictions, official results."""
+    paths["results"].parent.mkdir(parents=True, exist_ok=True)
+    paths["results"].write_text(json.dumps(results, indent=2, default=str) + "\n")
+    notes = "".join(f"\nNote: {n}\n" for n in results["notes"])
+    paths["markdown"].write_text(markdown_table(results["task"], results["metrics"]) + notes)
+    write_jsonl(paths["predictions"], evaluation.predictions)
+    if evaluation.official is not None:
+        paths["official"].write_text(json.dumps(evaluation.official) + "\n")
+
+
+def connect(model: str | Path | None, endpoint: str | None, endpoint_model: str = "default") -> VLMClient:
+    """The client of a picovlm checkpoint or of an OpenAI-compatible server."""
+    if endpoint:
+        return EndpointClient(endpoint, endpoint_model)
+    if model is not None:
+        return PipelineClient.load(model)
+    raise ValueError("give --model or --endpoint")
 
 
 def score_files(task: str, annotations: str | Path, results: str | Path, questions: str | Path | None = None) -> dict:
@@ -233,6 +288,3 @@ def score_files(task: str, annotations: str | Path, results: str | Path, questio
         raise ValueError(f"task {task!r} has no result file to score: it ranks embeddings (use `picovlm eval`)")
     t = make_task(task)
     return t.score_files(Path(annotations), Path(results), Path(questions) if questions else None)
-
-
-__all__ = ["run_eval", "score_files", "markdown_table", "find_image", "generate_answers", "make_task"]

@@ -18,12 +18,10 @@ right, which removes the gain of a model that always says "A".
 from __future__ import annotations
 
 import re
-import string
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-LETTERS = tuple(string.ascii_uppercase[:8])
 _LEADING = re.compile(r"^\s*\(?([A-H])\s*(?:[).:,]|$)")
 
 

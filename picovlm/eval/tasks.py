@@ -1,15 +1,18 @@
 """Evaluation tasks: how each benchmark's files are read, what is asked, and how answers are scored.
 
-A generation task (`vqav2`, `gqa`, `caption`, `pope`, `mmstar`) turns its files into `Query`s
-(image + prompt), and scores the answers a `VLMClient` gives; it also writes the answers in the
-benchmark's official result format and scores such a file with no model (`score_files`), so
-`picovlm eval` and `picovlm score` compose. An embedding task (`retrieval`, `zeroshot`) runs on a
-CLIP checkpoint instead.
+A generation task (`vqa`, `vqav2`, `gqa`, `caption`, `pope`, `mmstar`) turns its files into
+`Query`s (image + prompt, and the reference its answer is scored against), and scores the answers
+a `VLMClient` gives; it also writes the answers in the benchmark's official result format and
+scores such a file with no model (`score_files`), so `picovlm eval` and `picovlm score` compose.
+An embedding task (`retrieval`, `zeroshot`) runs on a CLIP checkpoint instead (eval/harness.py).
+
+A task is a frozen dataclass whose fields are its options (`make_task` refuses any other), and it
+keeps nothing between `load` and `score`: what scoring needs travels in the queries.
 
 `--data` is either a folder written by `picovlm eval-data` (each task finds its file by name) or
-a benchmark file (or folder of the real benchmark's files, by their usual names). Images are looked
-up next to the data: in `images/` beside it, by file name or COCO-style image id, unless `--images`
-says where they are.
+a benchmark file (or folder of the real benchmark's files, by their usual names); for `vqa`, a
+LLaVA-style test file. Images are looked up next to the data: in `images/` beside it, by file name
+or COCO-style image id, unless `--images` says where they are.
 """
 
 from __future__ import annotations
@@ -17,19 +20,23 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import dataclasses
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from picovlm.data.batches import CAPTION_PROMPT
+from picovlm.data.formats import load_samples
+from picovlm.data.records import ImageRef
 from picovlm.eval.caption import score_captions
 from picovlm.eval.gqa import normalize_gqa, score_gqa
 from picovlm.eval.multiple_choice import MCItem, circular_variants, parse_option, score_multiple_choice
 from picovlm.eval.pope import parse_yes_no, pope_metrics
+from picovlm.eval.vqa import questions_from, score_vqa
 from picovlm.eval.vqav2 import normalize_prediction, score_vqav2
 from picovlm.vision.image import load_image
 
@@ -38,14 +45,22 @@ SHORT_ANSWER = "\nAnswer the question using a single word or phrase."  # LLaVA's
 
 @dataclass
 class Query:
-    """One request: an image (path or encoded bytes) and a prompt; `record` goes to predictions.jsonl."""
+    """One request: an image (a path, encoded bytes or an image in an archive) and a prompt.
+
+    `record` is what predictions.jsonl shows of it; `reference` is what its answer is scored against
+    (an annotation, the gold answer, the question with its options), kept here so that a task needs
+    no state of its own between `load` and `score`.
+    """
 
     key: Any
-    image: Path | bytes
+    image: Path | bytes | ImageRef
     prompt: str
-    record: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any]
+    reference: Any
 
     def load_image(self) -> Image.Image:
+        if isinstance(self.image, ImageRef):
+            return self.image.load()
         return load_image(self.image, name=f"image of {self.key}" if isinstance(self.image, bytes) else None)
 
 
@@ -134,13 +149,14 @@ def _subset_note(scored: int, total: int, what: str) -> list[str]:
 # ---------------------------------------------------------------------------- tasks
 
 
-class Task:
+class EvalTask:
+    """What every generation task does; `name` is its registry key, `max_tokens` its answers' length."""
+
     name = ""
-    kind = "generate"  # or "embed"
     max_tokens = 16
-    help = ""
 
     def load(self, data: Path, images: Path | None, limit: int | None) -> list[Query]:
+        """The first `limit` questions of the data, images looked up in `images` (default: beside it)."""
         raise NotImplementedError
 
     def score(self, queries: list[Query], answers: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -152,15 +168,54 @@ class Task:
         raise NotImplementedError
 
     def score_files(self, annotations: Path, results: Path, questions: Path | None) -> dict[str, Any]:
+        """The metrics of an official-format result file, against the benchmark's annotations."""
         raise NotImplementedError
 
 
-class VQAv2(Task):
-    name, max_tokens = "vqav2", 16
-    help = "VQAv2 accuracy (official rules), per question and answer type"
+@dataclass(frozen=True)
+class VQA(EvalTask):
+    """Short-answer VQA on a LLaVA-style test file (the demo's score): exact match after
+    normalization, per question type, each question asked on its own; `--images` is where the
+    file's image names are resolved (default: its folder). Its result file is VQAv2-shaped:
+    [{"question_id": "<record id>#<turn>", "answer"}]."""
 
-    def __init__(self, prompt_suffix: str = SHORT_ANSWER):
-        self.prompt_suffix = prompt_suffix
+    name, max_tokens = "vqa", 16
+    prompt_suffix: str = ""
+
+    def load(self, data, images, limit):
+        out = []
+        for q in questions_from(load_samples(data, on_error="raise", image_root=images))[:limit]:
+            record = {"id": q.id, "type": q.qtype, "question": q.question, "answer": q.answer}
+            out.append(Query(q.id, q.image, q.question + self.prompt_suffix, record, q))
+        return out
+
+    def result_rows(self, queries, answers):
+        return [{"question_id": q.key, "answer": a} for q, a in zip(queries, answers, strict=True)]
+
+    def score(self, queries, answers):
+        m = score_vqa([q.reference for q in queries], answers)
+        return m, [{"correct": ok} for ok in m.pop("per_question")]
+
+    def score_files(self, annotations, results, questions):
+        asked = questions_from(load_samples(annotations, on_error="raise", check_images=False))
+        by_id = {q.id: q for q in asked}
+        if len(by_id) < len(asked):
+            raise ValueError(f"{annotations}: question ids repeat; give every test record its own 'id'")
+        rows = _results_list(results, ("question_id", "answer"))
+        unknown = [r["question_id"] for r in rows if r["question_id"] not in by_id]
+        if unknown:
+            raise ValueError(f"{results}: question_id {unknown[0]!r} is not in {annotations}")
+        m = score_vqa([by_id[r["question_id"]] for r in rows], [r["answer"] for r in rows])
+        m.pop("per_question")
+        return {**m, "notes": _subset_note(len(rows), len(by_id), "questions")}
+
+
+@dataclass(frozen=True)
+class VQAv2(EvalTask):
+    """VQAv2 accuracy (official rules), per question and answer type."""
+
+    name, max_tokens = "vqav2", 16
+    prompt_suffix: str = SHORT_ANSWER
 
     def _files(self, data: Path) -> tuple[Path, Path]:
         if data.is_file():  # the questions file; its annotations beside it
@@ -198,8 +253,7 @@ class VQAv2(Task):
             image = find_image(_roots(qfile, images), _coco_names(q["image_id"], subtype))
             record = {"question_id": q["question_id"], "question": q["question"]}
             record["answers"] = [a["answer"] for a in ann["answers"]]
-            out.append(Query(q["question_id"], image, q["question"] + self.prompt_suffix, record))
-        self._anns = anns
+            out.append(Query(q["question_id"], image, q["question"] + self.prompt_suffix, record, ann))
         return out
 
     def result_rows(self, queries, answers):
@@ -209,7 +263,7 @@ class VQAv2(Task):
 
     def score(self, queries, answers):
         rows = self.result_rows(queries, answers)
-        m = score_vqav2([self._anns[q.key] for q in queries], {r["question_id"]: r["answer"] for r in rows})
+        m = score_vqav2([q.reference for q in queries], {r["question_id"]: r["answer"] for r in rows})
         per = m.pop("per_question")
         return m, [{"answer": r["answer"], "accuracy": per[q.key]} for q, r in zip(queries, rows, strict=True)]
 
@@ -230,12 +284,12 @@ class VQAv2(Task):
         return {**m, "notes": _subset_note(len(preds), len(anns), "annotated questions")}
 
 
-class GQA(Task):
-    name, max_tokens = "gqa", 16
-    help = "GQA exact-match accuracy, per structural and semantic type"
+@dataclass(frozen=True)
+class GQA(EvalTask):
+    """GQA exact-match accuracy, per structural and semantic type."""
 
-    def __init__(self, prompt_suffix: str = SHORT_ANSWER):
-        self.prompt_suffix = prompt_suffix
+    name, max_tokens = "gqa", 16
+    prompt_suffix: str = SHORT_ANSWER
 
     @staticmethod
     def read_questions(path: Path) -> dict[str, dict[str, Any]]:
@@ -248,12 +302,11 @@ class GQA(Task):
 
     def load(self, data, images, limit):
         qfile = _pick(data, ("gqa_questions.json", "*testdev*questions*.json", "*questions*.json"), "GQA questions")
-        self._qs = self.read_questions(qfile)
         out = []
-        for qid, q in list(self._qs.items())[:limit]:
+        for qid, q in list(self.read_questions(qfile).items())[:limit]:
             image = find_image(_roots(qfile, images), [f"{q['imageId']}.jpg", f"{q['imageId']}.png"])
             record = {"questionId": qid, "question": q["question"], "gold": q["answer"]}
-            out.append(Query(qid, image, q["question"] + self.prompt_suffix, record))
+            out.append(Query(qid, image, q["question"] + self.prompt_suffix, record, q))
         return out
 
     def result_rows(self, queries, answers):
@@ -261,10 +314,8 @@ class GQA(Task):
 
     def score(self, queries, answers):
         rows = self.result_rows(queries, answers)
-        m = score_gqa({q.key: self._qs[q.key] for q in queries}, {r["questionId"]: r["prediction"] for r in rows})
-        return m, [
-            {"correct": r["prediction"] == self._qs[q.key]["answer"]} for q, r in zip(queries, rows, strict=True)
-        ]
+        m = score_gqa({q.key: q.reference for q in queries}, {r["questionId"]: r["prediction"] for r in rows})
+        return m, [{"correct": r["prediction"] == q.reference["answer"]} for q, r in zip(queries, rows, strict=True)]
 
     def score_files(self, annotations, results, questions):
         qs = self.read_questions(annotations)
@@ -277,12 +328,12 @@ class GQA(Task):
         return {**m, "notes": _subset_note(len(preds), len(qs), "questions")}
 
 
-class Caption(Task):
-    name, max_tokens = "caption", 48
-    help = "COCO caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D) via pycocoevalcap"
+@dataclass(frozen=True)
+class Caption(EvalTask):
+    """COCO caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D) via pycocoevalcap."""
 
-    def __init__(self, prompt: str = CAPTION_PROMPT):
-        self.prompt = prompt
+    name, max_tokens = "caption", 48
+    prompt: str = CAPTION_PROMPT
 
     @staticmethod
     def read_annotations(path: Path) -> tuple[dict[int, dict], dict[int, list[str]]]:
@@ -302,13 +353,13 @@ class Caption(Task):
 
     def load(self, data, images, limit):
         afile = _pick(data, ("captions.json", "captions_*.json"), "COCO captions")
-        ims, self._refs = self.read_annotations(afile)
+        ims, refs = self.read_annotations(afile)
         out = []
-        for image_id in list(self._refs)[:limit]:
+        for image_id in list(refs)[:limit]:
             im = ims[image_id]
             names = [im["file_name"]] if "file_name" in im else _coco_names(image_id, "val2014")
-            record = {"image_id": image_id, "references": self._refs[image_id]}
-            out.append(Query(image_id, find_image(_roots(afile, images), names), self.prompt, record))
+            record = {"image_id": image_id, "references": refs[image_id]}
+            out.append(Query(image_id, find_image(_roots(afile, images), names), self.prompt, record, refs[image_id]))
         return out
 
     def result_rows(self, queries, answers):
@@ -316,7 +367,7 @@ class Caption(Task):
 
     def score(self, queries, answers):
         preds = {q.key: a.strip() for q, a in zip(queries, answers, strict=True)}
-        m = score_captions({q.key: self._refs[q.key] for q in queries}, preds)
+        m = score_captions({q.key: q.reference for q in queries}, preds)
         per = m.pop("per_image")
         return m, [per[q.key] for q in queries]
 
@@ -333,12 +384,12 @@ class Caption(Task):
         return m
 
 
-class POPE(Task):
-    name, max_tokens = "pope", 8
-    help = "POPE object hallucination: accuracy, precision, recall, F1, yes-ratio per setting"
+@dataclass(frozen=True)
+class POPE(EvalTask):
+    """POPE object hallucination: accuracy, precision, recall, F1, yes-ratio per setting."""
 
-    def __init__(self, prompt_suffix: str = SHORT_ANSWER):
-        self.prompt_suffix = prompt_suffix
+    name, max_tokens = "pope", 8
+    prompt_suffix: str = SHORT_ANSWER
 
     @staticmethod
     def setting(path: Path) -> str:
@@ -367,7 +418,8 @@ class POPE(Task):
                 record = {"setting": self.setting(f), "question_id": r["question_id"], "text": r["text"]}
                 record["label"] = r["label"]
                 image = find_image(_roots(f, images), [r["image"]])
-                out.append(Query((self.setting(f), r["question_id"]), image, r["text"] + self.prompt_suffix, record))
+                key = (self.setting(f), r["question_id"])
+                out.append(Query(key, image, r["text"] + self.prompt_suffix, record, r["label"]))
         return out
 
     def result_rows(self, queries, answers):
@@ -387,7 +439,7 @@ class POPE(Task):
         return out
 
     def score(self, queries, answers):
-        m = self._by_setting([(q.key[0], q.record["label"]) for q in queries], answers)
+        m = self._by_setting([(q.key[0], q.reference) for q in queries], answers)
         return m, [{"parsed": parse_yes_no(a)} for a in answers]
 
     def score_files(self, annotations, results, questions):
@@ -401,12 +453,13 @@ class POPE(Task):
         return {**m, "notes": _subset_note(len(rows), len(labels), "questions")}
 
 
-class MMStar(Task):
-    name, max_tokens = "mmstar", 8
-    help = "multiple choice (MMStar/MMBench TSV or JSONL, options A-D), optional circular evaluation"
+@dataclass(frozen=True)
+class MMStar(EvalTask):
+    """Multiple choice (MMStar/MMBench TSV or JSONL, options A-D), optionally MMBench's circular
+    evaluation (`circular`: every rotation of the options must be answered right)."""
 
-    def __init__(self, circular: bool = False):
-        self.circular = circular
+    name, max_tokens = "mmstar", 8
+    circular: bool = False
 
     @staticmethod
     def read(path: Path, images: Path | None = None) -> list[MCItem]:
@@ -445,20 +498,21 @@ class MMStar(Task):
         items = self.read(path, images)[:limit]
         if self.circular:
             items = [v for it in items for v in circular_variants(it)]
-        self._items = items
         out = []
         for k, it in enumerate(items):
             record = {"index": it.index, "question": it.question, "options": it.options, "gold": it.answer}
-            out.append(Query(f"{it.index}" if not self.circular else f"{it.index}/{k}", it.image, it.prompt(), record))
+            key = f"{it.index}" if not self.circular else f"{it.index}/{k}"
+            out.append(Query(key, it.image, it.prompt(), record, it))
         return out
 
     def result_rows(self, queries, answers):
         return [{"index": q.record["index"], "prediction": a} for q, a in zip(queries, answers, strict=True)]
 
     def score(self, queries, answers):
-        m = score_multiple_choice(self._items, answers, self.circular)
-        per = [parse_option(a, it.options) for a, it in zip(answers, self._items, strict=True)]
-        return m, [{"parsed": p, "correct": p == it.answer} for p, it in zip(per, self._items, strict=True)]
+        items = [q.reference for q in queries]
+        m = score_multiple_choice(items, answers, self.circular)
+        per = [parse_option(a, it.options) for a, it in zip(answers, items, strict=True)]
+        return m, [{"parsed": p, "correct": p == it.answer} for p, it in zip(per, items, strict=True)]
 
     def score_files(self, annotations, results, questions):
         items = {it.index: it for it in self.read(annotations)}
@@ -470,9 +524,22 @@ class MMStar(Task):
         return {**m, "notes": _subset_note(len(rows), len(items), "questions")}
 
 
-GENERATION_TASKS: dict[str, type[Task]] = {t.name: t for t in (VQAv2, GQA, Caption, POPE, MMStar)}
-EMBEDDING_TASKS = {
-    "retrieval": "image-text retrieval Recall@1/5/10, mean/median rank (COCO captions file, CLIP model)",
-    "zeroshot": "zero-shot classification top-1/top-5 with prompt templates (ImageFolder, CLIP model)",
-}
+GENERATION_TASKS: dict[str, type[EvalTask]] = {t.name: t for t in (VQA, VQAv2, GQA, Caption, POPE, MMStar)}
+# On a CLIP checkpoint (eval/harness.py): image-text retrieval Recall@1/5/10 and mean/median rank
+# over a COCO captions file; zero-shot classification top-1/top-5 with prompt templates (ImageFolder).
+EMBEDDING_TASKS = ("retrieval", "zeroshot")
 TASK_NAMES = sorted([*GENERATION_TASKS, *EMBEDDING_TASKS])
+
+
+def make_task(name: str, **options: Any) -> EvalTask:
+    """The generation task `name` with `options`, which must be fields of its dataclass: an option
+    it does not have is an error, not silently dropped (`--circular` means nothing to vqav2)."""
+    if name not in GENERATION_TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASK_NAMES)}")
+    cls = GENERATION_TASKS[name]
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        has = f"its options: {', '.join(known)}" if known else "it has none"
+        raise ValueError(f"task {name!r} has no option {unknown[0]!r} ({has})")
+    return cls(**options)

@@ -2,22 +2,19 @@
 
 Every question of a test record is asked on its own (image + question, no earlier turns), so a
 model cannot lean on answers it gave before; the score is the fraction answered exactly right.
+The harness's `vqa` task (eval/tasks.py) reads a LLaVA-style test file into these questions and
+asks them; this file says what a question is and how its answers are scored.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-from tqdm import tqdm
-
-from picovlm.data.formats import ImageSource, Sample, load_samples, open_image
-from picovlm.engine.pipeline import Pipeline
-from picovlm.engine.sampling import SamplingParams
+from picovlm.data.records import DataError, ImageSource, Sample
 from picovlm.text.tokens import IMAGE
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -44,6 +41,8 @@ def questions_from(samples: Iterable[Sample]) -> list[Question]:
     """Split each multi-turn test conversation into single questions with their types."""
     out = []
     for s in samples:
+        if not s.images:
+            raise DataError(f"{s.meta.get('source', 'a test sample')}: a VQA test conversation needs an image")
         qtypes = s.meta.get("question_types") or ["all"] * (len(s.messages) // 2)
         for k in range(0, len(s.messages) - 1, 2):
             q = s.messages[k]["content"].replace(IMAGE, "").strip()
@@ -55,41 +54,18 @@ def questions_from(samples: Iterable[Sample]) -> list[Question]:
     return out
 
 
-def evaluate_vqa(
-    pipe: Pipeline,
-    data: str | Path,
-    batch_size: int = 32,
-    limit: int | None = None,
-    predictions: Path | None = None,
-    progress: bool = True,
-) -> dict:
-    """{"accuracy", "n", "by_type": {qtype: {"accuracy", "n"}}}; each prediction optionally to JSONL."""
-    qs = questions_from(load_samples(data, on_error="raise"))[:limit]
-    params = SamplingParams(max_tokens=16)
+def score_vqa(questions: list[Question], predictions: list[str]) -> dict[str, Any]:
+    """{"accuracy", "n", "by_type": {qtype: {"accuracy", "n"}}, "per_question": [right or not, ...]}."""
     right: dict[str, list[int]] = defaultdict(list)
-    records = []
-    for i in tqdm(range(0, len(qs), batch_size), desc="eval", disable=not progress):
-        chunk = qs[i : i + batch_size]
-        prompts = [[{"role": "user", "content": f"{IMAGE}\n{q.question}"}] for q in chunk]
-        answers = pipe.generate(prompts, [[open_image(q.image)] for q in chunk], params)
-        for q, a in zip(chunk, answers, strict=True):
-            ok = normalize_answer(a) == normalize_answer(q.answer)
-            right[q.qtype].append(int(ok))
-            records.append(
-                {
-                    "id": q.id,
-                    "type": q.qtype,
-                    "question": q.question,
-                    "answer": q.answer,
-                    "prediction": a,
-                    "correct": ok,
-                }
-            )
-    if predictions:
-        Path(predictions).write_text("".join(json.dumps(r) + "\n" for r in records))
+    per_question = []
+    for q, a in zip(questions, predictions, strict=True):
+        ok = normalize_answer(a) == normalize_answer(q.answer)
+        right[q.qtype].append(int(ok))
+        per_question.append(ok)
     total = [x for v in right.values() for x in v]
     return {
         "accuracy": sum(total) / max(1, len(total)),
         "n": len(total),
         "by_type": {t: {"accuracy": sum(v) / len(v), "n": len(v)} for t, v in sorted(right.items())},
+        "per_question": per_question,
     }

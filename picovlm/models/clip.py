@@ -34,7 +34,7 @@ from picovlm.checkpoint import EVERYTHING_ELSE, load_weights, read_config
 from picovlm.config import CLIPConfig, GPTConfig, VisionConfig, ViTConfig, from_dict
 from picovlm.models.gpt import GPT
 from picovlm.models.hf_encoder import HFTextEncoder
-from picovlm.models.vlm import pad_right
+from picovlm.text.padding import pad_right
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.vision.towers import build_vision_tower
 from picovlm.vision.vit import Block, ViT

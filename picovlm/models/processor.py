@@ -18,7 +18,7 @@ from picovlm.vision.image import ImageProcessor
 class Encoded:
     ids: list[int]
     loss_mask: list[int]
-    pixels: torch.Tensor  # [n_images, 3, H, W]
+    pixels: torch.Tensor | None  # [n_images, 3, H, W]; None from `encode_conversation_ids`
 
 
 class VLMProcessor:
@@ -26,28 +26,34 @@ class VLMProcessor:
         self.tokenizer, self.image_processor = tokenizer, image_processor
         self.tokens_per_image, self.max_len = tokens_per_image, max_len
 
-    def _finish(self, ids: list[int], mask: list[int], images: list, pixels: bool = True) -> Encoded:
-        ids, mask = expand_image_tokens(ids, mask, len(images), self.tokenizer.image_id, self.tokens_per_image)
+    def _expand(self, ids: list[int], mask: list[int], n_images: int) -> tuple[list[int], list[int]]:
+        ids, mask = expand_image_tokens(ids, mask, n_images, self.tokenizer.image_id, self.tokens_per_image)
         if len(ids) > self.max_len:
             raise ValueError(
-                f"input is {len(ids)} tokens ({len(images)} images x {self.tokens_per_image} tokens "
+                f"input is {len(ids)} tokens ({n_images} images x {self.tokens_per_image} tokens "
                 f"included), longer than the context of {self.max_len}"
             )
-        return Encoded(ids, mask, self.image_processor(images) if pixels else torch.empty(0))
+        return ids, mask
 
-    def encode_conversation(self, messages: list[dict], images: list, pixels: bool = True) -> Encoded:
-        """Ids with every placeholder expanded, and the loss mask (1 on assistant tokens only).
-        `pixels=False` skips preprocessing the images (whose features come from elsewhere): only
-        their number is used then, so any stand-ins (their sources) will do."""
-        ids, mask = render_conversation(self.tokenizer, messages)
-        return self._finish(ids, mask, images, pixels)
+    def encode_conversation(self, messages: list[dict], images: list[Image.Image]) -> Encoded:
+        """Ids with every placeholder expanded, the loss mask (1 on assistant tokens only) and the
+        images' pixels."""
+        enc = self.encode_conversation_ids(messages, len(images))
+        return Encoded(enc.ids, enc.loss_mask, self.image_processor(images))
+
+    def encode_conversation_ids(self, messages: list[dict], n_images: int) -> Encoded:
+        """The ids and loss mask of `encode_conversation`, without pixels: for a model that gets its
+        images' features from elsewhere (a frozen tower's cached output), where only their number
+        matters, so no image needs decoding."""
+        ids, mask = self._expand(*render_conversation(self.tokenizer, messages), n_images)
+        return Encoded(ids, mask, None)
 
     def encode_prompt(self, messages: list[dict], images: list[Image.Image], reserve: int = 0) -> Encoded:
         """A generation prompt; `reserve` tokens of context are kept free for the answer."""
-        ids = render_prompt(self.tokenizer, messages)
-        enc = self._finish(ids, [0] * len(ids), images)
-        if len(enc.ids) + reserve > self.max_len:
+        prompt = render_prompt(self.tokenizer, messages)
+        ids, mask = self._expand(prompt, [0] * len(prompt), len(images))
+        if len(ids) + reserve > self.max_len:
             raise ValueError(
-                f"prompt is {len(enc.ids)} tokens; with {reserve} new tokens it exceeds the context of {self.max_len}"
+                f"prompt is {len(ids)} tokens; with {reserve} new tokens it exceeds the context of {self.max_len}"
             )
-        return enc
+        return Encoded(ids, mask, self.image_processor(images))

@@ -22,17 +22,11 @@ from picovlm.config import VLMConfig
 from picovlm.models.gpt import KVCache
 from picovlm.models.lm import build_lm
 from picovlm.models.projectors import build_projector
+from picovlm.text.padding import IGNORE_INDEX
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.vision.towers import build_vision_tower
 
-IGNORE_INDEX = -100
 VLM_PARTS = {"tower": "tower.", "projector": "projector.", "lm": "lm."}  # checkpoint parts: name -> prefix
-
-
-def pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
-    """Id rows of different lengths -> one [B, longest] tensor, each row right-padded with `value`."""
-    longest = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (longest - len(r)) for r in rows], dtype=torch.long)
 
 
 def expand_image_tokens(

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from picovlm.data.formats import Sample, load_samples
+from picovlm.data.formats import load_samples
+from picovlm.data.records import Sample
 from picovlm.presets import RECIPES
 from picovlm.train.stage_tasks import build_stage_task
 from picovlm.train.stages import run_stage, train_tokenizer

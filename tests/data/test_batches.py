@@ -8,10 +8,11 @@ from PIL import Image
 
 from picovlm.config import GPTConfig, VisionConfig, ViTConfig, VLMConfig
 from picovlm.data.batches import BatchStream, ImageCache, TowerFeatures, as_chat, clip_batch, text_batch, vlm_batch
-from picovlm.data.formats import Sample
+from picovlm.data.records import Sample
 from picovlm.models.clip import end_pooled_captions
 from picovlm.models.processor import VLMProcessor
-from picovlm.models.vlm import IGNORE_INDEX, VLM
+from picovlm.models.vlm import VLM
+from picovlm.text.padding import IGNORE_INDEX
 from picovlm.text.tokens import IMAGE
 from picovlm.vision.image import ImageProcessor
 from picovlm.vision.vit import ViT

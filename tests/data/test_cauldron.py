@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from picovlm.data.batches import ImageCache
-from picovlm.data.formats import IMAGE_TOKEN, DataError, ImageRef, load_samples
+from picovlm.data.formats import load_samples
+from picovlm.data.records import IMAGE_TOKEN, DataError, ImageRef
 
 FEATURES = datasets.Features(
     {

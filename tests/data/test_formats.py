@@ -3,7 +3,8 @@ import logging
 
 import pytest
 
-from picovlm.data.formats import IMAGE_TOKEN, DataError, ImageRef, Sample, load_samples, write_llava_json
+from picovlm.data.formats import detect_format, load_samples, split_format, write_llava_json
+from picovlm.data.records import IMAGE_TOKEN, DataError, ImageRef, Sample
 
 
 def _qa(question: str = "<image>\nWhat is it?", answer: str = "a circle") -> list[dict]:
@@ -270,8 +271,6 @@ def test_sharegpt_and_messages_problems(folder, record, what):
 
 
 def test_format_is_picked_from_the_path_or_named(folder):
-    from picovlm.data.formats import detect_format, split_format
-
     for name, fmt in [("a.json", "json"), ("a.JSONL", "jsonl"), ("s.tar.gz", "webdataset"), ("d.parquet", "cauldron")]:
         assert detect_format(folder / name) == fmt
     assert split_format("webdataset:shards/x") == ("webdataset", "shards/x")

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from picovlm.data.batches import ImageCache
-from picovlm.data.formats import IMAGE_TOKEN, DataError, ImageRef, load_samples
+from picovlm.data.formats import load_samples
+from picovlm.data.records import IMAGE_TOKEN, DataError, ImageRef
 from picovlm.data.webdataset import split_key
 from picovlm.vision.image import ImageError
 

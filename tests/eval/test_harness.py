@@ -2,6 +2,7 @@
 trained model (VLM and CLIP), an OpenAI-compatible stub server, and `eval` -> `score` composition."""
 
 import base64
+import dataclasses
 import io
 import json
 import threading
@@ -13,7 +14,8 @@ from PIL import Image
 from picovlm.cli import main
 from picovlm.eval.benchmarks import scene_config_of, write_eval_sets
 from picovlm.eval.clients import EndpointClient
-from picovlm.eval.harness import make_task, run_eval, score_files
+from picovlm.eval.harness import run_eval, score_files
+from picovlm.eval.tasks import make_task
 
 TASKS = ("vqav2", "gqa", "caption", "pope", "mmstar")
 
@@ -141,6 +143,26 @@ def test_limit_and_circular(eval_sets, tmp_path):
     assert res["metrics"]["accuracy"] == 0.0  # "always A" never survives all rotations
 
 
+def test_tasks_keep_no_state_between_load_and_score(eval_sets):
+    """What scoring needs travels in the queries: a fresh task scores another one's queries the same."""
+    for task in TASKS:
+        queries = make_task(task).load(eval_sets, None, 4)
+        answers = gold_answers(task, eval_sets)[: len(queries)]
+        assert make_task(task).score(queries, answers) == make_task(task).score(queries, answers)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            make_task(task).anything = 1
+
+
+def test_options_are_each_tasks_own(eval_sets, tmp_path):
+    assert make_task("mmstar", circular=True).circular and make_task("gqa", prompt_suffix="").prompt_suffix == ""
+    with pytest.raises(ValueError, match="task 'vqav2' has no option 'circular' \\(its options: prompt_suffix\\)"):
+        make_task("vqav2", circular=True)
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        make_task("nope")
+    with pytest.raises(ValueError, match="has no option 'circular'"):
+        run_eval("retrieval", eval_sets, tmp_path / "r.json", model=tmp_path, circular=True)
+
+
 def test_tiny_model_and_clip_tasks(tiny_run, eval_sets, tmp_path):
     res = run_eval("vqav2", eval_sets, tmp_path / "v.json", model=tiny_run["model"], limit=5, progress=False)
     assert res["metrics"]["n"] == 5 and 0 <= res["metrics"]["overall"] <= 100
@@ -151,6 +173,13 @@ def test_tiny_model_and_clip_tasks(tiny_run, eval_sets, tmp_path):
     assert z["n"] == 4 and 0 <= z["top1"] <= z["top5"] <= 1
     with pytest.raises(ValueError, match="not a CLIP model"):
         run_eval("zeroshot", eval_sets, tmp_path / "z.json", model=tiny_run["model"], progress=False)
+    with pytest.raises(ValueError, match="--images does not apply"):
+        run_eval("zeroshot", eval_sets, tmp_path / "z.json", model=clip, images=eval_sets, progress=False)
+    moved = tmp_path / "captions" / "captions.json"  # retrieval honours --images
+    moved.parent.mkdir()
+    moved.write_text((eval_sets / "captions.json").read_text())
+    r2 = run_eval("retrieval", moved, tmp_path / "r2.json", model=clip, images=eval_sets, progress=False)["metrics"]
+    assert r2 == r
 
 
 class StubChat(BaseHTTPRequestHandler):
@@ -257,6 +286,8 @@ def test_cli_eval_data_eval_and_score(tiny_run, tmp_path, capsys):
         (["eval", "--task", "pope", "--model", "x", "--data", "{sets}/nothing"], "nothing: not found"),
         (["eval", "--task", "retrieval", "--endpoint", "http://x", "--data", "{sets}"], "needs a CLIP checkpoint"),
         (["eval", "--task", "vqav2", "--model", "x"], "needs --data"),
+        (["eval", "--task", "vqav2", "--model", "x", "--data", "{sets}", "--circular"], "has no option 'circular'"),
+        (["eval", "--model", "x", "--data", "{sets}/vqav2_questions.json"], "expected a JSON list of records"),
     ],
 )
 def test_cli_errors_are_one_line(eval_sets, tmp_path, capsys, argv, message):

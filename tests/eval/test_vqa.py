@@ -1,11 +1,18 @@
+"""The `vqa` task (the demo's score) through the harness: exact match per question type on a
+LLaVA-style test file, with per-question predictions, its result file and `score_files`."""
+
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from picovlm.data.formats import Sample, load_samples
-from picovlm.engine.pipeline import Pipeline
-from picovlm.eval.vqa import evaluate_vqa, normalize_answer, questions_from
+from picovlm.data.formats import load_samples
+from picovlm.data.records import DataError, Sample
+from picovlm.eval.clients import PipelineClient
+from picovlm.eval.harness import evaluate, load_queries, run_eval, score_files
+from picovlm.eval.tasks import VQA
+from picovlm.eval.vqa import normalize_answer, questions_from
 from picovlm.text.tokens import IMAGE
 
 
@@ -47,33 +54,37 @@ def test_questions_from_splits_turns_with_types():
         ("What colour is the circle?", "red", "all", "s1#0"),
     ]
     assert [q.image for q in qs] == [Path("a.png"), Path("a.png"), Path("b.png")]
+    text_only = Sample([], [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+    with pytest.raises(DataError, match="needs an image"):
+        questions_from([text_only])
 
 
-def test_evaluate_vqa_on_tiny_model(tiny_run, tmp_path):
+def test_vqa_task_on_tiny_model(tiny_run, tmp_path):
     test_file = tiny_run["data"] / "test.json"
     n = len(questions_from(load_samples(test_file)))
-    predictions = tmp_path / "predictions.jsonl"
-    pipe = Pipeline.load(tiny_run["model"])
-    results = evaluate_vqa(pipe, test_file, batch_size=16, predictions=predictions, progress=False)
-    assert 0.0 <= results["accuracy"] <= 1.0
-    assert results["n"] == n
-    assert sum(r["n"] for r in results["by_type"].values()) == n
-    assert all(0.0 <= r["accuracy"] <= 1.0 for r in results["by_type"].values())
-    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    res = run_eval("vqa", test_file, tmp_path / "vqa.json", model=tiny_run["model"], batch_size=16, progress=False)
+    m = res["metrics"]
+    assert 0.0 <= m["accuracy"] <= 1.0 and m["n"] == n
+    assert sum(r["n"] for r in m["by_type"].values()) == n
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in m["by_type"].values())
+    rows = [json.loads(line) for line in Path(res["files"]["predictions"]).read_text().splitlines()]
     assert len(rows) == n
-    assert set(rows[0]) == {"id", "type", "question", "answer", "prediction", "correct"}
+    assert list(rows[0]) == ["id", "type", "question", "answer", "prediction", "correct"]
+    assert sum(r["correct"] for r in rows) == round(m["accuracy"] * n)
+    # the result file scores the same with no model
+    assert {k: v for k, v in score_files("vqa", test_file, res["files"]["official"]).items() if k != "notes"} == m
 
 
 class ScriptedPipeline:
-    """Stands in for a Pipeline: answers with `answer_for(question)` and checks each prompt and image
-    arrives in the order of the test file."""
+    """Stands in for a Pipeline behind `PipelineClient`: answers with `answer_for(question)` and
+    checks each prompt, image and sampling setting arrives as the demo has always asked them."""
 
     def __init__(self, questions, answer_for):
         self.expected, self.answer_for, self.calls = list(questions), answer_for, 0
 
     def generate(self, batch, images, params):
         self.calls += 1
-        assert len(batch) == len(images)
+        assert len(batch) == len(images) and params.max_tokens == 16 and params.temperature == 0
         answers = []
         for messages, ims in zip(batch, images, strict=True):
             q = self.expected.pop(0)
@@ -96,14 +107,34 @@ def test_scoring_with_a_fake_pipeline(tiny_data, answer_for, accuracy):
     test_file = tiny_data / "test.json"
     qs = questions_from(load_samples(test_file))
     pipe = ScriptedPipeline(qs, answer_for)
-    results = evaluate_vqa(pipe, test_file, batch_size=5, progress=False)
+    evaluation = evaluate(VQA(), load_queries(VQA(), test_file), PipelineClient(pipe), batch_size=5, progress=False)
+    m = evaluation.metrics
     assert pipe.expected == [] and pipe.calls == -(-len(qs) // 5)
-    assert results["accuracy"] == accuracy and results["n"] == len(qs)
-    assert all(r["accuracy"] == accuracy for r in results["by_type"].values())
+    assert m["accuracy"] == accuracy and m["n"] == len(qs)
+    assert all(r["accuracy"] == accuracy for r in m["by_type"].values())
+    assert [r["correct"] for r in evaluation.predictions] == [accuracy == 1.0] * len(qs)
 
 
-def test_evaluate_vqa_limit(tiny_data):
-    test_file = tiny_data / "test.json"
-    qs = questions_from(load_samples(test_file))
-    results = evaluate_vqa(ScriptedPipeline(qs, lambda q: q.answer), test_file, limit=7, progress=False)
-    assert results["n"] == 7 and results["accuracy"] == 1.0
+def test_limit_images_and_result_file(tiny_data, tmp_path):
+    qs = questions_from(load_samples(tiny_data / "test.json"))
+    moved = tmp_path / "elsewhere" / "test.json"  # the file without its images beside it
+    moved.parent.mkdir()
+    shutil.copy(tiny_data / "test.json", moved)
+    with pytest.raises(DataError, match="image not found"):
+        load_queries(VQA(), moved)
+    queries = load_queries(VQA(), moved, images=tiny_data, limit=7)
+    evaluation = evaluate(VQA(), queries, PipelineClient(ScriptedPipeline(qs, lambda q: q.answer)), progress=False)
+    assert evaluation.metrics["n"] == 7 and evaluation.metrics["accuracy"] == 1.0
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(evaluation.official[:5] + [{"question_id": qs[5].id, "answer": "zebra"}]))
+    scored = score_files("vqa", tiny_data / "test.json", results)
+    assert scored["n"] == 6 and scored["accuracy"] == 5 / 6 and scored["notes"][0].startswith("scored 6 of the")
+    results.write_text(json.dumps([{"question_id": "nope#0", "answer": "red"}]))
+    with pytest.raises(ValueError, match="question_id 'nope#0' is not in"):
+        score_files("vqa", tiny_data / "test.json", results)
+
+
+def test_the_prompt_is_the_question_unless_a_suffix_is_given(tiny_data):
+    question = questions_from(load_samples(tiny_data / "test.json"))[0].question
+    assert load_queries(VQA(), tiny_data / "test.json")[0].prompt == question
+    assert load_queries(VQA(prompt_suffix="\nOne word."), tiny_data / "test.json")[0].prompt == question + "\nOne word."

@@ -10,7 +10,9 @@ from picovlm.config import VisionConfig, ViTConfig, VLMConfig
 from picovlm.engine.generate import generate_tokens
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
-from picovlm.eval.vqa import evaluate_vqa
+from picovlm.eval.clients import PipelineClient
+from picovlm.eval.harness import evaluate, load_queries
+from picovlm.eval.tasks import VQA
 from picovlm.models.hf_lm import HFCausalLM, hf_lm_tokenizer
 from picovlm.models.vlm import VLM
 from picovlm.presets import RECIPES
@@ -102,7 +104,8 @@ def test_recipe_trains_evaluates_and_chats_with_an_hf_lm(tiny_data, tmp_path, wr
     done = run_recipe(recipe, tmp_path / "run", progress=False)
     pipe = Pipeline.load(done["instruct"])
     assert pipe.model.cfg.lm_kind == "hf" and pipe.model.cfg.lm.n_embd == 32
-    results = evaluate_vqa(pipe, tiny_data / "test.json", batch_size=4, limit=4)
+    queries = load_queries(VQA(), tiny_data / "test.json", limit=4)
+    results = evaluate(VQA(), queries, PipelineClient(pipe), batch_size=4, progress=False).metrics
     assert results["n"] == 4 and 0.0 <= results["accuracy"] <= 1.0
     question = [{"role": "user", "content": "what is red"}]
     answer = pipe.generate([question], [[]], SamplingParams(max_tokens=3, temperature=0.0))

@@ -1,0 +1,227 @@
+"""What a dataset record becomes, and the rules every format shares.
+
+A record of any format (a line of a JSON file, a tar shard's key, a dataset row) becomes a
+`Sample`: its images, as paths or `ImageRef`s into an archive, and its user/assistant messages,
+with one IMAGE_TOKEN ("<|image|>") per image. `parse_record` reads the JSON record layouts (see
+`picovlm.data.formats`), which JSON files and tar shards both hold; `chat_messages` checks a
+conversation for every format that has one.
+
+A problem with a record is a `BadRecord` inside a reader; `picovlm.data.formats.load_samples`
+turns it into a `DataError` or a warning naming the file and the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from picovlm.text.tokens import IMAGE as IMAGE_TOKEN
+from picovlm.vision.image import ImageError, load_image
+
+LLAVA_PLACEHOLDER = "<image>"
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": None}
+
+
+class DataError(ValueError):
+    """A malformed record; the message is "{path}:{record}: {what is wrong}", where the record is a
+    line number (JSON), "row N" (a dataset) or a sample key (a tar shard)."""
+
+
+class BadRecord(Exception):
+    """Raised inside the parsers; turned into a DataError or a warning with file and record."""
+
+
+def require(condition: bool, message: str) -> None:
+    """The check every parser makes: a BadRecord saying `message` unless `condition` holds."""
+    if not condition:
+        raise BadRecord(message)
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image inside something else (a tar member, a dataset cell), read when needed.
+
+    `name` says where it is: it is the cache key and what an unreadable image's error names.
+    `read` returns the encoded bytes (or a path, or a PIL image); decoding goes through
+    `load_image`, so archived images get the same size limit as files.
+    """
+
+    name: str
+    read: Callable[[], bytes | Path | Image.Image] = field(compare=False, repr=False)
+
+    def load(self) -> Image.Image:
+        try:
+            data = self.read()
+        except (OSError, KeyError, IndexError, ValueError) as e:
+            raise ImageError(f"{self.name}: cannot read the image ({type(e).__name__}: {e})") from None
+        return load_image(data, name=self.name)
+
+
+ImageSource = Path | ImageRef
+
+
+def open_image(source: ImageSource) -> Image.Image:
+    """An RGB PIL image from a path or an `ImageRef`."""
+    return source.load() if isinstance(source, ImageRef) else load_image(source)
+
+
+@dataclass
+class Sample:
+    images: list[ImageSource]
+    messages: list[dict[str, str]]  # {"role": "user" | "assistant", "content": str}
+    meta: dict[str, Any] = field(default_factory=dict)  # kind, source ("file:record"), id, question_types
+
+    @property
+    def image(self) -> ImageSource | None:
+        """The first image, for the common one-image case."""
+        return self.images[0] if self.images else None
+
+
+# A reader yields (source, parse): `source` names the record, "{file}:{where}" with `where` a line
+# number, "row N" or a sample key, and `parse()` returns its Sample or raises BadRecord. Parsing is
+# left to the caller so that one loop turns every problem of every format into the same message.
+Records = Iterator[tuple[str, Callable[[], Sample]]]
+
+
+def bad_record(error: BadRecord) -> Sample:
+    """The `parse` of a record a reader already knows to be bad (broken JSON, a damaged shard)."""
+    raise error
+
+
+def _image_paths(record: dict, root: Path, check_images: bool) -> list[ImageSource]:
+    require(not ("image" in record and "images" in record), "use 'image' or 'images', not both")
+    key = "images" if "images" in record else "image"
+    value = record.get(key)
+    names = [] if value is None else [value] if isinstance(value, str) else value
+    require(
+        isinstance(names, list) and all(isinstance(n, str) and n for n in names),
+        f"'{key}' must be a non-empty string or a list of them",
+    )
+    paths = [root / n for n in names]  # an absolute name stays absolute
+    if check_images:
+        for path in paths:
+            require(path.exists(), f"image not found: {path}")
+    return paths
+
+
+def _parse_caption(record: dict, images: list[ImageSource]) -> Sample:
+    text = record["text"]
+    require(len(images) == 1, "a caption record needs exactly one image")
+    require(isinstance(text, str) and text.strip() != "", "'text' must be a non-empty string")
+    return Sample(images, [{"role": "assistant", "content": text}], {"kind": "caption"})
+
+
+def chat_messages(turns: list[tuple[str, str]], n_images: int, what: str = "turn") -> list[dict[str, str]]:
+    """(role name, text with "<image>" placeholders) turns -> user/assistant messages with IMAGE_TOKEN.
+
+    The one place where the rules of a conversation are checked, for every format that has one.
+    """
+    messages = []
+    for k, (name, text) in enumerate(turns):
+        require(name in ROLES, f"{what} {k} has unknown role {name!r}")
+        require(IMAGE_TOKEN not in text, f"{what} {k} contains the reserved token {IMAGE_TOKEN}")
+        role = ROLES[name]
+        if role is None:  # a system prompt: dropped
+            continue
+        expected = "user" if len(messages) % 2 == 0 else "assistant"
+        require(role == expected, f"{what} {k} is from the {role}, expected the {expected} (must alternate)")
+        messages.append({"role": role, "content": text})
+    require(len(messages) > 0, "conversation has no user or assistant turns")
+    require(messages[-1]["role"] == "assistant", "conversation must end with an assistant turn")
+
+    placeholders = sum(m["content"].count(LLAVA_PLACEHOLDER) for m in messages)
+    require(placeholders == n_images, f"{placeholders} <image> placeholder(s) for {n_images} image(s)")
+    for m in messages:
+        m["content"] = m["content"].replace(LLAVA_PLACEHOLDER, IMAGE_TOKEN)
+    return messages
+
+
+def _parse_conversation(record: dict, images: list[ImageSource]) -> Sample:
+    turns = record["conversations"]
+    require(isinstance(turns, list) and len(turns) > 0, "'conversations' must be a non-empty list")
+    pairs = []
+    for k, turn in enumerate(turns):
+        require(isinstance(turn, dict), f"turn {k} must be an object")
+        require(
+            isinstance(turn.get("from"), str) and isinstance(turn.get("value"), str),
+            f"turn {k} needs string 'from' and 'value'",
+        )
+        pairs.append((turn["from"], turn["value"]))
+    messages = chat_messages(pairs, len(images))
+    meta: dict[str, Any] = {"kind": "chat"}
+    if "question_types" in record:
+        qtypes, n = record["question_types"], len(messages) // 2
+        valid = isinstance(qtypes, list) and all(isinstance(t, str) for t in qtypes) and len(qtypes) == n
+        require(valid, f"'question_types' must be a list of {n} strings, one per answer")
+        meta["question_types"] = qtypes
+    return Sample(images, messages, meta)
+
+
+def _content_text(content: Any, k: int, root: Path, check_images: bool, url_images: list[ImageSource]) -> str:
+    """A message's content as text with "<image>" placeholders; image_url parts append their path."""
+    if isinstance(content, str):
+        return content
+    require(isinstance(content, list), f"message {k} 'content' must be a string or a list of parts")
+    pieces = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            require(isinstance(part.get("text"), str), f"message {k} has a text part without a string 'text'")
+            pieces.append(part["text"])
+        elif kind == "image":
+            pieces.append(LLAVA_PLACEHOLDER)
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            require(isinstance(url, str) and url != "", f"message {k} has an image_url part without a 'url'")
+            require(
+                "://" not in url.removeprefix("file://") and not url.startswith("data:"),
+                f"message {k}: only local image paths are read from data files, not {url[:40]!r}",
+            )
+            path = root / url.removeprefix("file://")
+            require(not check_images or path.exists(), f"image not found: {path}")
+            url_images.append(path)
+            pieces.append(LLAVA_PLACEHOLDER)
+        else:
+            require(False, f"message {k} has a part of unknown type {kind!r} (text, image or image_url)")
+    return "\n".join(pieces)
+
+
+def _parse_messages(record: dict, images: list[ImageSource], root: Path, check_images: bool) -> Sample:
+    turns = record["messages"]
+    require(isinstance(turns, list) and len(turns) > 0, "'messages' must be a non-empty list")
+    pairs, url_images = [], []
+    for k, turn in enumerate(turns):
+        require(isinstance(turn, dict), f"message {k} must be an object")
+        require(
+            isinstance(turn.get("role"), str) and "content" in turn,
+            f"message {k} needs a string 'role' and a 'content'",
+        )
+        pairs.append((turn["role"], _content_text(turn["content"], k, root, check_images, url_images)))
+    require(not (images and url_images), "use image parts with 'images', or image_url parts, not both")
+    images = images or url_images
+    return Sample(images, chat_messages(pairs, len(images), what="message"), {"kind": "chat"})
+
+
+def parse_record(record: Any, root: Path, check_images: bool, images: list[ImageSource] | None = None) -> Sample:
+    """One JSON record -> a Sample. `images`, when given, replaces the record's own image keys (a tar
+    shard's image members); raises BadRecord."""
+    require(isinstance(record, dict), f"expected a JSON object, got {type(record).__name__}")
+    kinds = [k for k in ("conversations", "messages") if k in record]
+    require(len(kinds) < 2, "use 'conversations' or 'messages', not both")
+    require(kinds or "text" in record, "missing key 'conversations' (or 'messages', or 'text' for a caption)")
+    if images is None:
+        images = _image_paths(record, root, check_images)
+    if kinds == ["conversations"]:
+        sample = _parse_conversation(record, images)
+    elif kinds == ["messages"]:
+        sample = _parse_messages(record, images, root, check_images)
+    else:
+        sample = _parse_caption(record, images)
+    if "id" in record:
+        sample.meta["id"] = record["id"]
+    return sample
