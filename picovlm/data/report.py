@@ -37,6 +37,7 @@ class DataReport:
         self.name, self.rejects, self.quiet = name, rejects, quiet
         self.read = 0
         self.rejected: list[Reject] = []
+        self.truncated: list[str] = []  # sources of the records used cut short
 
     def reject(self, source: str, reason: str, error: str, record: Any = None) -> None:
         self.rejected.append(Reject(source, reason, error, record))
@@ -47,6 +48,12 @@ class DataReport:
             line = {"stage": self.name, "source": source, "reason": reason, "error": error, "record": record}
             with open(self.rejects, "a", encoding="utf-8") as f:
                 f.write(json.dumps(line, default=str) + "\n")
+
+    def truncate(self, source: str, note: str) -> None:
+        """A record used, but cut short (`StageConfig.too_long` "truncate"): one line, counted."""
+        self.truncated.append(source)
+        if not self.quiet:
+            log.warning(f"{source}: {note}")
 
     def counts(self) -> dict[str, int]:
         """Rejects per reason, the most frequent first."""
@@ -63,9 +70,10 @@ class DataReport:
         skipped = sum(counts.values())
         line = f"{self.name} data: {self.read} records read, {self.used} used, {skipped} skipped"
         line += f" ({', '.join(f'{n} {reason}' for reason, n in counts.items())})" if counts else ""
+        line += f", {len(self.truncated)} of those used truncated" if self.truncated else ""
         damaged = [r.source for r in self.rejected if r.reason == DAMAGED_FILE]
         return line + (f"; not read to the end: {', '.join(damaged)}" if damaged else "")
 
     def as_dict(self) -> dict[str, Any]:
         """The counts, for the stage's log.jsonl."""
-        return {"read": self.read, "used": self.used, "skipped": self.counts()}
+        return {"read": self.read, "used": self.used, "skipped": self.counts(), "truncated": len(self.truncated)}
