@@ -28,13 +28,14 @@ import json
 import os
 import pickle
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from picovlm.text.tokenizer import chat_template_file
@@ -83,6 +84,26 @@ def read_tensors(file: Path) -> dict[str, torch.Tensor]:
         return load_file(file)
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{file}: {_damaged(e)}") from None
+
+
+@contextmanager
+def naming_damaged_weights(folder: str | Path) -> Iterator[None]:
+    """Around a pretrained folder's loading (transformers' `from_pretrained`): a damaged safetensors
+    file in it is a CheckpointError naming the file, not a SafetensorError traceback naming nothing."""
+    try:
+        yield
+    except SafetensorError as e:
+        files = sorted(Path(folder).glob("*.safetensors"))
+        raise CheckpointError(f"{next((f for f in files if not _readable(f)), folder)}: {_damaged(e)}") from None
+
+
+def _readable(file: Path) -> bool:
+    """Whether a safetensors file's header reads and covers the file (no tensor is loaded)."""
+    try:
+        with safe_open(file, framework="pt"):
+            return True
+    except (SafetensorError, OSError):
+        return False
 
 
 def _damaged(e: Exception) -> str:

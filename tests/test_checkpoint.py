@@ -239,3 +239,14 @@ def test_corrupt_files_are_one_line_errors_naming_the_file(tmp_path, tokfile):
     (tmp_path / "ck" / "config.json").write_bytes(b"\xff\xfe{")
     with pytest.raises(CheckpointError, match="corrupt config"):
         read_config(tmp_path / "ck")
+
+
+def test_a_damaged_pretrained_folder_names_its_weights_file(write_hf_lm, tmp_path):
+    """The weights transformers reads for an HF LM (a pretrained recipe's model loads them too)."""
+    from picovlm.models.hf_lm import HFCausalLM
+
+    folder, vocab = write_hf_lm(tmp_path / "lm", "llama")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=rf"^{weights}: damaged or incomplete file \(SafetensorError: "):
+        HFCausalLM(folder, vocab, 64)

@@ -122,7 +122,7 @@ def _json_array_records(text: str) -> Iterator[Item]:
             record, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             column = f"line {e.lineno}, column {e.colno}" if multiline else f"column {e.colno}"
-            yield where, at, DamagedFile(f"invalid JSON: {e.msg} ({column}); {UNREAD}")
+            yield where, at, DamagedFile(f"invalid JSON at {column}: {e.msg.removesuffix(' at')}; {UNREAD}")
             return
         yield where, at, record
         pos = _WHITESPACE.match(text, pos).end()
@@ -200,7 +200,7 @@ def load_samples(
             sample = parse()
         except BadRecord as e:
             if on_error == "raise" or (isinstance(e, DamagedFile) and on_bad_file == "fail"):
-                raise DataError(f"{source}: {e}") from None
+                raise DataError(f"{source}: {e}{_keep_hint(e, on_error, samples)}") from None
             if not isinstance(e, DamagedFile):  # a record, read and found bad (not the unread rest of a file)
                 report.read += 1
             report.reject(source, e.reason, f"{e}", e.record)
@@ -209,6 +209,13 @@ def load_samples(
         sample.meta["source"] = source
         samples.append(sample)
     return samples
+
+
+def _keep_hint(error: BadRecord, on_error: str, samples: list[Sample]) -> str:
+    """What to say to go on past a damaged file, when it is the only thing that stopped the read."""
+    if not isinstance(error, DamagedFile) or on_error == "raise":
+        return ""
+    return f' (on_bad_file="skip" keeps the {len(samples)} records read before it)'
 
 
 def _records(path: Path, fmt: str, image_root: str | Path | None, check_images: bool) -> Records:

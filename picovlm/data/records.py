@@ -274,5 +274,6 @@ def _parse_record(record: Any, root: Path, check_images: bool, images: list[Imag
 
 def sample_record(sample: Sample) -> dict[str, Any]:
     """A sample as JSON, for the rejects file: its id, images (names) and messages."""
-    record = {"images": [str(getattr(im, "name", im)) for im in sample.images], "messages": sample.messages}
+    names = [im.name if isinstance(im, ImageRef) else str(im) for im in sample.images]
+    record = {"images": names, "messages": sample.messages}
     return {"id": sample.meta["id"], **record} if "id" in sample.meta else record

@@ -149,9 +149,10 @@ def attach_lora(model: VLM, stage: StageConfig, ckpt: Path, resumed: bool) -> No
 
 
 def stage_samples(
-    files: tuple[str, ...], recipe: RecipeConfig, stage: StageConfig, task: StageTask, report: DataReport
+    files: tuple[str, ...], recipe: RecipeConfig, stage: StageConfig, task: StageTask, report: DataReport, need: int
 ) -> list[Sample]:
-    """The samples of `files` as the stage's task trains them (`StageTask.prepare`), the others counted."""
+    """The samples of `files` as the stage's task trains them (`StageTask.prepare`), the others counted;
+    fewer than `need` (one batch) is an error that says what was left out."""
     prepared = []
     for sample in read_samples(files, Path(recipe.data_dir), report, stage.on_bad_file):
         try:
@@ -161,8 +162,9 @@ def stage_samples(
             continue
         if "truncated" in prepared[-1].meta:
             report.truncate(sample.meta["source"], prepared[-1].meta["truncated"])
-    if not prepared:
-        raise ValueError(f"no usable samples in {', '.join(files)}: {report.summary()}")
+    if len(prepared) < need:
+        what = f"{len(prepared)} usable samples in {', '.join(files)}, fewer than one batch of {need}"
+        raise ValueError(f"stage {stage.name!r}: {what} ({report.summary()})")
     return prepared
 
 
@@ -175,11 +177,11 @@ def data_streams(
     def on_reject(sample: Sample, message: str) -> None:
         report.reject(sample.meta.get("source", "?"), BAD_IMAGE, message, sample_record(sample))
 
-    train_samples = stage_samples(stage.data, recipe, stage, task, report)
+    train_samples = stage_samples(stage.data, recipe, stage, task, report, stage.batch_size)
     batches = BatchStream(train_samples, stage.batch_size, task.make_batch, stage.seed, on_reject)
     if not stage.val_data:
         return batches, None
-    val_samples = stage_samples(stage.val_data, recipe, stage, task, report)
+    val_samples = stage_samples(stage.val_data, recipe, stage, task, report, 1)
     val = BatchStream(val_samples, min(stage.batch_size, len(val_samples)), task.make_batch, VAL_SEED, on_reject)
     return batches, val.rewind
 

@@ -119,7 +119,7 @@ def test_a_json_list_cut_short_fails_unless_told_to_keep_what_was_read(folder):
     text = json.dumps([{**GOOD, "id": f"train_{i:06d}"} for i in range(8)])
     path.write_text(text[: text.index('"train_000003"') + 20])
     for on_error in ("skip", "raise"):
-        with pytest.raises(DataError, match=rf"^{path}#3: invalid JSON: .* \(column \d+\); the rest of the file"):
+        with pytest.raises(DataError, match=rf"^{path}#3: invalid JSON at column \d+: .*; the rest of the file"):
             load_samples(path, on_error=on_error)
     report = DataReport()
     assert len(load_samples(path, report=report, on_bad_file="skip")) == 3
@@ -157,7 +157,7 @@ def test_syntax_error_in_json_array_keeps_earlier_records_when_told_to(folder):
     report = DataReport()
     assert len(load_samples(path, report=report, on_bad_file="skip")) == 2
     (reject,) = report.rejected
-    assert reject.source == f"{path}#2 (line 4)" and reject.error.startswith("invalid JSON: ")
+    assert reject.source == f"{path}#2 (line 4)" and reject.error.startswith("invalid JSON at line 4, column 2: ")
 
 
 def test_images_are_checked_from_their_header_at_load_time(folder, monkeypatch):

@@ -62,7 +62,9 @@ def test_a_data_file_cut_short_stops_the_stage_unless_told_to_go_on(recipe, toke
     text = json.dumps(records)
     cut = text[: text.index('"train_000003"') + 30]
     path = tmp_path / "train.json"
-    with pytest.raises(DataError, match=rf"^{path}#3: invalid JSON: .*; the rest of the file was not read"):
+    message = rf"^{path}#3: invalid JSON at column \d+: .*; the rest of the file was not read"
+    message += r' \(on_bad_file="skip" keeps the 3 records read before it\)$'
+    with pytest.raises(DataError, match=message):
         _run(recipe, tokenizer, tmp_path, cut, batch_size=2)
     assert not (tmp_path / "instruct").exists()  # nothing trained, nothing written
 
@@ -88,6 +90,7 @@ def test_an_over_long_conversation_is_named_and_skipped(recipe, tokenizer, recor
     assert reject["source"] == f"{tmp_path / 'train.json'}#2 (id train_000002)" and reject["reason"] == "too long"
     assert reject["error"].startswith("too long: ") and "longer than the context of 128" in reject["error"]
     assert reject["record"]["id"] == "train_000002" and len(reject["record"]["messages"]) > 60
+    assert reject["record"]["images"] == [records[2]["image"]]  # the path, as it was read
     out = capsys.readouterr().out
     assert "instruct data: 8 records read, 7 used, 1 skipped (1 too long)" in out
     assert log[-1]["skipped"] == {"too long": 1}
