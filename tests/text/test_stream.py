@@ -5,7 +5,7 @@ import pytest
 
 from picovlm.text.stream import StreamDecoder, TextStream, stop_prefix_length
 from picovlm.text.tokenizer import Tokenizer
-from picovlm.text.tokens import END, IMAGE
+from picovlm.text.tokens import END, IMAGE, SPECIAL_TOKENS
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,21 @@ def test_decodes_only_a_small_window(tok, monkeypatch):
     monkeypatch.setattr(tok, "decode", recording_decode)
     assert "".join(stream(tok, ids)) == real_decode(ids)
     assert max(widths) <= 10
+
+
+def test_windows_keep_context_for_a_tokenizer_that_strips_a_leading_space():
+    """SentencePiece-style ("▁" for a space, dropped at the start of a decode): a window that restarts
+    without the piece before it as context would lose the space before its first word."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer, hf.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    hf.train_from_iterator(["the cat sat on the mat"] * 20, trainers.BpeTrainer(special_tokens=list(SPECIAL_TOKENS)))
+    tok = Tokenizer(hf)
+    ids = tok.encode("the cat sat on the mat " * 6)
+    assert tok.decode(ids[3:4])[0] != " " and " " in tok.decode(ids[2:4])  # a lone word loses its space
+    assert "".join(stream(tok, ids)) == tok.decode(ids)
 
 
 # --- TextStream: stop strings --------------------------------------------------------------------
