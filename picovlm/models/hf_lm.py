@@ -4,8 +4,9 @@ The VLM, the engine and the training stages talk to a language model through fou
 `forward(ids | inputs_embeds, key_padding_mask, kv_cache, position_ids, return_hidden, segment_ids)`, `cfg`
 (n_embd, max_seq_len, ...) and our `KVCache` (which the engine allocates and advances). This wrapper
 gives an HF model (Llama, Qwen2, GPT-2, SmolLM, ...) the same four, so it is interchangeable with our
-GPT everywhere. The HF model keeps its own cache object, stored on our KVCache; our cache's tensors
-go unused, only its position and capacity count.
+GPT everywhere. The keys and values live in our KVCache's tensors for both (the engine moves rows
+between caches as sequences join and leave a batch): each step hands the HF model an HF cache
+holding them, and copies the positions it adds back.
 
 The tokenizer is the model's own (its vocabulary and BPE), with picovlm's six special tokens added
 where missing (`<|image|>` among them) and the embedding table grown to match: new rows start at the
@@ -157,11 +158,30 @@ class HFCausalLM(nn.Module):
             inputs_embeds=x,
             attention_mask=None if key_padding_mask is None else key_padding_mask.long(),
             position_ids=position_ids,
-            past_key_values=getattr(kv_cache, "hf", None),
+            past_key_values=None if kv_cache is None else _hf_cache(kv_cache),
             use_cache=kv_cache is not None,
             output_hidden_states=return_hidden,
         )
         if kv_cache is not None:
-            kv_cache.hf = out.past_key_values
+            _copy_new_positions(out.past_key_values, kv_cache)
             kv_cache.advance(T)
         return out.hidden_states[-1] if return_hidden else out.logits
+
+
+def _hf_cache(kv_cache: KVCache):
+    """An HF `DynamicCache` with the keys and values `kv_cache` holds so far (a copy the HF model extends)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    if kv_cache.pos:
+        for layer in range(kv_cache.k.shape[0]):
+            cache.update(kv_cache.k[layer, :, :, : kv_cache.pos], kv_cache.v[layer, :, :, : kv_cache.pos], layer)
+    return cache
+
+
+def _copy_new_positions(hf_cache, kv_cache: KVCache) -> None:
+    """Write the keys and values the HF model added after `kv_cache.pos` into `kv_cache`."""
+    for layer, (k, v, *_) in enumerate(hf_cache):
+        if k.shape[-1] != kv_cache.k.shape[-1]:
+            raise ValueError(f"head size {k.shape[-1]} is not hidden_size / num_heads: the KV cache cannot hold it")
+        kv_cache.update(layer, k[:, :, kv_cache.pos :], v[:, :, kv_cache.pos :])

@@ -87,7 +87,7 @@ def test_export_runs_in_transformers_with_our_logits(tmp_path, tok, projector, q
     torch.testing.assert_close(theirs, mine, atol=1e-4, rtol=0)
 
     params = SamplingParams(max_tokens=8, temperature=0.0)
-    answer = [t for (t,) in pipe._stream_ids([MESSAGES], [[im]], params) if t is not None]
+    answer = [step.token for (step,) in pipe.steps([MESSAGES], [[im]], params)]
     with torch.no_grad():
         gen = hf.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert gen[0, ids.shape[1] :].tolist() == answer
