@@ -10,8 +10,8 @@ from picovlm.checkpoint import save_checkpoint
 from picovlm.config import GPTConfig, VisionConfig, ViTConfig, VLMConfig
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
-from picovlm.interop.llava import VLM_PARTS, export_llava, import_llava, llava_unmappable
-from picovlm.models.vlm import VLM
+from picovlm.interop.llava import export_llava, import_llava, llava_unmappable
+from picovlm.models.vlm import VLM, VLM_PARTS
 from picovlm.text.tokens import IMAGE
 
 
