@@ -8,9 +8,11 @@ dropped: `vision_feature_select_strategy="default"`). So a picovlm model maps wh
              CLIP's learned position table. HF towers (kind "hf") are not exported yet.
   projector  mlp2x_gelu (exactly LLaVA 1.5's), linear (linear_1 = ours, act = identity,
              linear_2 = identity matrix) and identity. pixel_shuffleR (merges 2x2 patches into one
-             token: LLaVA has no such step), mlpNx_gelu with N > 2 and "+pos" slot embeddings
-             (no LLaVA weight to hold them) do not map, and export says so in one line.
+             token: LLaVA has no such step; interop/internvl.py exports it), mlpNx_gelu with N > 2
+             and "+pos" slot embeddings (no LLaVA weight to hold them) do not map, and export says
+             so in one line.
   lm         our GPT: LlamaForCausalLM, or Qwen3ForCausalLM with qk_norm.
+  text       without image_markers: LLaVA's processor writes no image start/end tokens.
 
 The folder holds config.json (text_config / vision_config), model.safetensors, the tokenizer
 with our chat template, and a LlavaProcessor (CLIP image processor with our resize/normalize,
