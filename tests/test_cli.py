@@ -1,5 +1,6 @@
 import builtins
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -13,12 +14,14 @@ import pytest
 
 import picovlm
 from picovlm.checkpoint import load_trainer_state, read_config
-from picovlm.cli import main
+from picovlm.cli import _stream, main
 from picovlm.config import RecipeConfig, from_dict
 from picovlm.data.formats import load_samples
 from picovlm.engine.pipeline import Pipeline
+from picovlm.engine.sampling import SamplingParams
 from picovlm.presets import tiny_recipe
 from picovlm.text.tokens import IMAGE
+from picovlm.vision.image import load_image
 
 
 def test_data_train_eval_generate(tmp_path, capsys):
@@ -379,3 +382,21 @@ def test_chat_save(tiny_run, tmp_path, monkeypatch, capsys):
         "role": "user",
         "content": f"{IMAGE}\nhi",
     }
+
+
+def test_a_stop_string_split_across_pieces_is_never_printed(tiny_run, capsys):
+    """`generate` and `chat` print each piece as it comes, and what is printed stays: a stop string that
+    arrives in two pieces must not be printed, not even its first character."""
+    pipe = Pipeline.load(tiny_run["model"])
+    pipe.tokenizer.stop_ids = ()  # the tiny model ends after 1-3 tokens: let it talk
+    messages = [{"role": "user", "content": f"{IMAGE}\ndescribe the picture"}]
+    images = [load_image(tiny_run["data"] / "images" / "test_000000.png")]
+    params = SamplingParams(max_tokens=24, temperature=1.0, seed=0)
+    pieces = list(pipe.stream(messages, images, params))
+    full = "".join(pieces)
+    # a stop string of the last character of one piece and the first of the next, where it first occurs
+    ends = list(itertools.accumulate(len(p) for p in pieces))[:-1]
+    start = next(n - 1 for n in ends if full.find(full[n - 1 : n + 1]) == n - 1)
+    stop = full[start : start + 2]
+    assert _stream(pipe, messages, images, dataclasses.replace(params, stop=(stop,))) == full[:start]
+    assert capsys.readouterr().out == full[:start] + "\n"

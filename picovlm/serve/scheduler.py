@@ -7,8 +7,9 @@ step for all rows, turn each row's new token into text. So requests that arrive 
 every forward pass, and a request that arrives mid-way joins at the next step instead of waiting
 for the others to finish.
 
-Text is produced here, not in the handlers: detokenization (`StreamDecoder`) and stop strings are
-per request, and a stop string ends the row at once, which frees its slot for the next request.
+Text is produced here, not in the handlers: the engine turns each row's tokens into text pieces
+(`TextStream`: detokenization, and stop strings held back until they are settled), and a stop string
+ends the row at once, which frees its slot for the next request.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import torch
 from picovlm.engine.batch import DecodeBatch, Sequence
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
-from picovlm.text.stream import StreamDecoder
 
 log = logging.getLogger(__name__)
 
@@ -75,44 +75,11 @@ class Handle:
                 return
 
 
-class _Text:
-    """Token ids of one answer -> text pieces, holding back what might be the start of a stop string."""
-
-    def __init__(self, decoder: StreamDecoder, stops: tuple[str, ...]):
-        self.decoder, self.stops = decoder, tuple(s for s in stops if s)
-        self.pending = ""  # decoded but not yet emitted
-
-    def push(self, token: int | None, last: bool) -> tuple[str, bool]:
-        """(text to emit now, whether a stop string was hit). token None = nothing to decode."""
-        if token is not None:
-            self.pending += self.decoder.push(token)
-        if last:
-            self.pending += self.decoder.flush()
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            return self.pending[: min(hits)], True
-        keep = 0 if last else _partial_stop(self.pending, self.stops)
-        out, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep :]
-        return out, False
-
-
-def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest end of `text` that is the beginning of a stop string."""
-    best = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best
-
-
 @dataclass
 class _Request:
     handle: Handle
     seq: Sequence
     emit: Callable[[Event], None]
-    text: _Text
 
     def deliver(self, event: Event) -> None:
         try:
@@ -128,7 +95,7 @@ class Scheduler:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.pipe, self.max_batch, self.max_waiting = pipe, max_batch, max_waiting
-        self.batch = DecodeBatch(pipe.model, pipe.tokenizer.stop_ids, pipe.tokenizer.pad_id)
+        self.batch = DecodeBatch(pipe.model, pipe.tokenizer)
         self._waiting: deque[_Request] = deque()
         self._running: dict[int, _Request] = {}
         self._wake = threading.Condition()
@@ -154,7 +121,7 @@ class Scheduler:
             handle._queue = queue.Queue()
             emit = handle._queue.put
         seq = Sequence(handle.key, ids, pixels, params, ignore_stop=ignore_eos)
-        request = _Request(handle, seq, emit, _Text(StreamDecoder(self.pipe.tokenizer), params.stop))
+        request = _Request(handle, seq, emit)
         with self._wake:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
@@ -203,7 +170,7 @@ class Scheduler:
                 for r in [*admitted, *self._running.values()]:
                     self._finish(r, Event(finish_reason="error", error=f"{type(e).__name__}: {e}"))
                 self._running.clear()
-                self.batch = DecodeBatch(self.pipe.model, self.pipe.tokenizer.stop_ids, self.pipe.tokenizer.pad_id)
+                self.batch = DecodeBatch(self.pipe.model, self.pipe.tokenizer)
         for r in [*self._waiting, *self._running.values()]:
             self._finish(r, Event(finish_reason="error", error="the server is shutting down"))
 
@@ -222,23 +189,16 @@ class Scheduler:
         if not self._running:
             return
         self.stats["max_rows"] = max(self.stats["max_rows"], len(self.batch))
-        outs = self.batch.step()
+        steps = self.batch.step()  # rows that ended have left the batch already
         self.stats["steps"] += 1
-        self.stats["tokens"] += len(outs)
-        finals: list[tuple[_Request, Event]] = []
-        for out in outs:
-            r = self._running[out.key]
-            ended = out.finished == "stop"  # the end token itself is not text
-            piece, hit = r.text.push(None if ended else out.token, last=out.finished is not None)
-            if hit or out.finished:
-                finals.append((r, Event(piece, "stop" if hit else out.finished, r.seq.generated)))
-            elif piece:
-                r.deliver(Event(piece, None, r.seq.generated))
-        # forget finished requests before telling their clients, so a client never sees its slot still taken
-        self.batch.remove({r.handle.key for r, _ in finals})  # rows cut by a stop string are still there
-        for r, event in finals:
-            del self._running[r.handle.key]
-            self._finish(r, event)
+        self.stats["tokens"] += len(steps)
+        for step in steps:
+            r = self._running[step.key]
+            if step.finished:
+                del self._running[step.key]  # before telling the client, so it never sees its slot still taken
+                self._finish(r, Event(step.text, step.finished, r.seq.generated))
+            elif step.text:
+                r.deliver(Event(step.text, None, r.seq.generated))
 
     def _finish(self, r: _Request, event: Event) -> None:
         self.stats["completed" if event.error is None else "errors"] += 1

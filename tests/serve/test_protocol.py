@@ -5,7 +5,6 @@ import base64
 import pytest
 
 from picovlm.serve.protocol import APIError, Limits, chunk, completion, decode_image, parse_chat_request
-from picovlm.serve.scheduler import _partial_stop
 from picovlm.text.tokens import IMAGE
 from tests.serve.helpers import png_url
 
@@ -127,9 +126,3 @@ def test_response_objects():
     assert done["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     assert chunk("id1", "m", None, usage={"x": 1}, with_usage_field=True)["choices"] == []
     assert "usage" not in chunk("id1", "m", {"content": "a"})
-
-
-def test_partial_stop():
-    assert _partial_stop("the end", ("end.",)) == 3
-    assert _partial_stop("the end", ("xyz",)) == 0
-    assert _partial_stop("ab", ("b", "abc")) == 2

@@ -7,11 +7,17 @@ from picovlm.serve.scheduler import QueueFull, Scheduler
 from picovlm.text.tokens import IMAGE
 from picovlm.vision.image import load_image
 
+MESSAGES = [{"role": "user", "content": f"{IMAGE}\ndescribe the picture"}]
+
 
 @pytest.fixture(scope="module")
-def encoded(pipe, tiny_run):
-    image = load_image(tiny_run["data"] / "images" / "test_000001.png")
-    return pipe.processor.encode_prompt([{"role": "user", "content": f"{IMAGE}\ndescribe the picture"}], [image])
+def image(tiny_run):
+    return load_image(tiny_run["data"] / "images" / "test_000001.png")
+
+
+@pytest.fixture(scope="module")
+def encoded(pipe, image):
+    return pipe.processor.encode_prompt(MESSAGES, [image])
 
 
 def answer(scheduler, enc, **params):
@@ -32,6 +38,20 @@ def test_stop_strings_cut_the_answer(pipe, encoded):
         assert last.completion_tokens < 30 and scheduler.running == 0
     finally:
         scheduler.close()
+
+
+def test_answers_are_the_pipelines_whatever_shares_the_batch(pipe, encoded, image):
+    """The scheduler and the Pipeline run one engine: a seeded request gets the answer Pipeline.generate
+    gives for its seed, while other requests decode beside it."""
+    params = [SamplingParams(max_tokens=12, temperature=1.0, seed=seed) for seed in range(4)]
+    scheduler = Scheduler(pipe, max_batch=4)
+    handles = [scheduler.submit(encoded.ids, encoded.pixels, p) for p in params]  # admitted together at start
+    scheduler.start()
+    try:
+        answers = ["".join(e.text for e in h.events(timeout=30)) for h in handles]
+    finally:
+        scheduler.close()
+    assert any(answers) and answers == [pipe.generate([MESSAGES], [[image]], p)[0] for p in params]
 
 
 def test_queue_limit_and_cancel_before_admission(pipe, encoded):
