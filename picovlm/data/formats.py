@@ -215,7 +215,8 @@ def _keep_hint(error: BadRecord, on_error: str, samples: list[Sample]) -> str:
     """What to say to go on past a damaged file, when it is the only thing that stopped the read."""
     if not isinstance(error, DamagedFile) or on_error == "raise":
         return ""
-    return f' (on_bad_file="skip" keeps the {len(samples)} records read before it)'
+    n = len(samples)
+    return f' (on_bad_file="skip" keeps the {n} record{"s" if n != 1 else ""} read before it)'
 
 
 def _records(path: Path, fmt: str, image_root: str | Path | None, check_images: bool) -> Records:
