@@ -628,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"picovlm: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 1
     except Interrupted as e:  # Ctrl-C in training: the stage saved its checkpoint first
-        print(f"\npicovlm: interrupted: {e}; `picovlm train --resume` goes on from there", file=sys.stderr)
+        resume = "; `picovlm train --resume` goes on from there" if args.command == "train" else ""
+        print(f"\npicovlm: interrupted: {e}{resume}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("\npicovlm: interrupted", file=sys.stderr)

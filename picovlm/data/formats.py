@@ -37,7 +37,6 @@ accepts the records before the damage.
 import functools
 import itertools
 import json
-import logging
 import os
 import re
 from collections.abc import Iterator
@@ -59,8 +58,6 @@ from picovlm.data.records import (
 from picovlm.data.report import DataReport
 from picovlm.data.webdataset import TAR_SUFFIXES, read_shards
 from picovlm.text.tokens import IMAGE as IMAGE_TOKEN
-
-log = logging.getLogger(__name__)
 
 FORMATS = ("json", "jsonl", "webdataset", "cauldron")
 ON_BAD_FILE = ("fail", "skip")
@@ -203,7 +200,7 @@ def load_samples(
                 raise DataError(f"{source}: {e}{_keep_hint(e, on_error, samples)}") from None
             if not isinstance(e, DamagedFile):  # a record, read and found bad (not the unread rest of a file)
                 report.read += 1
-            report.reject(source, e.reason, f"{e}", e.record)
+            report.reject(source, e.reason, str(e), e.record)
             continue
         report.read += 1
         sample.meta["source"] = source

@@ -3,9 +3,8 @@
 A stage task owns everything that differs between kinds of stage: the model it builds, which samples
 it can train on and in what form (`prepare`), how samples become a batch, the loss, how the model's
 parameters group into checkpoint parts, what the checkpoint's config.json records, and how such a
-checkpoint loads again. Everything else (freezing,
-optimizer, schedule, evaluation, checkpoints, exact resume) is the same for all of them: the loop's
-(`train/loop.py`) and `run_stage`'s (`train/stages.py`).
+checkpoint loads again. Everything else (freezing, optimizer, schedule, evaluation, checkpoints, exact
+resume) is the same for all of them: the loop's (`train/loop.py`) and `run_stage`'s (`train/stages.py`).
 
   lm    picovlm's GPT on text alone, loss on every token
   clip  the vision tower against a text encoder, contrastively (models/clip.py)

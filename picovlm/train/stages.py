@@ -102,6 +102,16 @@ def lora_kwargs(stage: StageConfig, model: VLM) -> dict[str, Any]:
     return kwargs
 
 
+def check_stage(stage: StageConfig) -> None:
+    """The stage's values (types and ranges, as a recipe file's are checked) and its LoRA settings."""
+    try:
+        check_config(stage)
+    except ConfigError as e:
+        raise ConfigError(f"stage {stage.name!r}: {e}") from None
+    if stage.lora:
+        check_lora(stage)
+
+
 def check_lora(stage: StageConfig) -> None:
     unknown = set(stage.lora) - set(LORA_KEYS)
     if unknown:
@@ -175,7 +185,7 @@ def data_streams(
     image turns out unreadable in a batch is counted in `report` and left out from then on."""
 
     def on_reject(sample: Sample, message: str) -> None:
-        report.reject(sample.meta.get("source", "?"), BAD_IMAGE, message, sample_record(sample))
+        report.reject(sample.meta["source"], BAD_IMAGE, message, sample_record(sample))
 
     train_samples = stage_samples(stage.data, recipe, stage, task, report, stage.batch_size)
     batches = BatchStream(train_samples, stage.batch_size, task.make_batch, stage.seed, on_reject)
@@ -223,12 +233,7 @@ def run_stage(
 ) -> tuple[Path, History]:
     """Train one stage (stopping early after step `stop_at`); returns its checkpoint folder and losses.
     The records its data leaves out are appended to `rejects` (JSONL), when given."""
-    try:
-        check_config(stage)
-    except ConfigError as e:
-        raise ConfigError(f"stage {stage.name!r}: {e}") from None
-    if stage.lora:
-        check_lora(stage)  # before anything is built or loaded
+    check_stage(stage)  # before anything is built or loaded
     torch.manual_seed(stage.seed)
     task = build_stage_task(recipe, stage, tok)
     ckpt = checkpoint_dir(out_dir, stage.name)
