@@ -216,6 +216,14 @@ class StageConfig:
     # (`isolated_turns` in data/batches.py). Without it earlier answers leak into later questions.
     # The other conversations stay whole, so that the model also learns to chat over several turns.
     isolate_turns: float = 0.0
+    # task "vlm": the records about the same image(s) (all of a file's, and across the stage's files) become
+    # one conversation (data/grouping.py), so one image prefix serves them all: a dataset of one question per
+    # record, or captions kept apart from the conversations, trains at a fraction of the tokens; with
+    # isolate_turns each record's turns still train as if asked alone
+    group_by_image: bool = False
+    # file (as named in `data`) -> the share of its records used, a fixed draw (the same in every run, epoch
+    # and resume); files not named are used whole. E.g. {"train_captions.jsonl": 0.5} mixes in half the captions
+    data_shares: dict[str, float] = field(default_factory=dict)
     # a data file that cannot be read to its end (invalid JSON mid-file, a damaged tar shard): "fail" stops
     # the stage, naming file and record; "skip" trains on the records before the damage. Records that are
     # bad on their own (a missing key, an unreadable image) are skipped either way: one line each, counted
@@ -273,6 +281,9 @@ class RecipeConfig:
     model: VLMConfig = field(default_factory=VLMConfig)
     stages: list[StageConfig] = field(default_factory=_default_stages)
     data_dir: str = "data/scenes"
+    # where relative image names in the data files are looked up ("" = beside each data file, as LLaVA's
+    # own layout has them); LLaVA-style sets often keep their images in a folder of their own
+    image_root: str = ""
     tokenizer_vocab: int = 512
     clip: CLIPConfig = field(default_factory=CLIPConfig)  # the `clip` stage's text encoder
     device: str = "cpu"
@@ -313,6 +324,7 @@ CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         **dict.fromkeys(("min_lr_ratio", "warmup", "isolate_turns"), SHARE),
         "betas": ((lambda v: all(0 <= b < 1 for b in v)), "two numbers in [0, 1)"),
         "lr_scale": ((lambda v: all(x >= 0 for x in v.values())), "multipliers >= 0"),
+        "data_shares": ((lambda v: all(0 <= x <= 1 for x in v.values())), "shares in [0, 1]"),
         "dtype": _one_of("float32", "bfloat16"),
         "on_bad_file": _one_of("fail", "skip"),
         "too_long": _one_of("skip", "truncate"),
