@@ -142,11 +142,14 @@ def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open
 
 
 def _integer(body: dict, name: str, lo: int, hi: int | None = None) -> int | None:
+    """An integer field; 2.0 is the integer 2, as JSON Schema has it (JSON has just numbers)."""
     value = body.get(name)
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(f"{name} must be an integer, got {type(value).__name__}", name)
+        raise _bad(f"{name} must be an integer, got {_show(value)}", name)
     if value < lo or (hi is not None and value > hi):
         bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise _bad(f"{name} must be {bound}, got {_show(value)}", name)
@@ -210,9 +213,10 @@ def parse_chat_request(body: Any, model_name: str, limits: Limits) -> ChatReques
         max_tokens = _integer(body, "max_tokens", 1)
     stop = _stop_strings(body.get("stop"))
     stream = _boolean(body, "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict) or (options and not stream):
+    options = body.get("stream_options")
+    if options is not None and (not isinstance(options, dict) or (options and not stream)):
         raise _bad("stream_options is an object, and only allowed with stream=true", "stream_options")
+    options = options or {}
     include_usage = _boolean(options, "include_usage", "stream_options.include_usage")
     seed = _integer(body, "seed", *SEED_RANGE)
     ignore_eos = _boolean(body, "ignore_eos")

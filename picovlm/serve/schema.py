@@ -76,7 +76,6 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = Field(None, description="only with stream=true")
     n: Literal[1] | None = None
     ignore_eos: bool | None = Field(None, description="extension: decode exactly max_tokens tokens (benchmarks)")
-    user: str | None = Field(None, description="ignored")
 
 
 # ---------------------------------------------------------------------------- the answers
@@ -145,7 +144,15 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorResponse} for status in statuses}
 
 
-STREAM = {"text/event-stream": {"schema": {"type": "string", "description": "chat.completion.chunk events"}}}
+class StreamEvent(BaseModel):
+    """One server-sent event of a streamed answer (before OpenAPI 3.2, the `schema` of an event stream
+    describes each event)."""
+
+    data: str = Field(description="a chat.completion.chunk as JSON, then [DONE]; or an error object, last")
+    event: str | None = None
+
+
+STREAM = {"text/event-stream": {"schema": StreamEvent.model_json_schema()}}
 CHAT_ROUTE: dict[str, Any] = {
     "responses": {200: {"model": ChatCompletion, "content": STREAM}, **errors(400, 401, 404, 413, 500, 503)},
     "openapi_extra": {
@@ -159,8 +166,8 @@ CHAT_ROUTE: dict[str, Any] = {
 
 def install(app: FastAPI, model_name: str, auth: bool) -> None:
     """Make `app.openapi()` (which FastAPI serves at its openapi_url) FastAPI's own schema of the routes,
-    plus the request body (`ChatCompletionRequest`, its `model` the served name) and, with `auth`, the
-    bearer key on the /v1 routes."""
+    plus the request body (`ChatCompletionRequest`), the served model's name where one is named, and,
+    with `auth`, the bearer key on the /v1 routes."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -170,6 +177,8 @@ def install(app: FastAPI, model_name: str, auth: bool) -> None:
             components.update(request.pop("$defs"))
             request["properties"]["model"]["enum"] = [model_name]
             components["ChatCompletionRequest"] = request
+            (name,) = schema["paths"]["/v1/models/{name}"]["get"]["parameters"]
+            name["schema"]["enum"] = [model_name]  # the one that exists (others: 404)
             if auth:
                 schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
                 for path, operations in schema["paths"].items():
