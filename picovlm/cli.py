@@ -11,6 +11,7 @@
     picovlm serve --model runs/tiny/instruct/model --port 8000
     picovlm demo
     picovlm export --model runs/llava/instruct/model --format hf-llava out/llava  # a LLaVA projector: docs/interop.md
+    picovlm export --model runs/demo/instruct/model --format hf-internvl out/internvl  # pixel shuffle
     picovlm import --format hf-llava out/llava runs/imported/model
 
 Anything that goes wrong at run time is reported as one line, `picovlm: error: ...`, with exit code 1:
@@ -265,21 +266,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- export, import
 
-EXPORT_FORMATS = ("hf-llava", "hf-clip")
+EXPORT_FORMATS = ("hf-llava", "hf-internvl", "hf-clip")
+IMPORT_FORMATS = ("hf-llava", "hf-internvl")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from picovlm.interop import clip, llava  # transformers loads only when needed
+    from picovlm.interop import clip, internvl, llava  # transformers loads only when needed
 
-    export = llava.export_llava if args.format == "hf-llava" else clip.export_clip
-    print(f"wrote {llava.describe(export(args.model, args.out))}")
+    exporters = {"hf-llava": llava.export_llava, "hf-internvl": internvl.export_internvl, "hf-clip": clip.export_clip}
+    print(f"wrote {llava.describe(exporters[args.format](args.model, args.out))}")
     return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from picovlm.interop.llava import import_llava
+    from picovlm.interop import internvl, llava
 
-    print(f"wrote picovlm checkpoint {import_llava(args.src, args.out)}")
+    importer = llava.import_llava if args.format == "hf-llava" else internvl.import_internvl
+    print(f"wrote picovlm checkpoint {importer(args.src, args.out)}")
     return 0
 
 
@@ -549,6 +552,8 @@ def _export_parser(sub: Subparsers) -> None:
         description="hf-llava: a VLM checkpoint as an HF LlavaForConditionalGeneration folder (weights, "
         "config, tokenizer, chat template, processor); needs a ViT tower in the CLIP layout and a "
         "linear/mlp2x_gelu/identity projector; any GPT maps (Llama, or Qwen3 with qk_norm). "
+        "hf-internvl: the same as an HF InternVLForConditionalGeneration folder; needs a pixel_shuffleR "
+        "projector, a ViT with stem 'patch', use_cls and pre_norm false, and image_markers. "
         "hf-clip: a clip-stage checkpoint as an HF CLIPModel folder (needs clip.text_layout 'clip').",
     )
     p.add_argument("--model", metavar="DIR", type=Path, required=True, help="picovlm checkpoint folder")
@@ -561,9 +566,10 @@ def _import_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "import",
         help="read an HF folder into a picovlm checkpoint",
-        description="Read an HF LLaVA folder (e.g. one written by `picovlm export`) into a picovlm checkpoint.",
+        description="Read an HF LLaVA or InternVL folder (e.g. one written by `picovlm export`) into a picovlm "
+        "checkpoint.",
     )
-    p.add_argument("--format", choices=("hf-llava",), default="hf-llava", help="input format (default: hf-llava)")
+    p.add_argument("--format", choices=IMPORT_FORMATS, default="hf-llava", help="input format (default: hf-llava)")
     p.add_argument("src", metavar="SRC", type=Path, help="HF folder to read")
     p.add_argument("out", metavar="OUT", type=Path, help="checkpoint folder to write")
     p.set_defaults(run=cmd_import)

@@ -84,6 +84,9 @@ class VLMConfig:
     lm: GPTConfig = field(default_factory=GPTConfig)  # for lm_kind "hf": only max_seq_len is read
     lm_kind: str = "gpt"  # "gpt" (ours) | "hf" (an AutoModelForCausalLM from lm_hf_path; see models/lm.py)
     lm_hf_path: str = ""
+    # each image's tokens between <|image_start|> and <|image_end|> (no loss on either): the model is told
+    # where an image begins and ends, and InternVL's layout (<img>...</img>, interop/internvl.py) is this
+    image_markers: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -85,20 +85,25 @@ class TowerFeatures:
         return torch.stack([self.features[s] if s in self.features else fresh[s] for s in sources])
 
 
-def isolated_turns(ids: torch.Tensor, labels: torch.Tensor, image_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def isolated_turns(
+    ids: torch.Tensor, labels: torch.Tensor, image_id: int, image_end_id: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(positions, segments) [B, T] that make each question-answer turn of a conversation a sample
     of its own while all of them share one copy of the images.
 
     Why: in a multi-turn conversation a later question can often be answered from the earlier turns'
     text ("is there a red circle?" - "yes", then "what colour is the circle?"), so the LM learns to
     read the text, not the image, and fails when the question comes alone. Segment 0 is the shared
-    prefix, up to the last image token (the first token if there is none); each turn after it (a
-    turn ends with its labelled answer) is a segment that sees segment 0 and itself only, and its
-    positions restart right after the prefix, as if it were the first question.
+    prefix, up to the last image token (with image markers, the `image_end_id` that closes it; the
+    first token if there is no image); each turn after it (a turn ends with its labelled answer) is a
+    segment that sees segment 0 and itself only, and its positions restart right after the prefix, as
+    if it were the first question.
     """
     B, T = ids.shape
     index = torch.arange(T).expand(B, T)
     is_image = ids == image_id
+    if image_end_id is not None:
+        is_image |= ids == image_end_id
     prefix = torch.where(is_image.any(1), (index * is_image).amax(1) + 1, torch.ones(B, dtype=torch.long))[:, None]
     labelled = labels != IGNORE_INDEX
     after_answer = torch.cat([torch.zeros(B, 1, dtype=torch.bool), labelled[:, :-1] & ~labelled[:, 1:]], dim=1)
@@ -139,7 +144,8 @@ def vlm_batch(
     )
     batch = {"ids": ids, "labels": labels}
     if isolate_turns:
-        positions, segments = isolated_turns(ids, labels, processor.tokenizer.image_id)
+        end = processor.markers[1] if processor.markers else None
+        positions, segments = isolated_turns(ids, labels, processor.tokenizer.image_id, end)
         if isolate_turns < 1:  # a fixed share of the conversations, the same in every epoch, stays whole
             whole = torch.tensor([stable_draw(s) >= isolate_turns for s in samples])[:, None]
             positions = torch.where(whole, torch.arange(ids.shape[1]).expand_as(ids), positions)

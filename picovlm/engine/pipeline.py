@@ -30,9 +30,7 @@ Messages = list[dict[str, str]]
 class Pipeline:
     def __init__(self, model: VLM, tokenizer: Tokenizer):
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.processor = VLMProcessor(
-            tokenizer, model.tower.processor, model.tokens_per_image, model.cfg.lm.max_seq_len
-        )
+        self.processor = VLMProcessor.for_model(model, tokenizer)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Pipeline:

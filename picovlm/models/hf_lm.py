@@ -8,8 +8,8 @@ GPT everywhere. The keys and values live in our KVCache's tensors for both (the 
 between caches as sequences join and leave a batch): each step hands the HF model an HF cache
 holding them, and copies the positions it adds back.
 
-The tokenizer is the model's own (its vocabulary and BPE), with picovlm's six special tokens added
-where missing (`<|image|>` among them) and the embedding table grown to match: new rows start at the
+The tokenizer is the model's own (its vocabulary and BPE), with picovlm's six special tokens and the two
+image markers added where missing (`<|image|>` among them) and the embedding table grown to match: new rows start at the
 mean embedding, so they begin as an "average word" instead of noise, except `<|end|>`, `<|bos|>` and
 the role markers, which start close to the LM's own end-of-sequence and bos tokens and role words
 (`new_token_sources`). The chat template is the LM's own when its folder has one (SmolLM2's
@@ -33,7 +33,7 @@ from picovlm.config import GPTConfig
 from picovlm.models.gpt import KVCache, default_positions
 from picovlm.text.template import read_hf_template
 from picovlm.text.tokenizer import Tokenizer
-from picovlm.text.tokens import SPECIAL_TOKENS
+from picovlm.text.tokens import IMAGE_MARKERS, SPECIAL_TOKENS
 
 
 def _check_folder(path: str | Path) -> Path:
@@ -44,8 +44,8 @@ def _check_folder(path: str | Path) -> Path:
 
 
 def hf_lm_tokenizer(path: str | Path) -> Tokenizer:
-    """The LM folder's own tokenizer (tokenizer.json) with picovlm's special tokens added, and the
-    folder's chat template if it has one."""
+    """The LM folder's own tokenizer (tokenizer.json) with picovlm's special tokens and image markers
+    added, and the folder's chat template if it has one."""
     from tokenizers import AddedToken
     from tokenizers import Tokenizer as RawTokenizer
 
@@ -55,7 +55,8 @@ def hf_lm_tokenizer(path: str | Path) -> Tokenizer:
         raise FileNotFoundError(f"{file}: no fast tokenizer file; an HF LM folder needs tokenizer.json")
     raw = RawTokenizer.from_file(str(file))
     template = read_hf_template(folder, raw.id_to_token)
-    raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    ours = (*SPECIAL_TOKENS, *IMAGE_MARKERS)
+    raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ours])
     return Tokenizer(raw, source=str(file), chat_template=template)
 
 

@@ -96,7 +96,7 @@ def _new_tokens(pipe: Pipeline, req: ChatRequest) -> int:
         text_ids = render_prompt(pipe.tokenizer, req.messages)
     except ValueError as e:
         raise APIError(400, str(e), "messages") from None
-    context, per_image = pipe.processor.max_len, pipe.processor.tokens_per_image
+    context, per_image = pipe.processor.max_len, pipe.processor.tokens_per_placeholder
     n_prompt = len(text_ids) + len(req.image_sources) * (per_image - 1)
     max_tokens = req.max_tokens if req.max_tokens is not None else context - n_prompt
     if n_prompt + max(max_tokens, 1) > context:

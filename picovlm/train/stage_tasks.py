@@ -131,7 +131,7 @@ class VLMTask(StageTask):
         check_isolate_turns(recipe, stage)
         lm = dataclasses.replace(recipe.model.lm, vocab_size=tok.vocab_size)
         self.model = VLM(dataclasses.replace(recipe.model, lm=lm), tok.image_id)
-        self.processor = VLMProcessor(tok, self.model.tower.processor, self.model.tokens_per_image, lm.max_seq_len)
+        self.processor = VLMProcessor.for_model(self.model, tok)
         self.images, self.isolate_turns = ImageCache(), stage.isolate_turns
         # a tower that does not learn in this stage is run once per image, not once per use (its weights
         # are loaded before the first batch is drawn, so the features are those of the trained tower)

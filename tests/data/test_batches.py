@@ -172,3 +172,26 @@ def test_isolating_a_share_of_the_conversations_keeps_the_rest_whole(tok, images
     assert torch.equal(batch["position_ids"][whole], torch.arange(T).expand(int(whole.sum()), T))
     again = vlm_batch(samples, proc, ImageCache(), isolate_turns=0.5)
     assert torch.equal(again["segment_ids"], batch["segment_ids"])  # the same share in every epoch and run
+
+
+def test_isolated_turns_share_the_image_end_marker(tok, images):
+    """With image markers the shared prefix runs to the <|image_end|> closing the last image, so every
+    turn, not only the first, follows the image as a question asked alone does."""
+    sample = Sample(
+        [images[0]],
+        [
+            {"role": "user", "content": f"{IMAGE}\nwhat is in the picture"},
+            {"role": "assistant", "content": "red"},
+            {"role": "user", "content": "what is on the mat"},
+            {"role": "assistant", "content": "a blue cat"},
+        ],
+        {"kind": "chat"},
+    )
+    proc = VLMProcessor(tok, ImageProcessor(16), tokens_per_image=4, max_len=64, image_markers=True)
+    batch = vlm_batch([sample], proc, ImageCache(), isolate_turns=1.0)
+    ids, pos, seg = batch["ids"][0].tolist(), batch["position_ids"][0], batch["segment_ids"][0]
+    prefix = ids.index(tok.image_marker_ids[1]) + 1
+    assert ids[prefix - 5 : prefix - 1] == [tok.image_id] * 4
+    assert seg[:prefix].eq(0).all() and seg[prefix] == 1 and pos[prefix] == prefix
+    second = int(seg.eq(2).nonzero()[0])
+    assert pos[second] == prefix  # turn 2 restarts right after the marker too

@@ -1,12 +1,19 @@
 """Pipeline: generate, stream and ask are answers of the one engine, so they agree with each other,
-and a conversation gets the same answer whichever conversations share its batch."""
+and a conversation gets the same answer whichever conversations share its batch; checkpoints from
+before the image markers load and answer as they did."""
 
 import dataclasses
+import json
 
 import pytest
+import torch
+from PIL import Image
 
+from picovlm.checkpoint import save_checkpoint
+from picovlm.config import GPTConfig, VisionConfig, ViTConfig, VLMConfig
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
+from picovlm.models.vlm import VLM, VLM_PARTS, vlm_checkpoint_config
 from picovlm.text.tokens import IMAGE
 from picovlm.vision.image import load_image
 
@@ -53,3 +60,42 @@ def test_stop_strings_cut_generate_and_stream_alike(pipe, asked):
     assert "".join(pipe.stream(conversations[0], images[0], cut)) == full[:start]
     steps = list(pipe.steps(conversations[:1], images[:1], cut))
     assert steps[-1][0].finished == "stop" and len(steps) < 16  # the row ended at the stop string
+
+
+PROMPT = [{"role": "user", "content": f"{IMAGE}\nwhat is in the picture"}]
+
+
+def checkpoint(path, tok, image_markers: bool):
+    torch.manual_seed(0)
+    vit = ViTConfig(image_size=16, patch_size=4, n_embd=16, n_layer=2, n_head=2, mlp_ratio=2.0)
+    lm = GPTConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, mlp_hidden=48)
+    cfg = VLMConfig(vision=VisionConfig(vit=vit), projector="pixel_shuffle2", lm=lm, image_markers=image_markers)
+    model = VLM(cfg, tok.image_id)
+    tok_file = path.parent / f"{path.name}.tokenizer.json"
+    tok.save(tok_file)
+    save_checkpoint(path, model, vlm_checkpoint_config(model), VLM_PARTS, {}, tok_file)
+    return path
+
+
+def test_a_checkpoint_from_before_the_markers_loads_and_answers(tmp_path, old_tok):
+    """Its config.json has no image_markers key and its tokenizer no markers: it runs as it always did."""
+    path = checkpoint(tmp_path / "old", old_tok, image_markers=False)
+    config = json.loads((path / "config.json").read_text())
+    del config["model"]["image_markers"]
+    (path / "config.json").write_text(json.dumps(config))
+    pipe = Pipeline.load(path)
+    assert pipe.processor.markers is None and pipe.processor.tokens_per_placeholder == 4
+    ids = pipe.processor.encode_prompt(PROMPT, [Image.new("RGB", (16, 16))]).ids
+    assert ids[:6] == [old_tok.bos_id, old_tok.user_id, *[old_tok.image_id] * 4]
+    (answer,) = pipe.generate([PROMPT], [[Image.new("RGB", (16, 16))]], SamplingParams(max_tokens=3, temperature=0))
+    assert isinstance(answer, str)
+
+
+def test_a_model_with_markers_prompts_with_them(tmp_path, tok, old_tok):
+    pipe = Pipeline.load(checkpoint(tmp_path / "new", tok, image_markers=True))
+    start, end = tok.image_marker_ids
+    ids = pipe.processor.encode_prompt(PROMPT, [Image.new("RGB", (16, 16))]).ids
+    assert ids[:8] == [tok.bos_id, tok.user_id, start, *[tok.image_id] * 4, end]
+    mismatched = checkpoint(tmp_path / "mismatched", old_tok, image_markers=True)
+    with pytest.raises(ValueError, match="has no <\\|image_start\\|> / <\\|image_end\\|>"):
+        Pipeline.load(mismatched)

@@ -8,7 +8,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, normalizers, pre_tokenizers
 
 from picovlm.text.tokenizer import Tokenizer
-from picovlm.text.tokens import IMAGE, SPECIAL_TOKENS
+from picovlm.text.tokens import IMAGE, IMAGE_END, IMAGE_MARKERS, IMAGE_START, SPECIAL_TOKENS
 
 
 def corpus() -> list[str]:
@@ -30,8 +30,26 @@ def test_specials_take_the_first_ids(tok):
     assert ids == list(range(len(SPECIAL_TOKENS)))
 
 
+def test_image_markers_take_the_next_ids(tok):
+    n = len(SPECIAL_TOKENS)
+    assert tok.has_image_markers and tok.image_marker_ids == (n, n + 1)
+    assert [tok.token_to_id(t) for t in IMAGE_MARKERS] == [n, n + 1]
+    ids = tok.encode(f"{IMAGE_START}{IMAGE}{IMAGE_END}")
+    assert ids == [n, tok.image_id, n + 1] and tok.decode(ids) == ""
+
+
+def test_a_tokenizer_from_before_the_markers_loads_and_says_what_it_lacks(old_tok, tmp_path):
+    old_tok.save(tmp_path / "tokenizer.json")
+    loaded = Tokenizer.load(tmp_path / "tokenizer.json")
+    ids = [loaded.bos_id, loaded.pad_id, loaded.image_id, loaded.user_id, loaded.assistant_id, loaded.end_id]
+    assert ids == list(range(len(SPECIAL_TOKENS))) and loaded.encode("a cat") == old_tok.encode("a cat")
+    assert not loaded.has_image_markers
+    with pytest.raises(ValueError, match=r"tokenizer.json: this tokenizer has no <\|image_start\|> / <\|image_end\|>"):
+        _ = loaded.image_marker_ids
+
+
 def test_vocab_and_merges(tok):
-    assert 256 + len(SPECIAL_TOKENS) < tok.vocab_size <= 400
+    assert 256 + len(SPECIAL_TOKENS) + len(IMAGE_MARKERS) < tok.vocab_size <= 400
     text = "the dog jumps over the river."
     assert len(tok.encode(text)) < len(text.encode())  # merges were learned and are used
 
