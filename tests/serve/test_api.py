@@ -12,6 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from picovlm.engine import batch
 from picovlm.serve import api
 from picovlm.serve.protocol import decode_image
 from tests.serve.helpers import png_url
@@ -257,3 +258,36 @@ def test_openapi_schema(server):
     assert {"200", "400", "401", "413", "500", "503"} <= set(chat_route["responses"])
     assert chat_route["security"] == [{"bearer": []}] and "security" not in doc["paths"]["/health"]["get"]
     assert httpx.get(f"{url}/docs").status_code == 404  # its page would load scripts from a CDN
+
+
+def test_a_row_whose_sampling_raises_ends_alone(server, image_url, monkeypatch):
+    """Decoded together: six good requests and one whose sampling raises (top_k=13 marks it). That one
+    gets an error event, as its stream had begun; the six get exactly the answers they get alone."""
+    url, _ = server
+    good = [
+        {"model": "tiny", "messages": user(image(image_url), text(q)), "max_tokens": 8, "temperature": 1.0, "seed": i}
+        for i, q in enumerate(["what colour?", "what shape?", "how many?"] * 2)
+    ]
+    alone = [chat(url, p).json()["choices"][0]["message"]["content"] for p in good]
+
+    def sample_next(logits, p, generator):
+        if p.top_k == 13:
+            raise RuntimeError("this row's sampler broke")
+        return real(logits, p, generator)
+
+    real = batch.sample_next
+    monkeypatch.setattr(batch, "sample_next", sample_next)
+    bad = {**good[0], "top_k": 13, "seed": None, "stream": True}
+
+    def streamed(payload):
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=payload, headers=AUTH, timeout=30) as r:
+            return r.status_code, [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+
+    with ThreadPoolExecutor(7) as pool:
+        answers = [pool.submit(chat, url, p) for p in good]
+        failed = pool.submit(streamed, bad)
+        answers = [a.result() for a in answers]
+    status, events = failed.result()
+    assert status == 200 and json.loads(events[-1])["error"]["message"].endswith("this row's sampler broke")
+    assert [r.status_code for r in answers] == [200] * 6
+    assert [r.json()["choices"][0]["message"]["content"] for r in answers] == alone
