@@ -158,7 +158,7 @@ def _integer(body: dict, name: str, lo: int, hi: int | None = None) -> int | Non
 
 def _unicode(text: str, where: str) -> str:
     """`text`, unless it holds a lone surrogate (which the tokenizer and every encoder refuse)."""
-    bad = _SURROGATE.search(text)
+    bad = None if text.isascii() else _SURROGATE.search(text)  # isascii: 26 MB in microseconds, not 0.1 s
     if bad is not None:
         raise _bad(f"{where} is not valid Unicode (a lone surrogate at character {bad.start()})", where)
     return text
