@@ -42,7 +42,9 @@ class Pipeline:
     ) -> Iterator[list[Step]]:
         """Decode several conversations together and yield every step: each running row's new token,
         the text now safe to show, and on its last step why it ended (a `Step`, keyed by the row's index
-        in `batch`). A row that has ended is absent from later steps."""
+        in `batch`). A row that has ended is absent from later steps. A row whose decoding raised
+        raises here (the engine ends that row only, for the server; a caller of the Pipeline asked for
+        every answer)."""
         params = params or SamplingParams()
         encoded = [
             self.processor.encode_prompt(m, ims, reserve=params.max_tokens)
@@ -51,7 +53,11 @@ class Pipeline:
         engine = DecodeBatch(self.model, self.tokenizer)
         engine.add([Sequence(row, e.ids, e.pixels, params) for row, e in enumerate(encoded)])
         while len(engine):
-            yield engine.step()
+            steps = engine.step()
+            failed = next((st.error for st in steps if st.error is not None), None)
+            if failed is not None:
+                raise failed
+            yield steps
 
     def generate(
         self, batch: list[Messages], images: list[list[Image.Image]], params: SamplingParams | None = None

@@ -73,10 +73,16 @@ class VLMProcessor:
 
     def encode_prompt(self, messages: list[dict], images: list[Image.Image], reserve: int = 0) -> Encoded:
         """A generation prompt; `reserve` tokens of context are kept free for the answer."""
+        enc = self.encode_prompt_ids(messages, len(images), reserve)
+        return Encoded(enc.ids, enc.loss_mask, self.image_processor(images))
+
+    def encode_prompt_ids(self, messages: list[dict], n_images: int, reserve: int = 0) -> Encoded:
+        """The ids of `encode_prompt`, without pixels: for a caller that preprocesses each image as soon
+        as it is decoded (the server: one full-size image in memory at a time)."""
         prompt = render_prompt(self.tokenizer, messages)
-        ids, mask = self._expand(prompt, [0] * len(prompt), len(images))
+        ids, mask = self._expand(prompt, [0] * len(prompt), n_images)
         if len(ids) + reserve > self.max_len:
             raise ValueError(
                 f"prompt is {len(ids)} tokens; with {reserve} new tokens it exceeds the context of {self.max_len}"
             )
-        return Encoded(ids, mask, self.image_processor(images))
+        return Encoded(ids, mask, None)
