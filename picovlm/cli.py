@@ -281,7 +281,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_demo(args.out, args.data, args.preset)
+    run_demo(args.out, args.data, args.preset, seed=args.seed)
     return 0
 
 
@@ -583,6 +583,7 @@ def _demo_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--preset", choices=sorted(RECIPES), default="demo", help="data and recipe preset (default: demo)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, help="every stage's seed (default: the recipe's own, 0)")
     p.set_defaults(run=cmd_demo)
 
 

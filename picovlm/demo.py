@@ -29,7 +29,7 @@ from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
 from picovlm.eval.clients import PipelineClient
 from picovlm.eval.harness import evaluate, load_queries, write_jsonl
-from picovlm.eval.tasks import VQA
+from picovlm.eval.tasks import VQA, Caption
 from picovlm.eval.vqa import normalize_answer, questions_from
 from picovlm.presets import PRESETS, DataPreset
 from picovlm.train.stages import checkpoint_dir, run_recipe, stage_dir
@@ -80,7 +80,7 @@ def clear_old_run(out: Path, recipe: RecipeConfig) -> None:
     would reuse an old tokenizer). Only those files go: `out` may hold other things of the user's."""
     for stage in recipe.stages:
         shutil.rmtree(stage_dir(out, stage.name), ignore_errors=True)
-    for name in ("tokenizer.json", "predictions.jsonl", "eval.json", "sample.png"):
+    for name in ("tokenizer.json", "predictions.jsonl", "eval.json", "captions.json", "sample.png"):
         (out / name).unlink(missing_ok=True)
 
 
@@ -169,15 +169,22 @@ def prepare_pretrained(recipe: RecipeConfig) -> None:
 
 
 def run_demo(
-    out: Path = Path("runs/demo"), data: Path = Path("data/demo"), preset: str = "demo", progress: bool = True
+    out: Path = Path("runs/demo"),
+    data: Path = Path("data/demo"),
+    preset: str = "demo",
+    progress: bool = True,
+    seed: int | None = None,
 ) -> dict:
     """Data -> train (every stage, from scratch) -> evaluate -> sample chat, with a printed report.
 
     `preset` names an entry of `picovlm.presets.PRESETS`: its data, its recipe, how many test questions
     are scored and whether a text-only question is asked too (preset "pretrained", `make
     demo-pretrained`: real parts from PyPI, EfficientNet + SmolLM2 with LoRA, 120 questions).
-    Writes `out/eval.json`, `out/predictions.jsonl` and `out/sample.png`, and prints its summary as the
-    last line of stdout (one JSON object), so scripts can read the result without parsing the report.
+    `seed` replaces every stage's seed (init, batch order): how much a score owes to luck shows across
+    seeds. Writes `out/eval.json`, `out/predictions.jsonl`, `out/captions.json` (caption metrics of
+    the test images' "Describe the image.", when the data has captions) and `out/sample.png`, and
+    prints its summary as the last line of stdout (one JSON object), so scripts can read the result
+    without parsing the report.
     """
     start = time.perf_counter()
     out, data = Path(out), Path(data)
@@ -185,10 +192,13 @@ def run_demo(
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     chosen = PRESETS[preset]
     recipe = chosen.recipe(str(data))
+    if seed is not None:
+        recipe.stages = [dataclasses.replace(s, seed=seed) for s in recipe.stages]
     build_data(data, chosen.data(), preset)
     model = train_from_scratch(recipe, out, progress)
     pipe = Pipeline.load(model)
     results = score(pipe, model, data, out, chosen.eval_limit, progress)
+    captions = score_captions(pipe, data / "test_captions.jsonl", out, chosen.eval_limit, progress)
     title = f"picovlm demo ({preset} preset): {results['accuracy']:.1%} VQA accuracy on {results['n']} test questions"
     text_answer = chat(pipe, data, out, title, chosen.text_question)
     summary = {
@@ -198,6 +208,10 @@ def run_demo(
         "model": str(model),
         "n_test_questions": results["n"],
     }
+    if captions:
+        summary["captions"] = {k: captions[k] for k in ("CIDEr", "Bleu_4", "n")}
+    if seed is not None:
+        summary["seed"] = seed
     if chosen.text_question:
         summary["text_question"], summary["text_answer"] = chosen.text_question, text_answer
     print(json.dumps(summary))
@@ -233,6 +247,20 @@ def score(pipe: Pipeline, model: Path, data: Path, out: Path, limit: int | None,
     print("VQA accuracy (exact match) by question type:")
     print(format_results(results))
     return results
+
+
+def score_captions(pipe: Pipeline, references: Path, out: Path, limit: int | None, progress: bool) -> dict | None:
+    """Caption metrics (CIDEr-D, BLEU-4, ...; METEOR left out: its JVM takes longer than the rest) of
+    "Describe the image." on the test images, by the harness's caption task; None without a caption file."""
+    if not references.is_file():
+        return None
+    task = Caption(meteor=False)
+    print(f"\ncaptions of the test images ({references}):")
+    evaluation = evaluate(task, load_queries(task, references, limit=limit), PipelineClient(pipe), progress=progress)
+    m = evaluation.metrics
+    save_json(m, out / "captions.json")
+    print(f"  CIDEr-D {m['CIDEr']:.3f}   BLEU-4 {m['Bleu_4']:.3f}   (n={m['n']})")
+    return m
 
 
 def chat(pipe: Pipeline, data: Path, out: Path, title: str, text_question: str) -> str | None:

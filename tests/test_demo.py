@@ -13,12 +13,17 @@ def test_run_demo_tiny(tmp_path, capsys):
     (out / "tokenizer.json").write_text("left over by an old run")  # must not be reused
     (out / "notes.txt").write_text("the user's")  # must not be deleted
 
-    result = run_demo(out, data, preset="tiny", progress=False)
+    result = run_demo(out, data, preset="tiny", progress=False, seed=3)
 
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
     assert summary == result
-    assert set(summary) == {"accuracy", "by_type", "seconds", "model", "n_test_questions"}
+    assert set(summary) == {"accuracy", "by_type", "seconds", "model", "n_test_questions", "captions", "seed"}
+    assert summary["captions"]["n"] == 16 and summary["captions"]["CIDEr"] >= 0
+    assert json.loads((out / "captions.json").read_text())["CIDEr"] == summary["captions"]["CIDEr"]
+    assert all(
+        json.loads((out / s / "model" / "config.json").read_text())["stage"]["seed"] == 3 for s in ("lm", "instruct")
+    )
     assert 0 <= summary["accuracy"] <= 1 and summary["seconds"] > 0
     assert summary["n_test_questions"] == 16 * 3
     assert any(line.startswith("  overall ") for line in lines)
