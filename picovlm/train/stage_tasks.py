@@ -9,6 +9,7 @@ optimizer, schedule, evaluation, checkpoints, exact resume) is the same for all 
   lm    picovlm's GPT on text alone, loss on every token
   clip  the vision tower against a text encoder, contrastively (models/clip.py)
   vlm   the adapter VLM (models/vlm.py), loss on the assistant's tokens
+  vq    the VQ image tokenizer (vq/model.py) on the images alone, loss on their reconstruction
 
 A new kind of stage is a `StageTask` subclass added to `STAGE_TASKS`.
 """
@@ -32,6 +33,7 @@ from picovlm.models.gpt import GPT
 from picovlm.models.processor import VLMProcessor
 from picovlm.models.vlm import VLM, VLM_PARTS, load_vlm, masked_lm_loss, vlm_checkpoint_config
 from picovlm.text.tokenizer import Tokenizer
+from picovlm.vq.model import VQ_PARTS, VQVAE, load_vqvae, vq_checkpoint_config
 
 
 class StageTask(ABC):
@@ -148,6 +150,33 @@ class VLMTask(StageTask):
         return load_vlm(folder)[0]
 
 
+class VQTask(StageTask):
+    """The VQ-VAE of `RecipeConfig.vq` on every image of the samples (their text is not read). Its
+    codebook learns inside the forward pass (EMA, vq/quantizer.py), the encoder and decoder by the
+    loop's optimizer; the codebook is a buffer, so it is saved, and resumed, with the weights."""
+
+    parts, unit = VQ_PARTS, "img"
+
+    def __init__(self, recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer):
+        self.model, self.images = VQVAE(recipe.vq), ImageCache()
+
+    def make_batch(self, samples: list[Sample]) -> Batch:
+        images = [self.images(p) for s in samples for p in s.images]
+        if not images:
+            raise ValueError(f"{samples[0].meta.get('source')}: a vq stage trains on images, and this batch has none")
+        return {"pixels": self.model.processor(images)}
+
+    def count(self, batch: Batch) -> int:
+        return batch["pixels"].shape[0]
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return vq_checkpoint_config(self.model)
+
+    @staticmethod
+    def load(folder: Path) -> nn.Module:
+        return load_vqvae(folder)
+
+
 def check_isolate_turns(recipe: RecipeConfig, stage: StageConfig) -> None:
     if not 0 <= stage.isolate_turns <= 1:
         raise ValueError(f"stage {stage.name!r}: isolate_turns is a share in [0, 1], got {stage.isolate_turns}")
@@ -155,7 +184,7 @@ def check_isolate_turns(recipe: RecipeConfig, stage: StageConfig) -> None:
         raise ValueError(f"stage {stage.name!r}: isolate_turns needs picovlm's GPT, not an HF LM")
 
 
-STAGE_TASKS: dict[str, type[StageTask]] = {"lm": LMTask, "clip": CLIPTask, "vlm": VLMTask}
+STAGE_TASKS: dict[str, type[StageTask]] = {"lm": LMTask, "clip": CLIPTask, "vlm": VLMTask, "vq": VQTask}
 
 
 def build_stage_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> StageTask:
