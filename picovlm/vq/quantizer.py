@@ -35,10 +35,15 @@ def kmeans_plus_plus(x: torch.Tensor, n: int, d2: torch.Tensor) -> torch.Tensor:
     picks = torch.empty(n, x.shape[1], dtype=x.dtype, device=x.device)
     d2 = d2.clone()
     for i in range(n):
-        weights = d2 if d2.sum() > 0 else torch.ones_like(d2)
+        weights = torch.where(d2.sum() > 0, d2, torch.ones_like(d2))  # no branch: no device sync per pick
         picks[i] = x[torch.multinomial(weights, 1)[0]]
         d2 = torch.minimum(d2, (x - picks[i]).pow(2).sum(1))
     return picks
+
+
+def rows(z: torch.Tensor) -> torch.Tensor:
+    """Encoder output [B, D, h, w] -> its vectors [B * h * w, D], row by row of each image."""
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
 
 
 class VectorQuantizer(nn.Module):
@@ -61,22 +66,19 @@ class VectorQuantizer(nn.Module):
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """Encoder outputs [B, D, h, w] -> ids [B, h, w] of their nearest codes."""
-        return self._distances(z).argmin(1).view(z.shape[0], *z.shape[2:])
-
-    def _distances(self, z: torch.Tensor) -> torch.Tensor:
-        """[B * h * w, K] squared distances of each vector of z [B, D, h, w] (row-major) from each code."""
-        return squared_distances(z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1]), self.codebook)
+        return squared_distances(rows(z.detach()), self.codebook).argmin(1).view(z.shape[0], *z.shape[2:])
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with torch.autocast(z.device.type, enabled=False):  # distances and EMA statistics in float32
             z = z.float()
-            d2 = self._distances(z)
-            ids = d2.argmin(1).view(z.shape[0], *z.shape[2:])
-            q = self.lookup(ids)
+            flat = rows(z.detach())
+            d2 = squared_distances(flat, self.codebook)
+            ids = d2.argmin(1)
+            q = self.lookup(ids.view(z.shape[0], *z.shape[2:]))
             commitment = F.mse_loss(z, q)
             if self.training:  # after the lookup: this batch is quantized by the codebook as it was
-                self.update(z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1]), ids.flatten(), d2)
-        return z + (q - z).detach(), ids, commitment
+                self.update(flat, ids, d2)
+        return z + (q - z).detach(), ids.view(z.shape[0], *z.shape[2:]), commitment
 
     @torch.no_grad()
     def update(self, flat: torch.Tensor, ids: torch.Tensor, d2: torch.Tensor) -> None:
@@ -91,8 +93,7 @@ class VectorQuantizer(nn.Module):
         self.usage.lerp_(torch.bincount(ids, minlength=self.codebook_size).to(flat.dtype) / n, 1 - self.decay)
         sums = torch.zeros_like(self.vector_sum).index_add_(0, ids, flat)
         self.vector_sum.lerp_(sums / n, 1 - self.decay)
-        used = self.usage > 0
-        self.codebook[used] = self.vector_sum[used] / self.usage[used, None]
+        self.codebook.copy_(self.vector_sum / self.usage[:, None])  # no use is 0: below the threshold, a code restarts
         dead = self.usage < threshold
         if dead.any():
             self.restart(flat, d2, dead, threshold)

@@ -46,3 +46,13 @@ def test_l1_weight_adds_an_l1_term():
 def test_a_downsample_that_does_not_divide_the_image_is_an_error():
     with pytest.raises(ValueError, match="downsample 5 does not divide image_size 64"):
         VQVAE(VQConfig(downsample=5))
+
+
+def test_bfloat16_autocast_keeps_the_codebook_in_float32():
+    """A stage with dtype "bfloat16" runs the networks in bf16; distances and EMA statistics stay float32."""
+    model = VQVAE(VQConfig(image_size=16, downsample=4, **TINY)).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(torch.rand(4, 3, 16, 16) * 2 - 1)
+    loss.backward()
+    assert torch.isfinite(loss) and model.quantizer.usage.sum() > 0
+    assert all(b.dtype == torch.float32 for b in model.quantizer.buffers())
