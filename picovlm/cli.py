@@ -11,6 +11,7 @@
     picovlm serve --model runs/tiny/instruct/model --port 8000
     picovlm demo
     picovlm export --model runs/llava/instruct/model --format hf-llava out/llava  # a LLaVA projector: docs/interop.md
+    picovlm export --model runs/demo/instruct/model --format hf-internvl out/internvl  # pixel shuffle
     picovlm import --format hf-llava out/llava runs/imported/model
     picovlm vq train --preset demo --data data/demo --out runs/vq            # the VQ image tokenizer
     picovlm vq eval --model runs/vq/vq/model --data data/demo/test.json      # PSNR and codebook use
@@ -19,6 +20,7 @@
 
 Anything that goes wrong at run time is reported as one line, `picovlm: error: ...`, with exit code 1:
 the messages of the library already say which file and what is wrong, a traceback adds nothing.
+Ctrl-C is exit code 130; in `train`, after the stage has saved a checkpoint to resume from.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from picovlm.presets import DATA_PRESETS, RECIPES, VQ_RECIPES
 from picovlm.serve.config import ServeConfig
 from picovlm.serve.protocol import Limits
 from picovlm.text.tokens import IMAGE
+from picovlm.train.loop import Interrupted
 from picovlm.train.stages import run_recipe
 from picovlm.vision.image import load_image
 from picovlm.vq.codes import png_names, read_codes, write_codes
@@ -90,13 +93,21 @@ def load_recipe(path: Path) -> RecipeConfig:
         raise ValueError(f"{path}: {e}") from None
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _train_recipe(args: argparse.Namespace) -> RecipeConfig:
+    """The recipe that `train` runs: a preset or a file, with what the flags change in it."""
     if args.config:
         recipe = load_recipe(args.config)
         if args.data:
             recipe.data_dir = str(args.data)
     else:
         recipe = args.recipes[args.preset](str(args.data or f"data/{args.preset}"))
+    if args.skip_bad_files:
+        recipe.stages = [dataclasses.replace(s, on_bad_file="skip") for s in recipe.stages]
+    return recipe
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    recipe = _train_recipe(args)
     if args.dump_config:
         print(json.dumps(dataclasses.asdict(recipe), indent=2))
         return 0
@@ -109,7 +120,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     unknown = [s for s in only or [] if s not in names]
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; the recipe has {', '.join(names)}")
-    done = run_recipe(recipe, args.out, only=only, resume=args.resume)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    done = run_recipe(recipe, args.out, only=only, resume=args.resume, rejects=args.rejects)
     for name, path in done.items():
         print(f"{name}: {path}")
     return 0
@@ -310,21 +323,23 @@ def cmd_vq_decode(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- export, import
 
-EXPORT_FORMATS = ("hf-llava", "hf-clip")
+EXPORT_FORMATS = ("hf-llava", "hf-internvl", "hf-clip")
+IMPORT_FORMATS = ("hf-llava", "hf-internvl")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from picovlm.interop import clip, llava  # transformers loads only when needed
+    from picovlm.interop import clip, internvl, llava  # transformers loads only when needed
 
-    export = llava.export_llava if args.format == "hf-llava" else clip.export_clip
-    print(f"wrote {llava.describe(export(args.model, args.out))}")
+    exporters = {"hf-llava": llava.export_llava, "hf-internvl": internvl.export_internvl, "hf-clip": clip.export_clip}
+    print(f"wrote {llava.describe(exporters[args.format](args.model, args.out))}")
     return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from picovlm.interop.llava import import_llava
+    from picovlm.interop import internvl, llava
 
-    print(f"wrote picovlm checkpoint {import_llava(args.src, args.out)}")
+    importer = llava.import_llava if args.format == "hf-llava" else internvl.import_internvl
+    print(f"wrote picovlm checkpoint {importer(args.src, args.out)}")
     return 0
 
 
@@ -406,6 +421,20 @@ def _add_train_args(p: argparse.ArgumentParser, recipes: dict) -> None:
     )
     p.add_argument("--out", metavar="DIR", type=Path, help="run folder for checkpoints and logs")
     p.add_argument("--resume", action="store_true", help="continue stages from their last checkpoint")
+    p.add_argument(
+        "--rejects",
+        metavar="FILE",
+        type=Path,
+        help="write the records left out (bad, unreadable image, too long) to FILE as JSON lines: "
+        "source, reason, error and the record",
+    )
+    p.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help="train on the records before the damage of a data file that cannot be read to its end "
+        '(on_bad_file "skip" in every stage; default: such a file stops the run)',
+    )
+    p.add_argument("--threads", metavar="N", type=_positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--dump-config", action="store_true", help="print the recipe as JSON and exit")
     p.set_defaults(run=cmd_train, recipes=recipes, stages=None)
 
@@ -652,6 +681,8 @@ def _export_parser(sub: Subparsers) -> None:
         description="hf-llava: a VLM checkpoint as an HF LlavaForConditionalGeneration folder (weights, "
         "config, tokenizer, chat template, processor); needs a ViT tower in the CLIP layout and a "
         "linear/mlp2x_gelu/identity projector; any GPT maps (Llama, or Qwen3 with qk_norm). "
+        "hf-internvl: the same as an HF InternVLForConditionalGeneration folder; needs a pixel_shuffleR "
+        "projector, a ViT with stem 'patch', use_cls and pre_norm false, and image_markers. "
         "hf-clip: a clip-stage checkpoint as an HF CLIPModel folder (needs clip.text_layout 'clip').",
     )
     p.add_argument("--model", metavar="DIR", type=Path, required=True, help="picovlm checkpoint folder")
@@ -664,9 +695,10 @@ def _import_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "import",
         help="read an HF folder into a picovlm checkpoint",
-        description="Read an HF LLaVA folder (e.g. one written by `picovlm export`) into a picovlm checkpoint.",
+        description="Read an HF LLaVA or InternVL folder (e.g. one written by `picovlm export`) into a picovlm "
+        "checkpoint.",
     )
-    p.add_argument("--format", choices=("hf-llava",), default="hf-llava", help="input format (default: hf-llava)")
+    p.add_argument("--format", choices=IMPORT_FORMATS, default="hf-llava", help="input format (default: hf-llava)")
     p.add_argument("src", metavar="SRC", type=Path, help="HF folder to read")
     p.add_argument("out", metavar="OUT", type=Path, help="checkpoint folder to write")
     p.set_defaults(run=cmd_import)
@@ -699,6 +731,10 @@ def main(argv: list[str] | None = None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"picovlm: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 1
+    except Interrupted as e:  # Ctrl-C in training: the stage saved its checkpoint first
+        resume = "; `picovlm train --resume` goes on from there" if args.command == "train" else ""
+        print(f"\npicovlm: interrupted: {e}{resume}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("\npicovlm: interrupted", file=sys.stderr)
         return 130

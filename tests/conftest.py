@@ -24,6 +24,24 @@ def tok() -> Tokenizer:
 
 
 @pytest.fixture(scope="session")
+def old_tok() -> Tokenizer:
+    """A tokenizer as picovlm trained them before the image markers existed: the six special tokens only."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from picovlm.text.tokens import SPECIAL_TOKENS
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=list(SPECIAL_TOKENS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    hf.train_from_iterator(["what is in the picture a cat on the mat"] * 10, trainer=trainer)
+    return Tokenizer(hf, source="old tokenizer")
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """The dataset of the tiny preset (16 test images, 3 questions each); do not modify it."""
     data = tmp_path_factory.mktemp("tiny_data")

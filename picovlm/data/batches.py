@@ -1,7 +1,8 @@
 """Samples -> padded tensor batches, for each training task, in a resumable order.
 
-`BatchStream` draws batches from a fixed per-epoch permutation seeded by (seed, epoch), so its whole
-state is two integers: resuming a run replays exactly the batches an uninterrupted run would see.
+`BatchStream` draws batches from a fixed per-epoch permutation seeded by (seed, epoch), so its state
+is two integers and the samples it left out: resuming a run replays exactly the batches an
+uninterrupted run would see.
 """
 
 from __future__ import annotations
@@ -15,17 +16,25 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from picovlm.data.records import ImageSource, Sample, open_image
+from picovlm.data.records import TOO_LONG, BadRecord, DataError, ImageSource, Sample, open_image
 from picovlm.models.clip import Captions
 from picovlm.models.processor import VLMProcessor
 from picovlm.text.chat import render_conversation
 from picovlm.text.padding import IGNORE_INDEX, pad_right
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.text.tokens import IMAGE
-from picovlm.vision.image import ImageProcessor
+from picovlm.vision.image import ImageError, ImageProcessor
 
 CAPTION_PROMPT = "Describe the image."
 Batch = dict[str, torch.Tensor]
+
+
+class UnreadableImage(ImageError):
+    """An image that could not be decoded when a batch needed it; `source` says which."""
+
+    def __init__(self, source: ImageSource, message: str):
+        super().__init__(message)
+        self.source = source
 
 
 class ImageCache:
@@ -41,7 +50,10 @@ class ImageCache:
     def __call__(self, source: ImageSource) -> Image.Image:
         im = self.images.get(source)
         if im is None:
-            im = open_image(source)
+            try:
+                im = open_image(source)
+            except ImageError as e:  # the header passed at load time; the pixels did not
+                raise UnreadableImage(source, str(e)) from None
             if len(self.images) < self.max_items:
                 self.images[source] = im
         return im
@@ -53,6 +65,39 @@ def as_chat(sample: Sample) -> list[dict[str, str]]:
     if sample.meta.get("kind") == "caption":
         return [{"role": "user", "content": f"{IMAGE}\n{CAPTION_PROMPT}"}, *sample.messages]
     return sample.messages
+
+
+def context_length(sample: Sample, processor: VLMProcessor) -> int:
+    """The tokens a sample takes in the LM's context once each image is expanded to its tokens."""
+    ids, _ = render_conversation(processor.tokenizer, as_chat(sample))
+    return len(ids) + len(sample.images) * (processor.tokens_per_placeholder - 1)
+
+
+def first_turns(sample: Sample, answers: int) -> Sample:
+    """A chat sample cut after its first `answers` question-answer turns, with the images those turns
+    show (images are numbered in the order of their placeholders) and their question types."""
+    messages = sample.messages[: 2 * answers]
+    images = sample.images[: sum(m["content"].count(IMAGE) for m in messages)]
+    meta = dict(sample.meta)
+    if "question_types" in meta:
+        meta["question_types"] = meta["question_types"][:answers]
+    return Sample(images, messages, meta)
+
+
+def fit_context(sample: Sample, processor: VLMProcessor, truncate: bool) -> Sample:
+    """The sample if it fits the LM's context; else, with `truncate`, the most whole turns of it that
+    fit (a cut after an answer: never inside an image's tokens), with meta["truncated"] saying so.
+    Raises BadRecord (TOO_LONG) when it does not fit even its first answer, or without `truncate`."""
+    length, limit = context_length(sample, processor), processor.max_len
+    if length <= limit:
+        return sample
+    answers = len(sample.messages) // 2 if truncate and sample.meta.get("kind") != "caption" else 0
+    for keep in range(answers - 1, 0, -1):
+        cut = first_turns(sample, keep)
+        if context_length(cut, processor) <= limit:
+            cut.meta["truncated"] = f"cut after answer {keep} of {answers}: {length} tokens, the context is {limit}"
+            return cut
+    raise BadRecord(f"too long: {length} tokens (images included), longer than the context of {limit}", TOO_LONG)
 
 
 class TowerFeatures:
@@ -85,20 +130,25 @@ class TowerFeatures:
         return torch.stack([self.features[s] if s in self.features else fresh[s] for s in sources])
 
 
-def isolated_turns(ids: torch.Tensor, labels: torch.Tensor, image_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def isolated_turns(
+    ids: torch.Tensor, labels: torch.Tensor, image_id: int, image_end_id: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(positions, segments) [B, T] that make each question-answer turn of a conversation a sample
     of its own while all of them share one copy of the images.
 
     Why: in a multi-turn conversation a later question can often be answered from the earlier turns'
     text ("is there a red circle?" - "yes", then "what colour is the circle?"), so the LM learns to
     read the text, not the image, and fails when the question comes alone. Segment 0 is the shared
-    prefix, up to the last image token (the first token if there is none); each turn after it (a
-    turn ends with its labelled answer) is a segment that sees segment 0 and itself only, and its
-    positions restart right after the prefix, as if it were the first question.
+    prefix, up to the last image token (with image markers, the `image_end_id` that closes it; the
+    first token if there is no image); each turn after it (a turn ends with its labelled answer) is a
+    segment that sees segment 0 and itself only, and its positions restart right after the prefix, as
+    if it were the first question.
     """
     B, T = ids.shape
     index = torch.arange(T).expand(B, T)
     is_image = ids == image_id
+    if image_end_id is not None:
+        is_image |= ids == image_end_id
     prefix = torch.where(is_image.any(1), (index * is_image).amax(1) + 1, torch.ones(B, dtype=torch.long))[:, None]
     labelled = labels != IGNORE_INDEX
     after_answer = torch.cat([torch.zeros(B, 1, dtype=torch.bool), labelled[:, :-1] & ~labelled[:, 1:]], dim=1)
@@ -139,7 +189,8 @@ def vlm_batch(
     )
     batch = {"ids": ids, "labels": labels}
     if isolate_turns:
-        positions, segments = isolated_turns(ids, labels, processor.tokenizer.image_id)
+        end = processor.markers[1] if processor.markers else None
+        positions, segments = isolated_turns(ids, labels, processor.tokenizer.image_id, end)
         if isolate_turns < 1:  # a fixed share of the conversations, the same in every epoch, stays whole
             whole = torch.tensor([stable_draw(s) >= isolate_turns for s in samples])[:, None]
             positions = torch.where(whole, torch.arange(ids.shape[1]).expand_as(ids), positions)
@@ -169,15 +220,28 @@ def clip_batch(samples: list[Sample], captions: Captions, image_processor: Image
 
 
 class BatchStream:
-    """Endless batches of `batch_size` samples; each epoch is a new seeded permutation."""
+    """Endless batches of `batch_size` samples; each epoch is a new seeded permutation.
+
+    A sample whose image cannot be decoded (found when a batch needs it) is left out of that batch
+    and every later one, and reported once to `on_reject(sample, message)`; the batch goes on with
+    the others. The samples left out are part of the state, so a resumed run neither trips on them
+    again nor loses count of them.
+    """
 
     def __init__(
-        self, samples: list[Sample], batch_size: int, make_batch: Callable[[list[Sample]], Batch], seed: int = 0
+        self,
+        samples: list[Sample],
+        batch_size: int,
+        make_batch: Callable[[list[Sample]], Batch],
+        seed: int = 0,
+        on_reject: Callable[[Sample, str], None] | None = None,
     ):
         if len(samples) < batch_size:
             raise ValueError(f"{len(samples)} samples are fewer than one batch of {batch_size}")
         self.samples, self.batch_size, self.make_batch, self.seed = samples, batch_size, make_batch, seed
+        self.on_reject = on_reject
         self.epoch, self.cursor = 0, 0
+        self.rejected: dict[int, str] = {}  # sample index -> why it was left out
         self._order = self._permutation()
 
     def _permutation(self) -> list[int]:
@@ -189,16 +253,49 @@ class BatchStream:
         return self
 
     def __next__(self) -> Batch:
+        while len(self.rejected) < len(self.samples):
+            picked = [i for i in self._draw() if i not in self.rejected]
+            while picked:
+                try:
+                    return self.make_batch([self.samples[i] for i in picked])
+                except UnreadableImage as e:
+                    picked = self._reject_users_of(picked, e)
+        raise DataError(f"no sample left to train on: all {len(self.samples)} have an unreadable image")
+
+    def _draw(self) -> list[int]:
         if self.cursor + self.batch_size > len(self._order):  # drop the ragged tail, start a new epoch
             self.epoch, self.cursor = self.epoch + 1, 0
             self._order = self._permutation()
         picked = self._order[self.cursor : self.cursor + self.batch_size]
         self.cursor += self.batch_size
-        return self.make_batch([self.samples[i] for i in picked])
+        return picked
+
+    def _reject_users_of(self, picked: list[int], error: UnreadableImage) -> list[int]:
+        """Leave out the picked samples that show the unreadable image; the rest of `picked`."""
+        users = [i for i in picked if error.source in self.samples[i].images]
+        if not users:  # not an image of this batch: nothing to leave out
+            raise error
+        for i in users:
+            self._reject(i, str(error))
+        return [i for i in picked if i not in self.rejected]
+
+    def _reject(self, index: int, message: str) -> None:
+        self.rejected[index] = message
+        if self.on_reject is not None:
+            self.on_reject(self.samples[index], message)
+
+    def rewind(self) -> BatchStream:
+        """Back to the first batch of the first epoch (the samples left out stay out): the same
+        validation batches at every evaluation, each bad image reported once."""
+        self.epoch, self.cursor = 0, 0
+        self._order = self._permutation()
+        return self
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "cursor": self.cursor}
+        return {"epoch": self.epoch, "cursor": self.cursor, "rejected": dict(self.rejected)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self._order = self._permutation()
+        for index, message in state.get("rejected", {}).items():  # a checkpoint of before has none
+            self._reject(int(index), message)

@@ -1,13 +1,12 @@
-"""Continuous batching: sequences join and leave a running batch between decode steps.
+"""The decoding engine: sequences join and leave a running batch between decode steps.
 
-`generate_tokens` decodes a fixed set of prompts from start to end. A server cannot wait for a fixed
-set: requests arrive while others are half done. `DecodeBatch` keeps one KV cache for whatever
-sequences are running and lets the caller `add` new ones and `remove` finished or abandoned ones
-between steps, so every step is one forward pass for all of them.
+Everything that generates goes through `DecodeBatch`. `Pipeline.generate` and `Pipeline.stream` (and
+with them the CLI and the eval harness) add their prompts at once and step until every row has
+ended; the server's scheduler adds requests as they arrive and removes those whose client went away.
+Either way every step is one forward pass for all running sequences.
 
-The layout is the one `generate_tokens` uses, kept up to date as rows come and go: every row is
-right-aligned so that all rows write their next token at the same cache position, and a key-padding
-mask hides the empty columns on the left. Positions count real tokens only (see
+Every row is right-aligned so that all rows write their next token at the same cache position, and
+a key-padding mask hides the empty columns on the left. Positions count real tokens only (see
 `picovlm.models.gpt.default_positions`), so a row decodes exactly as it would alone:
 
     cache columns:  0 1 2 3 4 5 6
@@ -15,8 +14,16 @@ mask hides the empty columns on the left. Positions count real tokens only (see
     row b (short)   - - - x x x .
     row c (joined)  - - - - x x .
 
-Adding a row longer than the window shifts the others right; removing the longest row lets the
-window shrink from the left, so attention only ever spans the longest running sequence.
+Prompts added together are prefilled together, left-padded to the longest. Adding a row longer than
+the window shifts the others right; removing the longest row lets the window shrink from the left,
+so attention only ever spans the longest running sequence.
+
+A row ends at a stop id of the tokenizer or a stop string ("stop"), or after `max_tokens` tokens
+("length"), and leaves the batch in that same step. Its text comes from its own `TextStream`, and
+when it samples, it draws from its own generator (seeded by its `SamplingParams.seed`): what a
+request gets never depends on which other requests share its batch. Nor does whether it fails: a row
+whose draw or text raises (a NaN in its logits or its parameters, a bug) ends in that step with
+"error" and the exception, and only that row; the others get their tokens from the same step.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import torch
 from picovlm.engine.sampling import SamplingParams, sample_next
 from picovlm.models.gpt import KVCache
 from picovlm.models.vlm import VLM
+from picovlm.text.stream import TextStream
+from picovlm.text.tokenizer import Tokenizer
 
 
 @dataclass
@@ -39,32 +48,40 @@ class Sequence:
     ids: list[int]
     pixels: torch.Tensor | None  # [n_images, 3, H, W], or None for text only
     params: SamplingParams
-    ignore_stop: bool = False  # decode exactly params.max_tokens tokens (benchmarks)
-    generated: int = 0
-    generator: torch.Generator | None = field(default=None, repr=False)
+    ignore_stop: bool = False  # stop ids do not end it: exactly params.max_tokens tokens (benchmarks)
+    # set by DecodeBatch.add
+    generated: int = field(default=0, init=False)  # tokens sampled so far
+    generator: torch.Generator | None = field(default=None, init=False, repr=False)
+    text: TextStream | None = field(default=None, init=False, repr=False)
 
 
 @dataclass
 class Step:
-    """The token a sequence got this step; `finished` is "stop" (a stop id) or "length" or None."""
+    """What a sequence got in one step: its new token, the text that is now safe to show, and on its
+    last step why it ended: "stop" (a stop id, which is not text, or a stop string), "length", or
+    "error" (its draw or its text raised `error`; `token` is None if no token was drawn)."""
 
     key: Hashable
-    token: int
+    token: int | None
+    text: str
     finished: str | None
+    error: Exception | None = None
 
 
 class DecodeBatch:
     """The running sequences of one model and their shared, right-aligned KV cache."""
 
-    def __init__(self, model: VLM, stop_ids: tuple[int, ...], pad_id: int):
-        self.model, self.pad_id = model, pad_id
-        self.stop_ids = set(stop_ids)
+    def __init__(self, model: VLM, tokenizer: Tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self.stop_ids = set(tokenizer.stop_ids)
         self.device = next(model.parameters()).device
-        self.dtype = next(model.lm.parameters()).dtype
+        self.dtype = next(model.lm.parameters()).dtype  # of the KV cache
+        self.pixel_dtype = next(model.tower.parameters()).dtype
         self.capacity = model.cfg.lm.max_seq_len
         self.rows: list[Sequence] = []
         self.cache: KVCache | None = None
-        self.mask = torch.zeros(0, 0, dtype=torch.bool, device=self.device)  # [rows, window]
+        self.mask = torch.zeros(0, 0, dtype=torch.bool, device=self.device)  # [rows, window], True = a real token
+        self.padded = False  # whether any row has padding in the window (else no mask is needed)
         self.logits = torch.zeros(0, model.cfg.lm.vocab_size, device=self.device)  # next-token logits per row
 
     def __len__(self) -> int:
@@ -82,29 +99,31 @@ class DecodeBatch:
         for s in seqs:
             if len(s.ids) + s.params.max_tokens > self.capacity:
                 raise ValueError(f"{len(s.ids)} prompt + {s.params.max_tokens} new tokens exceed {self.capacity}")
+        for s in seqs:
+            s.generated, s.text = 0, TextStream(self.tokenizer, s.params.stop)
             if s.params.seed is not None:
                 s.generator = torch.Generator(device=self.device).manual_seed(s.params.seed)
         longest = max(len(s.ids) for s in seqs)
-        ids = torch.full((len(seqs), longest), self.pad_id, dtype=torch.long, device=self.device)
+        ids = torch.full((len(seqs), longest), self.tokenizer.pad_id, dtype=torch.long, device=self.device)
         mask = torch.zeros(len(seqs), longest, dtype=torch.bool, device=self.device)
         for row, s in enumerate(seqs):
             ids[row, longest - len(s.ids) :] = torch.tensor(s.ids, device=self.device)
             mask[row, longest - len(s.ids) :] = True
         pixels = [s.pixels for s in seqs if s.pixels is not None and s.pixels.shape[0] > 0]
-        pixels = torch.cat(pixels).to(self.device, self.dtype) if pixels else None
+        pixels = torch.cat(pixels).to(self.device, self.pixel_dtype) if pixels else None
         cache = KVCache(self.model.cfg.lm, len(seqs), longest, self.device, self.dtype)
-        padded = bool((~mask).any())
+        padded = any(len(s.ids) < longest for s in seqs)
         logits = self.model(ids, pixels, key_padding_mask=mask if padded else None, kv_cache=cache)[:, -1]
-        self._merge(cache, mask, logits.float())
-        self.rows += seqs
+        self._merge(seqs, cache, mask, logits.float())
 
-    def _merge(self, new: KVCache, new_mask: torch.Tensor, new_logits: torch.Tensor) -> None:
+    def _merge(self, seqs: list[Sequence], new: KVCache, new_mask: torch.Tensor, new_logits: torch.Tensor) -> None:
         """Append the rows of `new` to the running cache, right-aligning both to the wider window."""
         old_w, new_w = self.window, new_mask.shape[1]
         width = max(old_w, new_w)
-        n_old, n_new = len(self.rows), new_mask.shape[0]
-        cache = KVCache(self.model.cfg.lm, n_old + n_new, self.capacity, self.device, self.dtype)
-        mask = torch.zeros(n_old + n_new, width, dtype=torch.bool, device=self.device)
+        n_old = len(self.rows)
+        self.rows = self.rows + seqs
+        cache = self._new_cache(width)
+        mask = torch.zeros(len(self.rows), width, dtype=torch.bool, device=self.device)
         if n_old:
             cache.k[:, :n_old, :, width - old_w : width] = self.cache.k[:, :, :, :old_w]
             cache.v[:, :n_old, :, width - old_w : width] = self.cache.v[:, :, :, :old_w]
@@ -112,10 +131,19 @@ class DecodeBatch:
         cache.k[:, n_old:, :, width - new_w : width] = new.k[:, :, :, :new_w]
         cache.v[:, n_old:, :, width - new_w : width] = new.v[:, :, :, :new_w]
         mask[n_old:, width - new_w :] = new_mask
-        cache.pos = width
-        self.cache, self.mask = cache, mask
+        self.cache, self.mask, self.padded = cache, mask, bool((~mask).any())
         self.logits = torch.cat([self.logits, new_logits])
 
+    def _new_cache(self, width: int) -> KVCache:
+        """An empty cache for the running rows, `width` columns in use. It is rebuilt whenever a row
+        joins or leaves, and some row leaves within the fewest tokens any row has left, so it needs room
+        for that many more columns only: memory follows the answers, not the model's whole context."""
+        room = min(s.params.max_tokens - s.generated for s in self.rows)
+        cache = KVCache(self.model.cfg.lm, len(self.rows), width + room, self.device, self.dtype)
+        cache.pos = width
+        return cache
+
+    @torch.inference_mode()
     def remove(self, keys: set[Hashable]) -> None:
         """Drop these sequences (finished, or their client went away) and shrink the window."""
         keep = [i for i, s in enumerate(self.rows) if s.key not in keys]
@@ -123,7 +151,7 @@ class DecodeBatch:
             return
         self.rows = [self.rows[i] for i in keep]
         if not self.rows:
-            self.cache, self.mask = None, self.mask[:0, :0]
+            self.cache, self.mask, self.padded = None, self.mask[:0, :0], False
             self.logits = self.logits[:0]
             return
         index = torch.tensor(keep, device=self.device)
@@ -131,33 +159,69 @@ class DecodeBatch:
         # columns that are padding in every remaining row hold nothing: cut them from the left
         trim = int((~mask).all(dim=0).long().cumprod(dim=0).sum())
         width = mask.shape[1] - trim
-        cache = KVCache(self.model.cfg.lm, len(keep), self.capacity, self.device, self.dtype)
+        cache = self._new_cache(width)
         cache.k[:, :, :, :width] = self.cache.k[:, index, :, trim : trim + width]
         cache.v[:, :, :, :width] = self.cache.v[:, index, :, trim : trim + width]
-        cache.pos = width
         self.cache, self.mask, self.logits = cache, mask[:, trim:], self.logits[index]
+        self.padded = bool((~self.mask).any())
 
     @torch.inference_mode()
     def step(self) -> list[Step]:
-        """Sample one token for every row, drop the rows that finished, feed the rest one step."""
-        logits = self.logits
-        logits[:, self.model.image_token_id] = float("-inf")  # images are inputs only
-        out: list[Step] = []
-        for row, s in enumerate(self.rows):
-            token = int(sample_next(logits[row : row + 1], s.params, s.generator)[0])
-            s.generated += 1
-            finished = None
-            if token in self.stop_ids and not s.ignore_stop:
-                finished = "stop"
-            elif s.generated >= s.params.max_tokens:
-                finished = "length"
-            out.append(Step(s.key, token, finished))
-        self.remove({o.key for o in out if o.finished})
+        """Sample one token for every row, drop the rows that ended, feed the rest one step."""
+        self.logits[:, self.model.image_token_id] = float("-inf")  # images are inputs only: fed back, one would crash
+        steps = [self._advance(s, token) for s, token in zip(self.rows, self._sample(), strict=True)]
+        self.remove({st.key for st in steps if st.finished})
         if self.rows:
-            alive = {o.key: o.token for o in out if not o.finished}
-            nxt = torch.tensor([[alive[s.key]] for s in self.rows], dtype=torch.long, device=self.device)
+            fed = torch.tensor([[st.token] for st in steps if not st.finished], dtype=torch.long, device=self.device)
             self.mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.bool, device=self.device)], 1)
-            if self.window > self.capacity:
-                raise RuntimeError("decode window outgrew the context (a row exceeded its token budget)")
-            self.logits = self.model(nxt, key_padding_mask=self.mask, kv_cache=self.cache)[:, -1].float()
-        return out
+            mask = self.mask if self.padded else None
+            self.logits = self.model(fed, key_padding_mask=mask, kv_cache=self.cache)[:, -1].float()
+        return steps
+
+    def _sample(self) -> list[int | Exception]:
+        """The next token of every row, one `sample_next` call per group of rows: all greedy rows, each
+        seeded row alone (it draws from its own generator, so its answer does not depend on the rows
+        beside it), and the unseeded rows that sample alike (on a CPU one draw costs about as much for
+        one row as for eight, and eight draws are a third of a tiny model's step). A row whose draw
+        raised has the exception in place of its token."""
+        groups: dict[tuple, list[int]] = {}
+        for row, s in enumerate(self.rows):
+            p = s.params
+            if p.temperature == 0:
+                groups.setdefault(("greedy",), []).append(row)
+            elif s.generator is not None:
+                groups[("seeded", row)] = [row]
+            else:
+                groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(row)
+        tokens: list[int | Exception] = [0] * len(self.rows)
+        for rows in groups.values():
+            for row, token in zip(rows, self._draw(rows), strict=True):
+                tokens[row] = token
+        return tokens
+
+    def _draw(self, rows: list[int]) -> list[int | Exception]:
+        """One `sample_next` call for rows that sample alike. If it raises, each row draws alone, so that
+        only the rows at fault get the exception (a seeded row is alone already: its generator is never
+        drawn from twice, and its answer stays the one it gets alone)."""
+        first = self.rows[rows[0]]
+        logits = self.logits if len(rows) == len(self.rows) else self.logits[rows]
+        try:
+            return sample_next(logits, first.params, first.generator).tolist()
+        except Exception as e:
+            return [e] if len(rows) == 1 else [token for row in rows for token in self._draw([row])]
+
+    def _advance(self, s: Sequence, token: int | Exception) -> Step:
+        """Count `token` for `s`, turn it into text, and decide whether `s` has ended (with "error" if
+        its draw or its text raised)."""
+        if isinstance(token, Exception):
+            return Step(s.key, None, "", "error", token)
+        s.generated += 1
+        try:
+            at_stop_id = token in self.stop_ids and not s.ignore_stop
+            text = "" if at_stop_id else s.text.push(token)  # the stop token itself is not text
+            if not (at_stop_id or s.text.stopped or s.generated >= s.params.max_tokens):
+                return Step(s.key, token, text, None)
+            text += s.text.close()
+        except Exception as e:
+            return Step(s.key, token, "", "error", e)
+        return Step(s.key, token, text, "stop" if at_stop_id or s.text.stopped else "length")

@@ -33,9 +33,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def hf_tokenizer(tokenizer_file: str | Path):
+def hf_tokenizer(tokenizer_file: str | Path, named_tokens: dict[str, str] | None = None):
     """A `PreTrainedTokenizerFast` over our tokenizer.json, with the chat template and the special
-    tokens HF generation needs (<|end|> is the end of a turn, hence EOS)."""
+    tokens HF generation needs (<|end|> is the end of a turn, hence EOS). `named_tokens` are the
+    model-specific ones a processor reads off its tokenizer (InternVL's `start_image_token`, ...);
+    each must already be in the vocabulary."""
     from transformers import PreTrainedTokenizerFast
 
     fast = PreTrainedTokenizerFast(
@@ -44,6 +46,7 @@ def hf_tokenizer(tokenizer_file: str | Path):
         eos_token=END,
         pad_token=PAD,
         model_input_names=["input_ids", "attention_mask"],  # no token_type_ids: causal LMs reject them
+        extra_special_tokens=named_tokens or {},
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast

@@ -8,9 +8,11 @@ dropped: `vision_feature_select_strategy="default"`). So a picovlm model maps wh
              CLIP's learned position table. HF towers (kind "hf") are not exported yet.
   projector  mlp2x_gelu (exactly LLaVA 1.5's), linear (linear_1 = ours, act = identity,
              linear_2 = identity matrix) and identity. pixel_shuffleR (merges 2x2 patches into one
-             token: LLaVA has no such step), mlpNx_gelu with N > 2 and "+pos" slot embeddings
-             (no LLaVA weight to hold them) do not map, and export says so in one line.
+             token: LLaVA has no such step; interop/internvl.py exports it), mlpNx_gelu with N > 2
+             and "+pos" slot embeddings (no LLaVA weight to hold them) do not map, and export says
+             so in one line.
   lm         our GPT: LlamaForCausalLM, or Qwen3ForCausalLM with qk_norm.
+  text       without image_markers: LLaVA's processor writes no image start/end tokens.
 
 The folder holds config.json (text_config / vision_config), model.safetensors, the tokenizer
 with our chat template, and a LlavaProcessor (CLIP image processor with our resize/normalize,
@@ -21,12 +23,10 @@ image token `<|image|>`), so `AutoProcessor` + `LlavaForConditionalGeneration` r
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import torch
 
-from picovlm.checkpoint import save_checkpoint
 from picovlm.config import VisionConfig, VLMConfig
 from picovlm.interop.hf_text import CHAT_TEMPLATE, hf_tokenizer
 from picovlm.interop.mapping import (
@@ -43,7 +43,8 @@ from picovlm.interop.mapping import (
     vit_to_hf,
     vit_unmappable,
 )
-from picovlm.models.vlm import VLM, VLM_PARTS, load_vlm, vlm_checkpoint_config
+from picovlm.interop.vlm_folder import read_vlm_folder, save_imported, split_parts, vlm_canonical
+from picovlm.models.vlm import VLM, load_vlm
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.text.tokens import IMAGE
 from picovlm.vision.hf_tower import read_image_processor
@@ -60,22 +61,12 @@ def llava_unmappable(cfg: VLMConfig) -> str | None:
     if cfg.projector not in EXPORTABLE_PROJECTORS:
         return (
             f"projector {cfg.projector!r} has no LLaVA counterpart (LLaVA's is linear -> act -> linear; "
-            f"exportable: {', '.join(EXPORTABLE_PROJECTORS)})"
+            f"exportable: {', '.join(EXPORTABLE_PROJECTORS)}; pixel_shuffleR: export as hf-internvl)"
         )
+    if cfg.image_markers:
+        return "image_markers=True: LLaVA's processor writes no image start/end tokens (export as hf-internvl)"
     why = vit_unmappable(cfg.vision.vit) or gpt_unmappable(cfg.lm)
     return why
-
-
-def llava_canonical(key: str) -> str:
-    """An HF LLaVA key without its version-dependent wrappers: vision.*, projector.*, text.*"""
-    for marker, tag in (("vision_tower.", "vision."), ("multi_modal_projector.", "projector.")):
-        if marker in key:
-            return tag + key.split(marker, 1)[1].removeprefix("vision_model.")
-    if "lm_head." in key:
-        return "text.lm_head." + key.split("lm_head.", 1)[1]
-    if "language_model." in key:
-        return "text.model." + key.split("language_model.", 1)[1].removeprefix("model.")
-    return key
 
 
 def _projector_to_hf(name: str, proj: torch.nn.Module, dim: int) -> tuple[dict[str, torch.Tensor], str]:
@@ -118,7 +109,7 @@ def to_llava(model: VLM, tok: Tokenizer):
         **{"projector." + k: v for k, v in projector.items()},
         **{"text." + k: v for k, v in gpt_to_hf(model.lm.state_dict()).items()},
     }
-    fitted = fit_state_dict(list(hf.state_dict()), ours, llava_canonical)
+    fitted = fit_state_dict(list(hf.state_dict()), ours, vlm_canonical)
     hf.load_state_dict({k: v.detach().clone() for k, v in fitted.items()}, strict=False)
     if cfg.lm.tie_embeddings:
         hf.tie_weights()
@@ -176,57 +167,24 @@ def import_llava(folder: str | Path, out: str | Path) -> Path:
     from transformers import LlavaForConditionalGeneration
 
     folder, out = Path(folder), Path(out)
-    hf_cfg, tok = _read_llava_folder(folder)
-    vcfg = hf_cfg.vision_config
-    ip = read_image_processor(folder, vcfg.image_size)
-    vit = vit_config_from_hf(vcfg, hf_cfg.vision_feature_layer, ip.mean, ip.std)
-    lm = gpt_config_from_hf(hf_cfg.text_config)
-    hf = LlavaForConditionalGeneration.from_pretrained(folder)
-    parts: dict[str, dict[str, torch.Tensor]] = {"vision": {}, "projector": {}, "text": {}}
-    for key, value in hf.state_dict().items():
-        tag, _, rest = llava_canonical(key).partition(".")
-        parts[tag][rest] = value
-    projector, proj_sd = _projector_from_hf(hf_cfg.projector_hidden_act, parts["projector"], folder)
-    cfg = VLMConfig(vision=VisionConfig(kind="vit", vit=vit), projector=projector, lm=lm)
-    model = VLM(cfg, tok.image_id)
-    state = {
-        **{"tower." + k: v for k, v in vit_from_hf(parts["vision"]).items()},
-        **{"projector." + k: v for k, v in proj_sd.items()},
-        **{"lm." + k: v for k, v in gpt_from_hf(parts["text"]).items()},
-    }
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{folder}: weights do not fit picovlm ({(missing or unexpected)[0]})")
-    config = {**vlm_checkpoint_config(model), "source": str(folder)}
-    with tempfile.TemporaryDirectory() as tmp:  # save_checkpoint copies one self-contained tokenizer file
-        plain = Path(tmp) / "tokenizer.json"
-        tok.save(plain)
-        save_checkpoint(out, model, config, VLM_PARTS, {}, plain)
-    return out
-
-
-def _read_llava_folder(folder: Path):
-    """(HF LlavaConfig, our Tokenizer) of a folder whose parts picovlm can hold; otherwise one line why."""
-    from transformers import AutoConfig
-
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: no config.json; expected an HF LLaVA folder")
-    hf_cfg = AutoConfig.from_pretrained(folder)
-    if hf_cfg.model_type != "llava":
-        raise ValueError(f"{folder}: a {hf_cfg.model_type!r} model, not llava")
+    hf_cfg, tok = read_vlm_folder(folder, "llava")
     vcfg = hf_cfg.vision_config
     if vcfg.model_type not in ("clip_vision_model", "clip"):
         raise ValueError(f"{folder}: vision tower {vcfg.model_type!r}; only CLIP vision towers map onto our ViT")
     if hf_cfg.vision_feature_select_strategy != "default" or not isinstance(hf_cfg.vision_feature_layer, int):
         raise ValueError(f"{folder}: only vision_feature_select_strategy 'default' with one feature layer maps")
-    try:
-        tok = Tokenizer.load(folder / "tokenizer.json")
-    except ValueError as e:
-        raise ValueError(f"{e}; importing a LLaVA with a foreign tokenizer is not supported") from None
-    image_id = hf_cfg.image_token_index if hasattr(hf_cfg, "image_token_index") else hf_cfg.image_token_id
-    if image_id != tok.image_id:
-        raise ValueError(f"{folder}: image token id {image_id} is not the tokenizer's {IMAGE} ({tok.image_id})")
-    return hf_cfg, tok
+    ip = read_image_processor(folder, vcfg.image_size)
+    vit = vit_config_from_hf(vcfg, hf_cfg.vision_feature_layer, ip.mean, ip.std)
+    lm = gpt_config_from_hf(hf_cfg.text_config)
+    parts = split_parts(LlavaForConditionalGeneration.from_pretrained(folder))
+    projector, proj_sd = _projector_from_hf(hf_cfg.projector_hidden_act, parts["projector"], folder)
+    cfg = VLMConfig(vision=VisionConfig(kind="vit", vit=vit), projector=projector, lm=lm)
+    state = {
+        **{"tower." + k: v for k, v in vit_from_hf(parts["vision"]).items()},
+        **{"projector." + k: v for k, v in proj_sd.items()},
+        **{"lm." + k: v for k, v in gpt_from_hf(parts["text"]).items()},
+    }
+    return save_imported(cfg, tok, state, folder, out)
 
 
 def _projector_from_hf(act: str, sd: dict[str, torch.Tensor], folder: Path) -> tuple[str, dict[str, torch.Tensor]]:

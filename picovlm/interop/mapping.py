@@ -31,7 +31,8 @@ _GPT_BLOCK = [  # (ours, HF) inside one block; "attn_norm." must be tried before
 ]
 
 
-def _swap_prefix(rest: str, pairs: list[tuple[str, str]], key: str) -> str:
+def swap_prefix(rest: str, pairs: list[tuple[str, str]], key: str) -> str:
+    """`rest` with its prefix renamed by the first matching (old, new) pair; `key` names it if none matches."""
     for old, new in pairs:
         if rest.startswith(old):
             return new + rest[len(old) :]
@@ -44,7 +45,7 @@ def gpt_to_hf(sd: StateDict) -> StateDict:
     for key, value in sd.items():
         if key.startswith("blocks."):
             _, i, rest = key.split(".", 2)
-            out[f"model.layers.{i}.{_swap_prefix(rest, _GPT_BLOCK, key)}"] = value
+            out[f"model.layers.{i}.{swap_prefix(rest, _GPT_BLOCK, key)}"] = value
         elif key.startswith("tok_emb."):
             out["model.embed_tokens." + key.removeprefix("tok_emb.")] = value
         elif key.startswith("norm."):
@@ -65,7 +66,7 @@ def gpt_from_hf(sd: StateDict) -> StateDict:
             continue
         if key.startswith("model.layers."):
             _, _, i, rest = key.split(".", 3)
-            out[f"blocks.{i}.{_swap_prefix(rest, back, key)}"] = value
+            out[f"blocks.{i}.{swap_prefix(rest, back, key)}"] = value
         elif key.startswith("model.embed_tokens."):
             out["tok_emb." + key.removeprefix("model.embed_tokens.")] = value
         elif key.startswith("model.norm."):
@@ -169,9 +170,9 @@ def encoder_to_hf(sd: StateDict, top: dict[str, str], norms: list[tuple[str, str
             out[top[key]] = value
         elif key.startswith("blocks."):
             _, i, rest = key.split(".", 2)
-            out[f"encoder.layers.{i}.{_swap_prefix(rest, _VIT_BLOCK, key)}"] = value
+            out[f"encoder.layers.{i}.{swap_prefix(rest, _VIT_BLOCK, key)}"] = value
         else:
-            out[_swap_prefix(key, norms, key)] = value
+            out[swap_prefix(key, norms, key)] = value
     return out
 
 
@@ -192,9 +193,9 @@ def vit_from_hf(sd: StateDict) -> StateDict:
             out[top[key]] = value
         elif key.startswith("encoder.layers."):
             _, _, i, rest = key.split(".", 3)
-            out[f"blocks.{i}.{_swap_prefix(rest, block, key)}"] = value
+            out[f"blocks.{i}.{swap_prefix(rest, block, key)}"] = value
         else:
-            out[_swap_prefix(key, [(n, o) for o, n in _VIT_NORMS], key)] = value
+            out[swap_prefix(key, [(n, o) for o, n in _VIT_NORMS], key)] = value
     return out
 
 

@@ -4,11 +4,12 @@ The VLM, the engine and the training stages talk to a language model through fou
 `forward(ids | inputs_embeds, key_padding_mask, kv_cache, position_ids, return_hidden, segment_ids)`, `cfg`
 (n_embd, max_seq_len, ...) and our `KVCache` (which the engine allocates and advances). This wrapper
 gives an HF model (Llama, Qwen2, GPT-2, SmolLM, ...) the same four, so it is interchangeable with our
-GPT everywhere. The HF model keeps its own cache object, stored on our KVCache; our cache's tensors
-go unused, only its position and capacity count.
+GPT everywhere. The keys and values live in our KVCache's tensors for both (the engine moves rows
+between caches as sequences join and leave a batch): each step hands the HF model an HF cache
+holding them, and copies the positions it adds back.
 
-The tokenizer is the model's own (its vocabulary and BPE), with picovlm's six special tokens added
-where missing (`<|image|>` among them) and the embedding table grown to match: new rows start at the
+The tokenizer is the model's own (its vocabulary and BPE), with picovlm's six special tokens and the two
+image markers added where missing (`<|image|>` among them) and the embedding table grown to match: new rows start at the
 mean embedding, so they begin as an "average word" instead of noise, except `<|end|>`, `<|bos|>` and
 the role markers, which start close to the LM's own end-of-sequence and bos tokens and role words
 (`new_token_sources`). The chat template is the LM's own when its folder has one (SmolLM2's
@@ -28,11 +29,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from picovlm.checkpoint import naming_damaged_weights
 from picovlm.config import GPTConfig
 from picovlm.models.gpt import KVCache, default_positions
 from picovlm.text.template import read_hf_template
 from picovlm.text.tokenizer import Tokenizer
-from picovlm.text.tokens import SPECIAL_TOKENS
+from picovlm.text.tokens import IMAGE_MARKERS, SPECIAL_TOKENS
 
 
 def _check_folder(path: str | Path) -> Path:
@@ -43,8 +45,8 @@ def _check_folder(path: str | Path) -> Path:
 
 
 def hf_lm_tokenizer(path: str | Path) -> Tokenizer:
-    """The LM folder's own tokenizer (tokenizer.json) with picovlm's special tokens added, and the
-    folder's chat template if it has one."""
+    """The LM folder's own tokenizer (tokenizer.json) with picovlm's special tokens and image markers
+    added, and the folder's chat template if it has one."""
     from tokenizers import AddedToken
     from tokenizers import Tokenizer as RawTokenizer
 
@@ -54,7 +56,8 @@ def hf_lm_tokenizer(path: str | Path) -> Tokenizer:
         raise FileNotFoundError(f"{file}: no fast tokenizer file; an HF LM folder needs tokenizer.json")
     raw = RawTokenizer.from_file(str(file))
     template = read_hf_template(folder, raw.id_to_token)
-    raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    ours = (*SPECIAL_TOKENS, *IMAGE_MARKERS)
+    raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ours])
     return Tokenizer(raw, source=str(file), chat_template=template)
 
 
@@ -94,7 +97,8 @@ class HFCausalLM(nn.Module):
         folder = _check_folder(path)
         config = AutoConfig.from_pretrained(folder)
         if load_weights:
-            self.model = AutoModelForCausalLM.from_pretrained(folder).float()  # train in fp32 like our GPT
+            with naming_damaged_weights(folder):
+                self.model = AutoModelForCausalLM.from_pretrained(folder).float()  # train in fp32 like our GPT
         else:  # the weights come from a picovlm checkpoint right after: skip reading them twice
             self.model = AutoModelForCausalLM.from_config(config).float()
         old = self.model.get_input_embeddings().weight.shape[0]
@@ -157,11 +161,30 @@ class HFCausalLM(nn.Module):
             inputs_embeds=x,
             attention_mask=None if key_padding_mask is None else key_padding_mask.long(),
             position_ids=position_ids,
-            past_key_values=getattr(kv_cache, "hf", None),
+            past_key_values=None if kv_cache is None else _hf_cache(kv_cache),
             use_cache=kv_cache is not None,
             output_hidden_states=return_hidden,
         )
         if kv_cache is not None:
-            kv_cache.hf = out.past_key_values
+            _copy_new_positions(out.past_key_values, kv_cache)
             kv_cache.advance(T)
         return out.hidden_states[-1] if return_hidden else out.logits
+
+
+def _hf_cache(kv_cache: KVCache):
+    """An HF `DynamicCache` with the keys and values `kv_cache` holds so far (a copy the HF model extends)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    if kv_cache.pos:
+        for layer in range(kv_cache.k.shape[0]):
+            cache.update(kv_cache.k[layer, :, :, : kv_cache.pos], kv_cache.v[layer, :, :, : kv_cache.pos], layer)
+    return cache
+
+
+def _copy_new_positions(hf_cache, kv_cache: KVCache) -> None:
+    """Write the keys and values the HF model added after `kv_cache.pos` into `kv_cache`."""
+    for layer, (k, v, *_) in enumerate(hf_cache):
+        if k.shape[-1] != kv_cache.k.shape[-1]:
+            raise ValueError(f"head size {k.shape[-1]} is not hidden_size / num_heads: the KV cache cannot hold it")
+        kv_cache.update(layer, k[:, :, kv_cache.pos :], v[:, :, kv_cache.pos :])

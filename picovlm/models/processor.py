@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from picovlm.models.vlm import expand_image_tokens
+from picovlm.models.vlm import VLM, expand_image_tokens
 from picovlm.text.chat import render_conversation, render_prompt
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.vision.image import ImageProcessor
@@ -22,15 +22,38 @@ class Encoded:
 
 
 class VLMProcessor:
-    def __init__(self, tokenizer: Tokenizer, image_processor: ImageProcessor, tokens_per_image: int, max_len: int):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        image_processor: ImageProcessor,
+        tokens_per_image: int,
+        max_len: int,
+        image_markers: bool = False,
+    ):
+        """`image_markers`: each image's tokens between <|image_start|> and <|image_end|> (the tokenizer
+        must have them: one made before they existed raises here, not at the first sample)."""
         self.tokenizer, self.image_processor = tokenizer, image_processor
         self.tokens_per_image, self.max_len = tokens_per_image, max_len
+        self.markers = tokenizer.image_marker_ids if image_markers else None
+
+    @classmethod
+    def for_model(cls, model: VLM, tokenizer: Tokenizer) -> VLMProcessor:
+        """The processor that prepares inputs for `model`: its tower's preprocessing, its number of
+        tokens per image, its context and its image markers."""
+        cfg = model.cfg
+        return cls(tokenizer, model.tower.processor, model.tokens_per_image, cfg.lm.max_seq_len, cfg.image_markers)
+
+    @property
+    def tokens_per_placeholder(self) -> int:
+        """How many ids one `<|image|>` placeholder becomes: the image's tokens and its two markers."""
+        return self.tokens_per_image + (2 if self.markers else 0)
 
     def _expand(self, ids: list[int], mask: list[int], n_images: int) -> tuple[list[int], list[int]]:
-        ids, mask = expand_image_tokens(ids, mask, n_images, self.tokenizer.image_id, self.tokens_per_image)
+        tok = self.tokenizer
+        ids, mask = expand_image_tokens(ids, mask, n_images, tok.image_id, self.tokens_per_image, self.markers)
         if len(ids) > self.max_len:
             raise ValueError(
-                f"input is {len(ids)} tokens ({n_images} images x {self.tokens_per_image} tokens "
+                f"input is {len(ids)} tokens ({n_images} images x {self.tokens_per_placeholder} tokens "
                 f"included), longer than the context of {self.max_len}"
             )
         return ids, mask
@@ -50,10 +73,16 @@ class VLMProcessor:
 
     def encode_prompt(self, messages: list[dict], images: list[Image.Image], reserve: int = 0) -> Encoded:
         """A generation prompt; `reserve` tokens of context are kept free for the answer."""
+        enc = self.encode_prompt_ids(messages, len(images), reserve)
+        return Encoded(enc.ids, enc.loss_mask, self.image_processor(images))
+
+    def encode_prompt_ids(self, messages: list[dict], n_images: int, reserve: int = 0) -> Encoded:
+        """The ids of `encode_prompt`, without pixels: for a caller that preprocesses each image as soon
+        as it is decoded (the server: one full-size image in memory at a time)."""
         prompt = render_prompt(self.tokenizer, messages)
-        ids, mask = self._expand(prompt, [0] * len(prompt), len(images))
+        ids, mask = self._expand(prompt, [0] * len(prompt), n_images)
         if len(ids) + reserve > self.max_len:
             raise ValueError(
                 f"prompt is {len(ids)} tokens; with {reserve} new tokens it exceeds the context of {self.max_len}"
             )
-        return Encoded(ids, mask, self.image_processor(images))
+        return Encoded(ids, mask, None)

@@ -4,7 +4,9 @@ This is where image tokens enter the LM. Text reaches the model with one `<|imag
 per image already expanded to as many copies as the projector emits tokens (`expand_image_tokens`),
 so sequence lengths and positions are known before any pixel is seen. The model then embeds the
 text and overwrites the placeholder slots with the projected image features, in order
-(`merge_image_embeds`), and the LM runs on the merged embeddings as if they were words.
+(`merge_image_embeds`), and the LM runs on the merged embeddings as if they were words. With
+`image_markers` each run of copies sits between `<|image_start|>` and `<|image_end|>`, which are plain
+tokens to the LM: embedded like words, never overwritten.
 """
 
 from __future__ import annotations
@@ -30,18 +32,26 @@ VLM_PARTS = {"tower": "tower.", "projector": "projector.", "lm": "lm."}  # check
 
 
 def expand_image_tokens(
-    ids: list[int], loss_mask: list[int], n_images: int, image_token_id: int, tokens_per_image: int
+    ids: list[int],
+    loss_mask: list[int],
+    n_images: int,
+    image_token_id: int,
+    tokens_per_image: int,
+    markers: tuple[int, int] | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Replace each `<|image|>` id by `tokens_per_image` copies (mask 0 there: no loss on images)."""
+    """Replace each `<|image|>` id by `tokens_per_image` copies, between the (start, end) `markers` ids
+    when given (`VLMConfig.image_markers`); mask 0 on all of them: no loss on images."""
     found = ids.count(image_token_id)
     if found != n_images:
         raise ValueError(f"text has {found} <|image|> placeholders but {n_images} images were given")
+    start, end = ([markers[0]], [markers[1]]) if markers is not None else ([], [])
+    span = start + [image_token_id] * tokens_per_image + end
     out_ids: list[int] = []
     out_mask: list[int] = []
     for i, m in zip(ids, loss_mask, strict=True):
         if i == image_token_id:
-            out_ids += [i] * tokens_per_image
-            out_mask += [0] * tokens_per_image
+            out_ids += span
+            out_mask += [0] * len(span)
         else:
             out_ids.append(i)
             out_mask.append(m)

@@ -7,8 +7,14 @@ step for all rows, turn each row's new token into text. So requests that arrive 
 every forward pass, and a request that arrives mid-way joins at the next step instead of waiting
 for the others to finish.
 
-Text is produced here, not in the handlers: detokenization (`StreamDecoder`) and stop strings are
-per request, and a stop string ends the row at once, which frees its slot for the next request.
+One request never fails another: a request whose prefill fails is tried again alone, and only a
+request that fails alone is failed; a row whose draw or text raises ends that row only (the engine
+isolates it). Only an error of the shared step itself (a bug) fails every running request, and the
+thread starts over with an empty batch.
+
+Text is produced here, not in the handlers: the engine turns each row's tokens into text pieces
+(`TextStream`: detokenization, and stop strings held back until they are settled), and a stop string
+ends the row at once, which frees its slot for the next request.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ import torch
 from picovlm.engine.batch import DecodeBatch, Sequence
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
-from picovlm.text.stream import StreamDecoder
 
 log = logging.getLogger(__name__)
 
@@ -75,44 +80,12 @@ class Handle:
                 return
 
 
-class _Text:
-    """Token ids of one answer -> text pieces, holding back what might be the start of a stop string."""
-
-    def __init__(self, decoder: StreamDecoder, stops: tuple[str, ...]):
-        self.decoder, self.stops = decoder, tuple(s for s in stops if s)
-        self.pending = ""  # decoded but not yet emitted
-
-    def push(self, token: int | None, last: bool) -> tuple[str, bool]:
-        """(text to emit now, whether a stop string was hit). token None = nothing to decode."""
-        if token is not None:
-            self.pending += self.decoder.push(token)
-        if last:
-            self.pending += self.decoder.flush()
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            return self.pending[: min(hits)], True
-        keep = 0 if last else _partial_stop(self.pending, self.stops)
-        out, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep :]
-        return out, False
-
-
-def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest end of `text` that is the beginning of a stop string."""
-    best = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best
-
-
 @dataclass
 class _Request:
     handle: Handle
     seq: Sequence
     emit: Callable[[Event], None]
-    text: _Text
+    done: bool = False  # its last event was sent
 
     def deliver(self, event: Event) -> None:
         try:
@@ -128,7 +101,7 @@ class Scheduler:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.pipe, self.max_batch, self.max_waiting = pipe, max_batch, max_waiting
-        self.batch = DecodeBatch(pipe.model, pipe.tokenizer.stop_ids, pipe.tokenizer.pad_id)
+        self.batch = DecodeBatch(pipe.model, pipe.tokenizer)
         self._waiting: deque[_Request] = deque()
         self._running: dict[int, _Request] = {}
         self._wake = threading.Condition()
@@ -154,7 +127,7 @@ class Scheduler:
             handle._queue = queue.Queue()
             emit = handle._queue.put
         seq = Sequence(handle.key, ids, pixels, params, ignore_stop=ignore_eos)
-        request = _Request(handle, seq, emit, _Text(StreamDecoder(self.pipe.tokenizer), params.stop))
+        request = _Request(handle, seq, emit)
         with self._wake:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
@@ -201,9 +174,9 @@ class Scheduler:
             except Exception as e:  # a bug, not a bad request (those fail in submit's caller): keep serving
                 log.exception("decode step failed")
                 for r in [*admitted, *self._running.values()]:
-                    self._finish(r, Event(finish_reason="error", error=f"{type(e).__name__}: {e}"))
+                    self._finish(r, _failure(e))
                 self._running.clear()
-                self.batch = DecodeBatch(self.pipe.model, self.pipe.tokenizer.stop_ids, self.pipe.tokenizer.pad_id)
+                self.batch = DecodeBatch(self.pipe.model, self.pipe.tokenizer)
         for r in [*self._waiting, *self._running.values()]:
             self._finish(r, Event(finish_reason="error", error="the server is shutting down"))
 
@@ -211,8 +184,7 @@ class Scheduler:
         self.stats["cancelled"] += sum(r.handle.cancelled for r in admitted)
         admitted = [r for r in admitted if not r.handle.cancelled]
         if admitted:
-            self.batch.add([r.seq for r in admitted])
-            self._running.update((r.handle.key, r) for r in admitted)
+            self._admit(admitted)
         gone = {k for k, r in self._running.items() if r.handle.cancelled}
         if gone:
             self.batch.remove(gone)
@@ -222,24 +194,44 @@ class Scheduler:
         if not self._running:
             return
         self.stats["max_rows"] = max(self.stats["max_rows"], len(self.batch))
-        outs = self.batch.step()
+        steps = self.batch.step()  # rows that ended have left the batch already
         self.stats["steps"] += 1
-        self.stats["tokens"] += len(outs)
-        finals: list[tuple[_Request, Event]] = []
-        for out in outs:
-            r = self._running[out.key]
-            ended = out.finished == "stop"  # the end token itself is not text
-            piece, hit = r.text.push(None if ended else out.token, last=out.finished is not None)
-            if hit or out.finished:
-                finals.append((r, Event(piece, "stop" if hit else out.finished, r.seq.generated)))
-            elif piece:
-                r.deliver(Event(piece, None, r.seq.generated))
-        # forget finished requests before telling their clients, so a client never sees its slot still taken
-        self.batch.remove({r.handle.key for r, _ in finals})  # rows cut by a stop string are still there
-        for r, event in finals:
-            del self._running[r.handle.key]
-            self._finish(r, event)
+        self.stats["tokens"] += len(steps)
+        for step in steps:
+            r = self._running[step.key]
+            if step.error is not None:
+                log.warning("request %s failed alone", step.key, exc_info=step.error)
+                del self._running[step.key]
+                self._finish(r, _failure(step.error, r.seq.generated))
+            elif step.finished:
+                del self._running[step.key]  # before telling the client, so it never sees its slot still taken
+                self._finish(r, Event(step.text, step.finished, r.seq.generated))
+            elif step.text:
+                r.deliver(Event(step.text, None, r.seq.generated))
+
+    def _admit(self, admitted: list[_Request]) -> None:
+        """Prefill the admitted requests together; if that fails, each alone, so that only a request
+        that fails alone is failed (a prefill that fails changes nothing in the running batch)."""
+        try:
+            self.batch.add([r.seq for r in admitted])
+        except Exception as e:
+            if len(admitted) > 1:
+                for r in admitted:
+                    self._admit([r])
+                return
+            log.warning("request %s failed alone", admitted[0].handle.key, exc_info=e)
+            self._finish(admitted[0], _failure(e))
+            return
+        self._running.update((r.handle.key, r) for r in admitted)
 
     def _finish(self, r: _Request, event: Event) -> None:
+        """Send the last event (once: a request failed alone may be among those a failed step ends)."""
+        if r.done:
+            return
+        r.done = True
         self.stats["completed" if event.error is None else "errors"] += 1
         r.deliver(event)
+
+
+def _failure(e: Exception, completion_tokens: int = 0) -> Event:
+    return Event(finish_reason="error", completion_tokens=completion_tokens, error=f"{type(e).__name__}: {e}")

@@ -20,7 +20,7 @@ forge the LM's turns either.
 """
 
 from picovlm.text.tokenizer import Tokenizer
-from picovlm.text.tokens import IMAGE, SPECIAL_TOKENS
+from picovlm.text.tokens import IMAGE
 
 Message = dict[str, str]
 
@@ -35,7 +35,7 @@ def _encode_content(tok: Tokenizer, message: Message, index: int) -> tuple[int, 
     else:
         raise ValueError(f"message {index}: unknown role {role!r} (expected 'user' or 'assistant')")
     content = message["content"]
-    for special in SPECIAL_TOKENS:
+    for special in tok.special_tokens:
         if special not in allowed and special in content:
             raise ValueError(f"message {index}: {role} content may not contain the special token {special}")
     return marker, tok.encode(content), target

@@ -10,6 +10,7 @@ tokenizer, in `<name>.chat_template.json` beside `<name>.json` (tokenizer.json i
 `tokenizers` file that any HF tool reads). Without one, picovlm's own template is used (text/chat.py).
 """
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,7 +19,18 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from picovlm.text.template import ChatTemplate
-from picovlm.text.tokens import ASSISTANT, BOS, END, IMAGE, PAD, SPECIAL_TOKENS, USER
+from picovlm.text.tokens import (
+    ASSISTANT,
+    BOS,
+    END,
+    IMAGE,
+    IMAGE_END,
+    IMAGE_MARKERS,
+    IMAGE_START,
+    PAD,
+    SPECIAL_TOKENS,
+    USER,
+)
 
 N_BYTES = 256
 
@@ -39,8 +51,9 @@ class Tokenizer:
         for token in SPECIAL_TOKENS:
             if token not in special:
                 raise ValueError(f"{source}: not a picovlm tokenizer (missing special token {token})")
-        self._hf = hf
-        self._special = {token: hf.token_to_id(token) for token in SPECIAL_TOKENS}
+        self._hf, self.source = hf, source
+        # the image markers only where the tokenizer has them (one made before they existed has not)
+        self._special = {t: hf.token_to_id(t) for t in (*SPECIAL_TOKENS, *IMAGE_MARKERS) if t in special}
         # longest first, so that a token that begins with another one is matched whole
         self.special_tokens = tuple(sorted(special, key=len, reverse=True))
         self.chat_template = chat_template
@@ -54,11 +67,13 @@ class Tokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2) -> "Tokenizer":
-        """Learn BPE merges from `texts`; the specials take ids 0..5 in SPECIAL_TOKENS order."""
-        if vocab_size < N_BYTES + len(SPECIAL_TOKENS):
+        """Learn BPE merges from `texts`; the specials take the first ids, in SPECIAL_TOKENS then
+        IMAGE_MARKERS order."""
+        specials = [*SPECIAL_TOKENS, *IMAGE_MARKERS]
+        if vocab_size < N_BYTES + len(specials):
             raise ValueError(
                 f"vocab_size {vocab_size} is too small: the byte alphabet and the special tokens "
-                f"alone need {N_BYTES + len(SPECIAL_TOKENS)}"
+                f"alone need {N_BYTES + len(specials)}"
             )
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -66,7 +81,7 @@ class Tokenizer:
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
             min_frequency=min_frequency,
-            special_tokens=list(SPECIAL_TOKENS),
+            special_tokens=specials,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
@@ -127,6 +142,17 @@ class Tokenizer:
             raise KeyError(f"{token!r} is not in the vocabulary")
         return token_id
 
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters of text that one token can stand for, so that a text of n characters is at
+        least n / max_token_chars tokens: a bound that tells a text too long for a context without
+        tokenizing it. No token covers more characters than its vocabulary entry has (a byte-level entry
+        has one per byte, each character at least one byte; a SentencePiece entry has its "▁" for the
+        space). A normalizer may compose up to 4 characters into one (Unicode's longest canonical
+        decomposition), so a tokenizer with one counts 4 per entry character."""
+        longest = max(len(entry) for entry in self._hf.get_vocab(with_added_tokens=True))
+        return longest * (4 if self._hf.normalizer is not None else 1)
+
     @property
     def vocab_size(self) -> int:
         """Number of ids, specials included: the size of the model's embedding table."""
@@ -151,6 +177,22 @@ class Tokenizer:
     @property
     def assistant_id(self) -> int:
         return self._special[ASSISTANT]
+
+    @property
+    def has_image_markers(self) -> bool:
+        """Whether <|image_start|> and <|image_end|> are special tokens here (not in one made before them)."""
+        return IMAGE_START in self._special and IMAGE_END in self._special
+
+    @property
+    def image_marker_ids(self) -> tuple[int, int]:
+        """(<|image_start|>, <|image_end|>) ids, for `image_markers`; a tokenizer made before the markers
+        existed has none, and says so."""
+        if not self.has_image_markers:
+            raise ValueError(
+                f"{self.source}: this tokenizer has no {IMAGE_START} / {IMAGE_END} (it was made before image "
+                "markers existed); image_markers needs a tokenizer trained with them"
+            )
+        return self._special[IMAGE_START], self._special[IMAGE_END]
 
     @property
     def end_id(self) -> int:

@@ -4,20 +4,17 @@ import json
 
 import pytest
 import torch
-from PIL import Image
 
-from picovlm.checkpoint import save_checkpoint
 from picovlm.config import GPTConfig, VisionConfig, ViTConfig, VLMConfig
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
-from picovlm.interop.llava import VLM_PARTS, export_llava, import_llava, llava_unmappable
-from picovlm.models.vlm import VLM
+from picovlm.interop.llava import export_llava, import_llava, llava_unmappable
 from picovlm.text.tokens import IMAGE
+from tests.interop.helpers import image, random_checkpoint
 
 
 def make_checkpoint(path, tok, projector="mlp2x_gelu", qk_norm=False, tie=False, pos_embed="learned"):
-    """A tiny random VLM checkpoint with large-ish weights, so differences between layouts show."""
-    torch.manual_seed(0)
+    """A tiny random VLM checkpoint in the CLIP layout."""
     vit = ViTConfig(
         image_size=16, patch_size=4, n_embd=32, n_layer=2, n_head=4, mlp_ratio=2.0, act="quick_gelu",
         pos_embed=pos_embed, image_mean=(0.4, 0.5, 0.6), image_std=(0.2, 0.3, 0.25),
@@ -26,26 +23,7 @@ def make_checkpoint(path, tok, projector="mlp2x_gelu", qk_norm=False, tie=False,
         vocab_size=tok.vocab_size, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp_hidden=48, max_seq_len=64,
         rope_theta=500.0, qk_norm=qk_norm, tie_embeddings=tie,
     )  # fmt: skip
-    cfg = VLMConfig(vision=VisionConfig(kind="vit", vit=vit), projector=projector, lm=lm)
-    model = VLM(cfg, tok.image_id)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.uniform_(0.5, 1.5)
-            elif p.dim() >= 2:
-                p.normal_(0, 0.2)
-            else:
-                p.normal_(0, 0.1)
-    tok_file = path.parent / "tok.json"
-    tok.save(tok_file)
-    config = {"task": "vlm", "model": cfg.to_dict(), "image_token_id": tok.image_id}
-    save_checkpoint(path, model, config, VLM_PARTS, {}, tok_file)
-    return path
-
-
-def image(seed: int, size=(20, 13)) -> Image.Image:
-    g = torch.Generator().manual_seed(seed)
-    return Image.fromarray((torch.rand(size[1], size[0], 3, generator=g) * 255).byte().numpy())
+    return random_checkpoint(path, tok, VLMConfig(vision=VisionConfig(kind="vit", vit=vit), projector=projector, lm=lm))
 
 
 MESSAGES = [{"role": "user", "content": f"{IMAGE}\nwhat is in the picture"}]
@@ -87,7 +65,7 @@ def test_export_runs_in_transformers_with_our_logits(tmp_path, tok, projector, q
     torch.testing.assert_close(theirs, mine, atol=1e-4, rtol=0)
 
     params = SamplingParams(max_tokens=8, temperature=0.0)
-    answer = [t for (t,) in pipe._stream_ids([MESSAGES], [[im]], params) if t is not None]
+    answer = [step.token for (step,) in pipe.steps([MESSAGES], [[im]], params)]
     with torch.no_grad():
         gen = hf.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert gen[0, ids.shape[1] :].tolist() == answer
@@ -121,6 +99,8 @@ def test_hf_lm_and_non_vit_towers_are_refused_before_anything_is_written():
         stemmed = VLMConfig(vision=VisionConfig(vit=ViTConfig(stem=stem)), projector="mlp2x_gelu")
         assert f"stem '{stem}'" in llava_unmappable(stemmed)
     assert llava_unmappable(VLMConfig(projector="mlp2x_gelu")) is None
+    marked = VLMConfig(projector="mlp2x_gelu", image_markers=True)
+    assert "writes no image start/end tokens (export as hf-internvl)" in llava_unmappable(marked)
 
 
 def test_import_rejects_foreign_folders(tmp_path, tok):

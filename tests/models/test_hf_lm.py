@@ -7,7 +7,7 @@ import torch
 from tokenizers import Tokenizer
 
 from picovlm.config import VisionConfig, ViTConfig, VLMConfig
-from picovlm.engine.generate import generate_tokens
+from picovlm.engine.batch import DecodeBatch, Sequence
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
 from picovlm.eval.clients import PipelineClient
@@ -17,8 +17,9 @@ from picovlm.models.hf_lm import HFCausalLM, hf_lm_tokenizer
 from picovlm.models.vlm import VLM
 from picovlm.presets import RECIPES
 from picovlm.text.chat import render_prompt
-from picovlm.text.tokens import SPECIAL_TOKENS
+from picovlm.text.tokens import IMAGE_MARKERS, SPECIAL_TOKENS
 from picovlm.train.stages import run_recipe
+from tests.engine.reference import decode_without_cache
 
 ARCHS = ["llama", "qwen2", "gpt2"]
 
@@ -31,8 +32,9 @@ def hf_lm(request, tmp_path_factory, write_hf_lm):
 def test_tokenizer_gets_our_special_tokens_and_embeddings_grow(hf_lm):
     folder, n = hf_lm
     tok = hf_lm_tokenizer(folder)
-    assert tok.vocab_size == n + len(SPECIAL_TOKENS)
+    assert tok.vocab_size == n + len(SPECIAL_TOKENS) + len(IMAGE_MARKERS)
     assert tok.encode("<|image|>") == [tok.image_id] and tok.image_id >= n
+    assert tok.has_image_markers and min(tok.image_marker_ids) >= n  # image_markers work with an HF LM too
     assert tok.decode(tok.encode("a red circle")) == "a red circle"
     lm = HFCausalLM(folder, tok.vocab_size, max_seq_len=64)
     emb = lm.model.get_input_embeddings().weight
@@ -68,7 +70,7 @@ def test_with_its_own_template_our_unused_tokens_start_at_the_mean(tmp_path, wri
         torch.testing.assert_close(emb[token_id], emb[:n].mean(0))
 
 
-def test_vlm_generation_with_cache_and_padding_matches_recompute(hf_lm):
+def test_vlm_generation_with_cache_padding_and_joining_matches_recompute(hf_lm):
     folder, _ = hf_lm
     tok = hf_lm_tokenizer(folder)
     vit = ViTConfig(image_size=16, patch_size=4, n_embd=32, n_layer=1, n_head=4)
@@ -80,14 +82,22 @@ def test_vlm_generation_with_cache_and_padding_matches_recompute(hf_lm):
     prompts = [
         [tok.bos_id, tok.user_id, *[tok.image_id] * 16, *tok.encode("what is in the picture"), tok.end_id],
         [tok.bos_id, tok.user_id, *[tok.image_id] * 16, *tok.encode("red"), tok.end_id, tok.assistant_id],
+        [tok.bos_id, tok.user_id, *tok.encode("is it blue or green"), tok.end_id, tok.assistant_id],
     ]
     pixels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    images = [pixels[:1], pixels[1:], None]
     params = SamplingParams(max_tokens=6, temperature=0.0)
-    args = (model, prompts, pixels, params, (tok.end_id,), tok.pad_id)
-    cached = list(generate_tokens(*args, use_cache=True))
-    assert cached == list(generate_tokens(*args, use_cache=False)) and len(cached) == 6
-    alone = list(generate_tokens(model, prompts[1:], pixels[1:], params, (tok.end_id,), tok.pad_id))
-    assert [row[1] for row in cached] == [row[0] for row in alone]  # left padding changes nothing
+    seqs = [Sequence(i, p, im, params) for i, (p, im) in enumerate(zip(prompts, images, strict=True))]
+    expected = {s.key: decode_without_cache(model, s.ids, s.pixels, 6, tok.stop_ids) for s in seqs}
+    batch, got, step = DecodeBatch(model, tok), {s.key: [] for s in seqs}, 0
+    batch.add(seqs[:2])  # prefilled together: left padding
+    while step <= 2 or len(batch):
+        if step == 2:
+            batch.add(seqs[2:])  # joins a running batch: the HF model's keys and values move with the rows
+        for out in batch.step():
+            got[out.key].append(out.token)
+        step += 1
+    assert got == expected
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama-chatml"])
@@ -121,7 +131,7 @@ def test_recipe_trains_evaluates_and_chats_with_an_hf_lm(tiny_data, tmp_path, wr
         assert pipe.tokenizer.decode(prompt, skip_special=False).endswith("<|im_start|>assistant\n")
         assert pipe.tokenizer.stop_ids[0] == pipe.tokenizer.token_to_id("<|im_end|>")
     # generation ends at the tokenizer's stop ids: make the first greedy token one
-    first = next(generate_tokens(pipe.model, [prompt], None, SamplingParams(max_tokens=1, temperature=0.0), (), 0))[0]
+    first = decode_without_cache(pipe.model, prompt, None, 1)[0]
     pipe.tokenizer.stop_ids = (first,)
     assert pipe.generate([question], [[]], SamplingParams(max_tokens=3, temperature=0.0)) == [""]
     assert list(pipe.stream(question, [], SamplingParams(max_tokens=3, temperature=0.0))) == []

@@ -8,8 +8,8 @@ from picovlm.text.tokens import IMAGE
 from picovlm.vision.image import ImageProcessor
 
 
-def make(tok, tokens_per_image: int = 4, max_len: int = 64) -> VLMProcessor:
-    return VLMProcessor(tok, ImageProcessor(size=8), tokens_per_image, max_len)
+def make(tok, tokens_per_image: int = 4, max_len: int = 64, image_markers: bool = False) -> VLMProcessor:
+    return VLMProcessor(tok, ImageProcessor(size=8), tokens_per_image, max_len, image_markers)
 
 
 def images(n: int) -> list[Image.Image]:
@@ -71,3 +71,30 @@ def test_placeholder_image_count_mismatch(tok, n_images):
     messages = [{"role": "user", "content": f"{IMAGE}describe"}, {"role": "assistant", "content": "yes"}]
     with pytest.raises(ValueError, match=f"1 <\\|image\\|> placeholders but {n_images} images"):
         make(tok).encode_conversation(messages, images(n_images))
+
+
+def test_image_markers_wrap_each_image(tok):
+    messages = [{"role": "user", "content": f"{IMAGE}what is this? {IMAGE}"}, {"role": "assistant", "content": "a cat"}]
+    plain = make(tok).encode_conversation(messages, images(2))
+    marked = make(tok, image_markers=True)
+    enc = marked.encode_conversation(messages, images(2))
+    start, end = tok.image_marker_ids
+    first = enc.ids.index(start)
+    assert enc.ids[first : first + 6] == [start, *[tok.image_id] * 4, end]
+    assert enc.ids.count(start) == enc.ids.count(end) == 2 and len(enc.ids) == len(plain.ids) + 4
+    assert [i for i in enc.ids if i not in (start, end)] == plain.ids  # nothing else changes
+    assert [m for i, m in zip(enc.ids, enc.loss_mask, strict=True) if i not in (start, end)] == plain.loss_mask
+    assert all(m == 0 for i, m in zip(enc.ids, enc.loss_mask, strict=True) if i in (start, end))
+    assert marked.tokens_per_placeholder == 6 and make(tok).tokens_per_placeholder == 4
+    prompt = marked.encode_prompt([{"role": "user", "content": f"{IMAGE}describe"}], images(1))
+    assert prompt.ids[2:8] == [start, *[tok.image_id] * 4, end]  # after <|bos|><|user|>
+
+
+def test_a_tokenizer_without_markers(old_tok):
+    """Works as before without image markers; asked for them, it says so once, when the processor is made."""
+    messages = [{"role": "user", "content": f"{IMAGE}describe"}, {"role": "assistant", "content": "a cat"}]
+    enc = make(old_tok).encode_conversation(messages, images(1))
+    body = old_tok.encode("describe") + [old_tok.end_id, old_tok.assistant_id, *old_tok.encode("a cat"), old_tok.end_id]
+    assert enc.ids == [old_tok.bos_id, old_tok.user_id, *[old_tok.image_id] * 4, *body]
+    with pytest.raises(ValueError, match=r"^old tokenizer: this tokenizer has no <\|image_start\|>"):
+        make(old_tok, image_markers=True)

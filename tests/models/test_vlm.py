@@ -26,6 +26,13 @@ def test_expand_image_tokens():
     assert expand_image_tokens([0, 4], [0, 1], 0, IMG, 3) == ([0, 4], [0, 1])
 
 
+def test_expand_image_tokens_between_markers():
+    start, end = 40, 41
+    out_ids, out_mask = expand_image_tokens([0, IMG, 10, IMG], [1, 1, 1, 1], 2, IMG, 2, markers=(start, end))
+    assert out_ids == [0, start, IMG, IMG, end, 10, start, IMG, IMG, end]
+    assert out_mask == [1, 0, 0, 0, 0, 1, 0, 0, 0, 0]  # no loss on an image's tokens or its markers
+
+
 @pytest.mark.parametrize("n_images", [0, 1, 3])
 def test_expand_image_tokens_count_mismatch(n_images):
     with pytest.raises(ValueError, match=f"text has 2 <\\|image\\|> placeholders but {n_images} images"):

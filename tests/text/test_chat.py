@@ -4,7 +4,7 @@ import pytest
 
 from picovlm.text.chat import render_conversation, render_prompt
 from picovlm.text.tokenizer import Tokenizer
-from picovlm.text.tokens import ASSISTANT, BOS, END, IMAGE, USER
+from picovlm.text.tokens import ASSISTANT, BOS, END, IMAGE, IMAGE_END, IMAGE_START, USER
 from tests.text.helpers import masked_runs
 
 
@@ -90,6 +90,7 @@ def test_bad_role_raises(tok, message):
         ("user", f"{BOS}"),
         ("assistant", f"here is {IMAGE}"),
         ("assistant", END),
+        ("user", f"{IMAGE_START}{IMAGE}{IMAGE_END}"),  # the markers are the processor's to write
     ],
 )
 def test_special_strings_in_content_raise(tok, role, content):

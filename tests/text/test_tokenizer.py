@@ -1,13 +1,14 @@
 """Tests for the byte-level BPE tokenizer: training, specials, round trips, save/load."""
 
 import pickle
+import unicodedata
 
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import models, pre_tokenizers
+from tokenizers import models, normalizers, pre_tokenizers
 
 from picovlm.text.tokenizer import Tokenizer
-from picovlm.text.tokens import IMAGE, SPECIAL_TOKENS
+from picovlm.text.tokens import IMAGE, IMAGE_END, IMAGE_MARKERS, IMAGE_START, SPECIAL_TOKENS
 
 
 def corpus() -> list[str]:
@@ -29,8 +30,26 @@ def test_specials_take_the_first_ids(tok):
     assert ids == list(range(len(SPECIAL_TOKENS)))
 
 
+def test_image_markers_take_the_next_ids(tok):
+    n = len(SPECIAL_TOKENS)
+    assert tok.has_image_markers and tok.image_marker_ids == (n, n + 1)
+    assert [tok.token_to_id(t) for t in IMAGE_MARKERS] == [n, n + 1]
+    ids = tok.encode(f"{IMAGE_START}{IMAGE}{IMAGE_END}")
+    assert ids == [n, tok.image_id, n + 1] and tok.decode(ids) == ""
+
+
+def test_a_tokenizer_from_before_the_markers_loads_and_says_what_it_lacks(old_tok, tmp_path):
+    old_tok.save(tmp_path / "tokenizer.json")
+    loaded = Tokenizer.load(tmp_path / "tokenizer.json")
+    ids = [loaded.bos_id, loaded.pad_id, loaded.image_id, loaded.user_id, loaded.assistant_id, loaded.end_id]
+    assert ids == list(range(len(SPECIAL_TOKENS))) and loaded.encode("a cat") == old_tok.encode("a cat")
+    assert not loaded.has_image_markers
+    with pytest.raises(ValueError, match=r"tokenizer.json: this tokenizer has no <\|image_start\|> / <\|image_end\|>"):
+        _ = loaded.image_marker_ids
+
+
 def test_vocab_and_merges(tok):
-    assert 256 + len(SPECIAL_TOKENS) < tok.vocab_size <= 400
+    assert 256 + len(SPECIAL_TOKENS) + len(IMAGE_MARKERS) < tok.vocab_size <= 400
     text = "the dog jumps over the river."
     assert len(tok.encode(text)) < len(text.encode())  # merges were learned and are used
 
@@ -104,3 +123,20 @@ def test_load_foreign_tokenizer(tmp_path):
     hf.save(str(path))
     with pytest.raises(ValueError, match=r"not a picovlm tokenizer \(missing special token <\|bos\|>\)"):
         Tokenizer.load(path)
+
+
+def test_max_token_chars_bounds_the_tokens_of_any_text(tok):
+    """A text of n characters is at least n / max_token_chars tokens, whatever it holds: the bound the
+    server refuses over-long prompts by without tokenizing them. With a normalizer, 4 per character
+    (NFC composes U+1F87 from 4 code points)."""
+    longest = max((tok.decode([i], skip_special=False) for i in range(tok.vocab_size)), key=len)
+    texts = [longest * 50, IMAGE * 40, *corpus(), "\u1f87" * 30, "a" * 1000]
+    for t in texts:
+        assert len(tok.encode(t)) * tok.max_token_chars >= len(t), t[:40]
+    assert tok.max_token_chars >= len(longest) and tok.max_token_chars >= len(IMAGE)
+    hf = HFTokenizer.from_str(tok._hf.to_str())
+    hf.normalizer = normalizers.NFC()
+    composing = Tokenizer(hf)
+    assert composing.max_token_chars == 4 * tok.max_token_chars
+    decomposed = unicodedata.normalize("NFD", "\u1f87") * 100  # 400 characters that NFC makes 100
+    assert len(composing.encode(decomposed)) * composing.max_token_chars >= len(decomposed)
