@@ -351,6 +351,13 @@ CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "too_long": _one_of("skip", "truncate"),
     },
     "CLIPConfig": {"embed_dim": AT_LEAST_1},
+    "VQConfig": {
+        **dict.fromkeys(("image_size", "downsample", "channels", "code_dim"), AT_LEAST_1),
+        "res_blocks": AT_LEAST_0,
+        "codebook_size": _at_least(2),
+        **dict.fromkeys(("commitment", "dead_below", "l1_weight"), AT_LEAST_0),
+        "ema_decay": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
+    },
     "RecipeConfig": {"stages": ((lambda v: len(v) > 0), "a non-empty list of stages"), "tokenizer_vocab": AT_LEAST_1},
 }
 

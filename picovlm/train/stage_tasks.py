@@ -28,6 +28,7 @@ from picovlm.checkpoint import EVERYTHING_ELSE, load_weights, read_config
 from picovlm.config import GPTConfig, RecipeConfig, StageConfig, from_dict
 from picovlm.data.batches import Batch, ImageCache, TowerFeatures, clip_batch, fit_context, text_batch, vlm_batch
 from picovlm.data.formats import Sample
+from picovlm.data.records import require
 from picovlm.models.clip import CLIP_HF_PARTS, CLIP_PARTS, CLIPModel, clip_checkpoint_config, load_clip
 from picovlm.models.gpt import GPT
 from picovlm.models.processor import VLMProcessor
@@ -169,11 +170,13 @@ class VQTask(StageTask):
     def __init__(self, recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer):
         self.model, self.images = VQVAE(recipe.vq), ImageCache()
 
+    def prepare(self, sample: Sample) -> Sample:
+        """A record without an image is left out (and counted): there is nothing to reconstruct."""
+        require(bool(sample.images), "a vq stage trains on images, and this record has none")
+        return sample
+
     def make_batch(self, samples: list[Sample]) -> Batch:
-        images = [self.images(p) for s in samples for p in s.images]
-        if not images:
-            raise ValueError(f"{samples[0].meta.get('source')}: a vq stage trains on images, and this batch has none")
-        return {"pixels": self.model.processor(images)}
+        return {"pixels": self.model.processor([self.images(p) for s in samples for p in s.images])}
 
     def count(self, batch: Batch) -> int:
         return batch["pixels"].shape[0]

@@ -36,7 +36,8 @@ from picovlm.vq.quantizer import VectorQuantizer
 VQ_PARTS = {"vq": EVERYTHING_ELSE}  # one part: the encoder's codes mean something only to its own decoder
 
 
-def check_config(cfg: VQConfig) -> None:
+def check_grid(cfg: VQConfig) -> None:
+    """Whole codes per side (the ranges of single fields are `picovlm.config.CHECKS`)."""
     if cfg.downsample < 1 or cfg.image_size % cfg.downsample:
         raise ValueError(f"VQConfig.downsample {cfg.downsample} does not divide image_size {cfg.image_size}")
 
@@ -86,7 +87,7 @@ class VQVAE(nn.Module):
 
     def __init__(self, cfg: VQConfig):
         super().__init__()
-        check_config(cfg)
+        check_grid(cfg)
         self.cfg = cfg
         self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
         self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.code_dim, cfg.ema_decay, cfg.dead_below)

@@ -1,9 +1,13 @@
-"""The VQ-VAE: grid shapes by config, gradients through the codebook, config errors."""
+"""The VQ-VAE: grid shapes by config, gradients through the codebook, bf16, config errors."""
+
+import dataclasses
+import json
 
 import pytest
 import torch
 
-from picovlm.config import VQConfig
+from picovlm.config import RecipeConfig, VQConfig, from_dict
+from picovlm.presets import VQ_RECIPES
 from picovlm.vq.model import VQVAE
 
 TINY = dict(channels=8, res_blocks=1, code_dim=4, codebook_size=16)
@@ -56,3 +60,23 @@ def test_bfloat16_autocast_keeps_the_codebook_in_float32():
     loss.backward()
     assert torch.isfinite(loss) and model.quantizer.usage.sum() > 0
     assert all(b.dtype == torch.float32 for b in model.quantizer.buffers())
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"codebook_size": 1}, r"vq.codebook_size: must be >= 2, got 1"),
+        ({"ema_decay": 1}, r"vq.ema_decay: must be a number in \[0, 1\), got 1"),
+        ({"downsample": 0}, r"vq.downsample: must be >= 1, got 0"),
+        ({"dead_below": -0.1}, r"vq.dead_below: must be >= 0, got -0.1"),
+    ],
+)
+def test_a_recipe_file_with_a_bad_vq_value_names_it(settings, message):
+    with pytest.raises(ValueError, match=message):
+        from_dict(RecipeConfig, {"vq": settings})
+
+
+@pytest.mark.parametrize("name", sorted(VQ_RECIPES))
+def test_the_vq_recipes_round_trip_through_json(name):
+    recipe = VQ_RECIPES[name]("data/x")
+    assert from_dict(RecipeConfig, json.loads(json.dumps(dataclasses.asdict(recipe)))) == recipe

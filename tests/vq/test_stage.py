@@ -4,12 +4,13 @@ and an interrupted run resumes exactly."""
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from picovlm.checkpoint import read_config
-from picovlm.data.records import Sample
+from picovlm.data.records import BadRecord, Sample
 from picovlm.presets import tiny_vq_recipe, vq_recipe
 from picovlm.train.stage_tasks import STAGE_TASKS, build_stage_task, load_stage_model
 from picovlm.train.stages import run_stage, train_tokenizer
@@ -60,12 +61,22 @@ def test_an_interrupted_run_resumes_exactly(setup):
         assert torch.allclose(one[key], two[key], atol=1e-6), key
 
 
-def test_samples_without_images_are_a_clear_error(setup):
-    recipe, stage, tok, _ = setup
+def test_records_without_images_are_left_out_and_counted(setup):
+    recipe, stage, tok, out = setup
     task = build_stage_task(recipe, stage, tok)
     text_only = Sample([], [{"role": "assistant", "content": "hi"}], {"source": "notes.jsonl:3"})
-    with pytest.raises(ValueError, match="^notes.jsonl:3: a vq stage trains on images, and this batch has none$"):
-        task.make_batch([text_only])
+    with pytest.raises(BadRecord, match="^a vq stage trains on images, and this record has none$"):
+        task.prepare(text_only)
+    data = Path(recipe.data_dir)
+    captions = [json.loads(line) for line in (data / "train_captions.jsonl").read_text().splitlines()]
+    text = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+    records = [{**c, "image": str(data / c["image"])} for c in captions] + [text, text]
+    mixed = out / "mixed.jsonl"  # the training captions, and two conversations of text alone
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in records))
+    stage = dataclasses.replace(stage, data=(str(mixed),), val_data=(), steps=1)
+    run_stage(recipe, stage, out, tok, progress=False, rejects=out / "rejects.jsonl")
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert len(rejects) == 2 and all("has none" in r["error"] for r in rejects)
 
 
 def test_the_demo_recipe_makes_16x16_codes_of_64px_images():
