@@ -194,8 +194,8 @@ def vq_stage(settings: StageConfig) -> StageConfig:
 
 
 def vq_recipe(data_dir: str = "data/demo") -> RecipeConfig:
-    """`picovlm vq train`: the image tokenizer of the native model, sized for 2 CPU cores (see
-    picovlm/vq/ and the measurements in its tests' notes)."""
+    """`picovlm vq train`: the image tokenizer of native models, 64 px images to 16x16 codes of 512,
+    sized for 2 CPU cores (about two minutes of CPU time; docs/vq.md has the measurements)."""
     return RecipeConfig(
         stages=[vq_stage(StageConfig(steps=600, batch_size=32, lr=3e-3, warmup=0.05, eval_every=100))],
         data_dir=data_dir,

@@ -125,8 +125,7 @@ def run_reconstruction(
     paths = distinct_images(Path(data), Path(images) if images else None, limit)
     tokenizer = ImageTokenizer.load(model)
     evaluation, shown = evaluate_reconstruction(tokenizer, paths, batch_size, progress)
-    files = output_paths(Path(out))
-    files = {"results": files["results"], "markdown": files["markdown"], "predictions": files["predictions"]}
+    files = {k: v for k, v in output_paths(Path(out)).items() if k != "official"}  # no official format
     samples = Path(f"{Path(out).with_suffix('')}.samples.png")
     notes = evaluation.metrics.pop("notes", [])
     results = {
