@@ -80,7 +80,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def load_recipe(path: Path) -> RecipeConfig:
-    """A RecipeConfig from a JSON file (e.g. one written by `train --dump-config`)."""
+    """A RecipeConfig from a JSON file (e.g. one written by `train --dump-config`). A relative
+    `data_dir` or `image_root` in it is relative to the file, so a recipe can sit beside its data."""
     try:
         d = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
@@ -88,9 +89,14 @@ def load_recipe(path: Path) -> RecipeConfig:
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a JSON object with RecipeConfig fields")
     try:
-        return from_dict(RecipeConfig, d)
+        recipe = from_dict(RecipeConfig, d)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
+    for name in ("data_dir", "image_root"):
+        value = getattr(recipe, name)
+        if value and not Path(value).is_absolute():
+            setattr(recipe, name, str(Path(path).parent / value))
+    return recipe
 
 
 def _train_recipe(args: argparse.Namespace) -> RecipeConfig:
@@ -101,6 +107,8 @@ def _train_recipe(args: argparse.Namespace) -> RecipeConfig:
             recipe.data_dir = str(args.data)
     else:
         recipe = args.recipes[args.preset](str(args.data or f"data/{args.preset}"))
+    if args.images:
+        recipe.image_root = str(args.images)
     if args.skip_bad_files:
         recipe.stages = [dataclasses.replace(s, on_bad_file="skip") for s in recipe.stages]
     return recipe
@@ -113,8 +121,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise ValueError("train needs --out (the run folder)")
-    if not Path(recipe.data_dir).is_dir():
-        raise FileNotFoundError(f"{recipe.data_dir}: data folder not found (make one with `picovlm data`)")
+    data = Path(recipe.data_dir)
+    if data.is_file():
+        raise ValueError(f"{data}: --data takes the folder that holds the data files, not a file (here: {data.parent})")
     names = [s.name for s in recipe.stages]
     only = args.stages.split(",") if args.stages else None
     unknown = [s for s in only or [] if s not in names]
@@ -418,6 +427,12 @@ def _add_train_args(p: argparse.ArgumentParser, recipes: dict) -> None:
     )
     p.add_argument(
         "--data", metavar="DIR", type=Path, help="dataset folder (default: data/PRESET, or the data_dir of --config)"
+    )
+    p.add_argument(
+        "--images",
+        metavar="DIR",
+        type=Path,
+        help="where relative image names in the data files are looked up (default: beside each data file)",
     )
     p.add_argument("--out", metavar="DIR", type=Path, help="run folder for checkpoints and logs")
     p.add_argument("--resume", action="store_true", help="continue stages from their last checkpoint")

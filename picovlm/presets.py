@@ -96,6 +96,24 @@ def demo_recipe(data_dir: str = "data/demo") -> RecipeConfig:
     )
 
 
+def vqa_recipe(data_dir: str = "data/vqa") -> RecipeConfig:
+    """For a folder of LLaVA-format conversations alone (`train.json`: images and question-answer
+    turns, no caption files): the demo's model and stages, every stage reading `train.json`. The
+    `clip` stage pairs each image with the text of its conversation (`as_caption` in data/batches.py),
+    the `align` stage trains the projector on the conversations themselves, and the records about one
+    image (a dataset of one question per record, too) are grouped into one conversation whose turns
+    train as if asked alone (`group_by_image`, `isolate_turns`). `picovlm demo --preset vqa` runs it on
+    the built-in scenes, captions unused, beside the demo's own recipe."""
+    recipe = demo_recipe(data_dir)
+    chat = ("train.json",)
+    by_name = {s.name: dataclasses.replace(s, data=chat, val_data=(), data_shares={}) for s in recipe.stages}
+    for name in ("align", "instruct"):
+        by_name[name] = dataclasses.replace(
+            by_name[name], group_by_image=True, isolate_turns=by_name["instruct"].isolate_turns
+        )
+    return dataclasses.replace(recipe, stages=list(by_name.values()))
+
+
 def minilm_recipe(data_dir: str = "data/demo") -> RecipeConfig:
     """The demo recipe whose `clip` stage trains the tower against the locked, pretrained
     all-MiniLM-L6-v2 sentence encoder (packaged on PyPI, unzipped on first use) instead of a text
@@ -235,6 +253,7 @@ PRESETS = {
     # a 135M-parameter LM generates slowly on a CPU: 120 questions; it should still know this after VLM training
     "pretrained": Preset(demo_data, pretrained_recipe, eval_limit=120, text_question="What is the capital of France?"),
     "minilm": Preset(demo_data, minilm_recipe),
+    "vqa": Preset(demo_data, vqa_recipe),
 }
 DATA_PRESETS = {name: p.data for name, p in PRESETS.items()}  # the datasets alone (`picovlm data --preset`)
 RECIPES = {name: p.recipe for name, p in PRESETS.items()}  # the recipes alone (`picovlm train --preset`)

@@ -100,6 +100,22 @@ def fit_context(sample: Sample, processor: VLMProcessor, truncate: bool) -> Samp
     raise BadRecord(f"too long: {length} tokens (images included), longer than the context of {limit}", TOO_LONG)
 
 
+def as_caption(sample: Sample) -> Sample:
+    """A sample as a contrastive stage pairs it: one image and one text. A conversation becomes its
+    question-answer turns in one text ("What colour is the circle? red. Is there a square? no."):
+    what is said about an image describes it too, so a dataset of questions alone can still pretrain
+    its tower. Raises BadRecord for a sample without exactly one image or without any answer."""
+    if len(sample.images) != 1:
+        raise BadRecord(f"the clip stage pairs one image with one text; this record has {len(sample.images)}")
+    if sample.meta.get("kind") == "caption":
+        return sample
+    turns = [m["content"].replace(IMAGE, "").strip() for m in sample.messages]
+    text = " ".join(f"{q} {a}." for q, a in zip(turns[0::2], turns[1::2], strict=False)).strip()
+    if not text:
+        raise BadRecord("no question-answer turn to make a caption of")
+    return Sample(sample.images, [{"role": "assistant", "content": text}], {**sample.meta, "kind": "caption"})
+
+
 class TowerFeatures:
     """A frozen vision tower's output per image, computed once and kept (up to `max_bytes`).
 

@@ -38,6 +38,8 @@ class DataReport:
         self.read = 0
         self.rejected: list[Reject] = []
         self.truncated: list[str] = []  # sources of the records used cut short
+        self.not_drawn = 0  # records read but left out by `StageConfig.data_shares`
+        self.conversations: int | None = None  # what `group_by_image` made of the records used
 
     def reject(self, source: str, reason: str, error: str, record: Any = None) -> None:
         self.rejected.append(Reject(source, reason, error, record))
@@ -62,7 +64,7 @@ class DataReport:
     @property
     def used(self) -> int:
         """Records read and not rejected (the unread rest of a damaged file was never counted as read)."""
-        return self.read - sum(r.reason != DAMAGED_FILE for r in self.rejected)
+        return self.read - self.not_drawn - sum(r.reason != DAMAGED_FILE for r in self.rejected)
 
     def summary(self) -> str:
         """One line: "instruct data: 8 records read, 6 used, 2 skipped (1 too long, 1 bad image)"."""
@@ -70,10 +72,17 @@ class DataReport:
         skipped = sum(counts.values())
         line = f"{self.name} data: {self.read} records read, {self.used} used, {skipped} skipped"
         line += f" ({', '.join(f'{n} {reason}' for reason, n in counts.items())})" if counts else ""
+        line += f", {self.not_drawn} left out by data_shares" if self.not_drawn else ""
         line += f", {len(self.truncated)} of those used truncated" if self.truncated else ""
+        line += f", grouped by image into {self.conversations} conversations" if self.conversations is not None else ""
         damaged = [r.source for r in self.rejected if r.reason == DAMAGED_FILE]
         return line + (f"; not read to the end: {', '.join(damaged)}" if damaged else "")
 
     def as_dict(self) -> dict[str, Any]:
         """The counts, for the stage's log.jsonl."""
-        return {"read": self.read, "used": self.used, "skipped": self.counts(), "truncated": len(self.truncated)}
+        counts = {"read": self.read, "used": self.used, "skipped": self.counts(), "truncated": len(self.truncated)}
+        if self.not_drawn:
+            counts["not_drawn"] = self.not_drawn
+        if self.conversations is not None:
+            counts["conversations"] = self.conversations
+        return counts

@@ -330,10 +330,13 @@ class GQA(EvalTask):
 
 @dataclass(frozen=True)
 class Caption(EvalTask):
-    """COCO caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D) via pycocoevalcap."""
+    """COCO caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D) via pycocoevalcap, on COCO-format
+    annotations or on a caption file picovlm trains on (`{"image", "text"}` lines, several per image:
+    the demo's `test_captions.jsonl`). `meteor=False` skips METEOR (its JVM takes ~15 s to start)."""
 
     name, max_tokens = "caption", 48
     prompt: str = CAPTION_PROMPT
+    meteor: bool = True
 
     @staticmethod
     def read_annotations(path: Path) -> tuple[dict[int, dict], dict[int, list[str]]]:
@@ -351,7 +354,27 @@ class Caption(EvalTask):
             refs[a["image_id"]].append(a["caption"])
         return images, {k: v for k, v in refs.items() if v}
 
+    @staticmethod
+    def read_caption_file(path: Path, images: Path | None) -> tuple[dict[int, dict], dict[int, list[str]]]:
+        """A picovlm caption file as COCO's two tables: images (by a running id) and their references."""
+        ims: dict[int, dict] = {}
+        refs: dict[int, list[str]] = {}
+        ids: dict[Any, int] = {}
+        for s in load_samples(path, on_error="raise", image_root=images):
+            if s.meta.get("kind") != "caption":
+                raise ValueError(f"{s.meta['source']}: not a caption record (expected {{'image', 'text'}})")
+            image_id = ids.setdefault(s.images[0], len(ids))
+            ims.setdefault(image_id, {"id": image_id, "file_name": str(s.images[0])})
+            refs.setdefault(image_id, []).append(s.messages[-1]["content"])
+        return ims, refs
+
     def load(self, data, images, limit):
+        if data.is_file() and data.suffix == ".jsonl":
+            ims, refs = self.read_caption_file(data, images)
+            return [
+                Query(k, Path(ims[k]["file_name"]), self.prompt, {"image_id": k, "references": refs[k]}, refs[k])
+                for k in list(refs)[:limit]
+            ]
         afile = _pick(data, ("captions.json", "captions_*.json"), "COCO captions")
         ims, refs = self.read_annotations(afile)
         out = []
@@ -367,7 +390,7 @@ class Caption(EvalTask):
 
     def score(self, queries, answers):
         preds = {q.key: a.strip() for q, a in zip(queries, answers, strict=True)}
-        m = score_captions({q.key: q.reference for q in queries}, preds)
+        m = score_captions({q.key: q.reference for q in queries}, preds, meteor=self.meteor)
         per = m.pop("per_image")
         return m, [per[q.key] for q in queries]
 

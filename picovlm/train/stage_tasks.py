@@ -26,8 +26,19 @@ import torch.nn as nn
 
 from picovlm.checkpoint import EVERYTHING_ELSE, load_weights, read_config
 from picovlm.config import GPTConfig, RecipeConfig, StageConfig, from_dict
-from picovlm.data.batches import Batch, ImageCache, TowerFeatures, clip_batch, fit_context, text_batch, vlm_batch
+from picovlm.data.batches import (
+    Batch,
+    ImageCache,
+    TowerFeatures,
+    as_caption,
+    clip_batch,
+    context_length,
+    fit_context,
+    text_batch,
+    vlm_batch,
+)
 from picovlm.data.formats import Sample
+from picovlm.data.grouping import group_by_image
 from picovlm.data.records import require
 from picovlm.models.clip import CLIP_HF_PARTS, CLIP_PARTS, CLIPModel, clip_checkpoint_config, load_clip
 from picovlm.models.gpt import GPT
@@ -55,6 +66,10 @@ class StageTask(ABC):
         """The sample as this task trains it, checked once when the data is read (not when a batch is
         drawn, hours later); raises BadRecord for one it cannot use. Here: every sample as it is."""
         return sample
+
+    def group(self, samples: list[Sample]) -> list[Sample]:
+        """The records about the same image(s) as one conversation each (`StageConfig.group_by_image`)."""
+        raise ValueError(f"group_by_image is for stages of task 'vlm', not {type(self).__name__}")
 
     @abstractmethod
     def make_batch(self, samples: list[Sample]) -> Batch: ...
@@ -116,6 +131,10 @@ class CLIPTask(StageTask):
         self.pretrained_parts = ("text",) if locked_text else ()
         self.captions, self.images = self.model.captions(tok), ImageCache()
 
+    def prepare(self, sample: Sample) -> Sample:
+        """Captions as they are; a conversation as the text of its turns (`as_caption`)."""
+        return as_caption(sample)
+
     def make_batch(self, samples: list[Sample]) -> Batch:
         return clip_batch(samples, self.captions, self.model.tower.processor, self.images)
 
@@ -148,6 +167,11 @@ class VLMTask(StageTask):
     def prepare(self, sample: Sample) -> Sample:
         """A conversation longer than the LM's context is skipped or cut after an answer (`too_long`)."""
         return fit_context(sample, self.processor, self.truncate)
+
+    def group(self, samples: list[Sample]) -> list[Sample]:
+        """Grouped so that every conversation still fits the LM's context (a group too long for one goes
+        on in another about the same image)."""
+        return group_by_image(samples, fits=lambda s: context_length(s, self.processor) <= self.processor.max_len)
 
     def make_batch(self, samples: list[Sample]) -> Batch:
         return vlm_batch(samples, self.processor, self.images, self.features, self.isolate_turns)

@@ -39,7 +39,7 @@ from picovlm.checkpoint import (
     save_checkpoint,
 )
 from picovlm.config import ConfigError, RecipeConfig, StageConfig, check_config
-from picovlm.data.batches import BatchStream
+from picovlm.data.batches import BatchStream, stable_draw
 from picovlm.data.formats import Sample, load_samples, split_format
 from picovlm.data.records import BAD_IMAGE, BadRecord, sample_record
 from picovlm.data.report import DataReport
@@ -63,34 +63,79 @@ def checkpoint_dir(out_dir: Path, stage: str) -> Path:
 
 
 def read_samples(
-    files: tuple[str, ...], data_dir: Path, report: DataReport | None = None, on_bad_file: str = "fail"
+    files: tuple[str, ...],
+    data_dir: Path,
+    report: DataReport | None = None,
+    on_bad_file: str = "fail",
+    shares: dict[str, float] | None = None,
+    image_root: str = "",
 ) -> list[Sample]:
     """Every file's samples; an entry may name its format ("webdataset:shards", see `split_format`).
-    Bad records are skipped and counted in `report`; a damaged file fails unless on_bad_file="skip"."""
+    Bad records are skipped and counted in `report`; a damaged file fails unless on_bad_file="skip".
+    A file named in `shares` gives that share of its records (a fixed draw by content, `stable_draw`);
+    relative image names resolve against `image_root` when set, else beside each file."""
     samples: list[Sample] = []
     for f in files:
         fmt, name = split_format(f)
-        samples += load_samples(data_dir / name, on_error="skip", report=report, format=fmt, on_bad_file=on_bad_file)
+        found = load_samples(data_dir / name, "skip", image_root or None, report, format=fmt, on_bad_file=on_bad_file)
+        share = (shares or {}).get(f, 1.0)
+        drawn = found if share >= 1 else [s for s in found if stable_draw(s) < share]
+        if report is not None:
+            report.not_drawn += len(found) - len(drawn)
+        samples += drawn
     if not samples:
         raise ValueError(f"no usable samples in {', '.join(files) or '(no files given)'}")
     return samples
 
 
-def train_tokenizer(recipe: RecipeConfig, path: Path) -> Tokenizer:
-    """A byte-level BPE fitted to the text of every stage's training data. A damaged file fails here,
-    before any stage trains, unless every stage that reads it says on_bad_file "skip"; the stages
-    report the records left out, so this read is quiet."""
+def train_tokenizer(recipe: RecipeConfig, path: Path, stages: list[StageConfig] | None = None) -> Tokenizer:
+    """A byte-level BPE fitted to the text of the training data of `stages` (default: every stage). A
+    damaged file fails here, before any stage trains, unless every stage that reads it says on_bad_file
+    "skip"; the stages report the records left out, so this read is quiet."""
     policy: dict[str, str] = {}  # file -> "fail" if any stage reading it fails on damage
-    for stage in recipe.stages:
+    for stage in recipe.stages if stages is None else stages:
         for f in stage.data:
             policy[f] = "fail" if "fail" in (policy.get(f), stage.on_bad_file) else "skip"
     quiet, samples = DataReport(quiet=True), []
     for on_bad_file in ("fail", "skip"):
         files = tuple(sorted(f for f, p in policy.items() if p == on_bad_file))
-        samples += read_samples(files, Path(recipe.data_dir), quiet, on_bad_file) if files else []
+        samples += (
+            read_samples(files, Path(recipe.data_dir), quiet, on_bad_file, image_root=recipe.image_root)
+            if files
+            else []
+        )
     tok = Tokenizer.train((m["content"] for s in samples for m in s.messages), vocab_size=recipe.tokenizer_vocab)
     tok.save(path)
     return tok
+
+
+def check_inputs(recipe: RecipeConfig, stages: list[StageConfig], out_dir: Path) -> None:
+    """Before the first step of the first stage: every file the `stages` read is there, and every part
+    they start from (`init`) comes from a checkpoint in `out_dir` or from a stage run before them, so a
+    run does not stop minutes in for a file or a stage that was never there."""
+    data_dir = Path(recipe.data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir}: data folder not found (the folder that holds the data files)")
+    for k, stage in enumerate(stages):
+        for f in (*stage.data, *stage.val_data):
+            if not (data_dir / split_format(f)[1]).exists():
+                raise FileNotFoundError(f"stage {stage.name!r}: {data_dir / split_format(f)[1]} not found{_hint(f)}")
+        earlier = {s.name for s in stages[:k]}
+        for part, source in stage.init.items():
+            if source not in earlier and not (checkpoint_dir(out_dir, source) / "config.json").is_file():
+                raise ValueError(
+                    f"stage {stage.name!r} starts its {part!r} from stage {source!r}, which has no checkpoint in "
+                    f"{out_dir} and does not run before it (run {source!r} too, or drop init.{part})"
+                )
+
+
+def _hint(file: str) -> str:
+    if file.endswith("_captions.jsonl"):
+        return (
+            " (caption files come with the built-in layout of `picovlm data`; for a folder of LLaVA conversations"
+            " alone use --preset vqa, or leave the stage out with --stages)"
+        )
+    return " (data files are relative to the recipe's data_dir; leave the stage out with --stages)"
 
 
 def lora_kwargs(stage: StageConfig, model: VLM) -> dict[str, Any]:
@@ -163,8 +208,13 @@ def stage_samples(
 ) -> list[Sample]:
     """The samples of `files` as the stage's task trains them (`StageTask.prepare`), the others counted;
     fewer than `need` (one batch) is an error that says what was left out."""
+    data_dir, image_root = Path(recipe.data_dir), recipe.image_root
+    samples = read_samples(files, data_dir, report, stage.on_bad_file, stage.data_shares, image_root)
+    if stage.group_by_image:
+        samples = task.group(samples)
+        report.conversations = len(samples)
     prepared = []
-    for sample in read_samples(files, Path(recipe.data_dir), report, stage.on_bad_file):
+    for sample in samples:
         try:
             prepared.append(task.prepare(sample))
         except BadRecord as e:
@@ -285,6 +335,8 @@ def run_recipe(
     data leaves out are written to `rejects` (JSONL, started afresh), when given."""
     check_config(recipe)
     out_dir = Path(out_dir)
+    stages = [s for s in recipe.stages if not only or s.name in only]
+    check_inputs(recipe, stages, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if rejects is not None:
         Path(rejects).parent.mkdir(parents=True, exist_ok=True)
@@ -298,10 +350,8 @@ def run_recipe(
         tok = hf_lm_tokenizer(recipe.model.lm_hf_path)
         tok.save(tok_path)
     else:
-        tok = train_tokenizer(recipe, tok_path)
+        tok = train_tokenizer(recipe, tok_path, stages)
     done = {}
-    for stage in recipe.stages:
-        if only and stage.name not in only:
-            continue
+    for stage in stages:
         done[stage.name], _ = run_stage(recipe, stage, out_dir, tok, resume, progress=progress, rejects=rejects)
     return done

@@ -296,3 +296,17 @@ def test_cli_errors_are_one_line(eval_sets, tmp_path, capsys, argv, message):
     assert main([a.format(sets=eval_sets) for a in argv]) == 1
     err = capsys.readouterr().err
     assert err.startswith("picovlm: error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_caption_task_reads_picovlms_own_caption_files(tiny_data, tmp_path):
+    """The demo scores its captions on test_captions.jsonl: references grouped per image, a reference
+    given back scores far above a wrong caption, and METEOR can be left out."""
+    data = tiny_data / "test_captions.jsonl"
+    queries = make_task("caption").load(data, None, None)
+    images = {json.loads(line)["image"] for line in data.read_text().splitlines()}
+    assert len(queries) == len(images) and all(len(q.reference) >= 1 for q in queries)
+    wrong = run_eval("caption", data, tmp_path / "w.json", client=ScriptedClient(lambda p: "?"), meteor=False)
+    assert "METEOR" not in wrong["metrics"]
+    answers = iter([q.reference[0] for q in queries])
+    good = run_eval("caption", data, tmp_path / "g.json", client=ScriptedClient(lambda p: next(answers)), meteor=False)
+    assert good["metrics"]["CIDEr"] > 2 > wrong["metrics"]["CIDEr"], (good["metrics"], wrong["metrics"])
