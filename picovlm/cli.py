@@ -13,6 +13,10 @@
     picovlm export --model runs/llava/instruct/model --format hf-llava out/llava  # a LLaVA projector: docs/interop.md
     picovlm export --model runs/demo/instruct/model --format hf-internvl out/internvl  # pixel shuffle
     picovlm import --format hf-llava out/llava runs/imported/model
+    picovlm vq train --preset demo --data data/demo --out runs/vq            # the VQ image tokenizer
+    picovlm vq eval --model runs/vq/vq/model --data data/demo/test.json      # PSNR and codebook use
+    picovlm vq encode --model runs/vq/vq/model IMAGE... --out codes.jsonl
+    picovlm vq decode --model runs/vq/vq/model codes.jsonl --out decoded/
 
 Anything that goes wrong at run time is reported as one line, `picovlm: error: ...`, with exit code 1:
 the messages of the library already say which file and what is wrong, a traceback adds nothing.
@@ -39,14 +43,17 @@ from picovlm.engine.sampling import SamplingParams
 from picovlm.engine.session import ChatSession
 from picovlm.eval.benchmarks import scene_config_of, write_eval_sets
 from picovlm.eval.harness import BATCH_SIZE, markdown_table, run_eval, score_files
+from picovlm.eval.reconstruction import run_reconstruction
 from picovlm.eval.tasks import GENERATION_TASKS, TASK_NAMES
-from picovlm.presets import DATA_PRESETS, RECIPES
+from picovlm.presets import DATA_PRESETS, RECIPES, VQ_RECIPES
 from picovlm.serve.config import ServeConfig
 from picovlm.serve.protocol import Limits
 from picovlm.text.tokens import IMAGE
 from picovlm.train.loop import Interrupted
 from picovlm.train.stages import run_recipe
 from picovlm.vision.image import load_image
+from picovlm.vq.codes import png_names, read_codes, write_codes
+from picovlm.vq.tokenizer import ImageTokenizer
 
 MB = 1024 * 1024
 
@@ -99,7 +106,7 @@ def _train_recipe(args: argparse.Namespace) -> RecipeConfig:
         if args.data:
             recipe.data_dir = str(args.data)
     else:
-        recipe = RECIPES[args.preset](str(args.data or f"data/{args.preset}"))
+        recipe = args.recipes[args.preset](str(args.data or f"data/{args.preset}"))
     if args.images:
         recipe.image_root = str(args.images)
     if args.skip_bad_files:
@@ -150,13 +157,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         **options,
     )
-    print(markdown_table(args.task, results["metrics"]), end="")
+    _print_results(results)
+    return 0
+
+
+def _print_results(results: dict) -> None:
+    """An evaluation's metrics as a table, its notes and files, and last the metrics as one JSON line."""
+    print(markdown_table(results["task"], results["metrics"]), end="")
     for note in results["notes"]:
         print(f"note: {note}")
     for name, path in results["files"].items():
         print(f"{name}: {path}")
     print(json.dumps(results["metrics"]))
-    return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -285,6 +297,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- vq: the image tokenizer
+
+
+def cmd_vq_eval(args: argparse.Namespace) -> int:
+    out = args.out or Path("eval") / "vq.json"
+    _print_results(run_reconstruction(args.model, args.data, out, args.images, args.limit, args.batch_size))
+    return 0
+
+
+def cmd_vq_encode(args: argparse.Namespace) -> int:
+    images = [load_image(path) for path in args.images]  # first, so a bad file fails before the model loads
+    tokenizer = ImageTokenizer.load(args.model)
+    ids = tokenizer.encode(images)
+    names = [str(path) for path in args.images]
+    if args.out is None:
+        for name, row in zip(names, ids.tolist(), strict=True):
+            print(json.dumps({"image": name, "grid": list(tokenizer.grid), "codes": row}))
+        return 0
+    write_codes(args.out, names, ids, tokenizer.grid)
+    print(f"wrote the codes of {len(names)} images ({'x'.join(map(str, tokenizer.grid))} each) to {args.out}")
+    return 0
+
+
+def cmd_vq_decode(args: argparse.Namespace) -> int:
+    tokenizer = ImageTokenizer.load(args.model)
+    names, ids = read_codes(args.codes, tokenizer)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, image in zip(png_names(names), tokenizer.decode(ids), strict=True):
+        image.save(args.out / name)
+    print(f"wrote {len(names)} images to {args.out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- export, import
 
 EXPORT_FORMATS = ("hf-llava", "hf-internvl", "hf-clip")
@@ -367,8 +412,16 @@ def _train_parser(sub: Subparsers) -> None:
         help="train a recipe's stages",
         description="Train the stages of a recipe in order; each stage writes a checkpoint to OUT/<stage>/model.",
     )
+    _add_train_args(p, RECIPES)
+    p.add_argument(
+        "--stages", metavar="NAMES", help="comma-separated stages to run, e.g. align,instruct (default: all)"
+    )
+
+
+def _add_train_args(p: argparse.ArgumentParser, recipes: dict) -> None:
+    """The arguments of `train` and `vq train`, which differ only in their presets (`recipes`)."""
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", choices=sorted(RECIPES), help="a built-in recipe")
+    source.add_argument("--preset", choices=sorted(recipes), help="a built-in recipe")
     source.add_argument(
         "--config", metavar="FILE", type=Path, help="a recipe JSON file (start from the output of --dump-config)"
     )
@@ -382,9 +435,6 @@ def _train_parser(sub: Subparsers) -> None:
         help="where relative image names in the data files are looked up (default: beside each data file)",
     )
     p.add_argument("--out", metavar="DIR", type=Path, help="run folder for checkpoints and logs")
-    p.add_argument(
-        "--stages", metavar="NAMES", help="comma-separated stages to run, e.g. align,instruct (default: all)"
-    )
     p.add_argument("--resume", action="store_true", help="continue stages from their last checkpoint")
     p.add_argument(
         "--rejects",
@@ -401,7 +451,7 @@ def _train_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--threads", metavar="N", type=_positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--dump-config", action="store_true", help="print the recipe as JSON and exit")
-    p.set_defaults(run=cmd_train)
+    p.set_defaults(run=cmd_train, recipes=recipes, stages=None)
 
 
 def _eval_parser(sub: Subparsers) -> None:
@@ -587,6 +637,59 @@ def _demo_parser(sub: Subparsers) -> None:
     p.set_defaults(run=cmd_demo)
 
 
+def _vq_parser(sub: Subparsers) -> None:
+    vq = sub.add_parser(
+        "vq",
+        help="the VQ image tokenizer: train, evaluate, encode, decode",
+        description="The VQ image tokenizer of native models: a VQ-VAE that turns an image into a grid of code "
+        "ids and back (picovlm/vq/).",
+    )
+    commands = vq.add_subparsers(dest="vq_command", required=True, metavar="COMMAND")
+    p = commands.add_parser(
+        "train",
+        help="train the tokenizer",
+        description="Train a recipe of one `vq` stage (e.g. --preset demo on data/demo); the tokenizer is "
+        "OUT/vq/model. The same loop, checkpoints, logs and --resume as `picovlm train`.",
+    )
+    _add_train_args(p, VQ_RECIPES)
+
+    p = commands.add_parser(
+        "eval",
+        help="reconstruction PSNR/MSE and codebook use on a dataset's images",
+        description="Encode and decode every image of a dataset file; report MSE, PSNR and codebook use (share of "
+        "codes used, perplexity). Writes the results JSON, a markdown table, one line per image "
+        "(.predictions.jsonl) and .samples.png (originals above their reconstructions).",
+    )
+    p.add_argument("--model", metavar="DIR", type=Path, required=True, help="a vq checkpoint, e.g. runs/vq/vq/model")
+    p.add_argument("--data", metavar="FILE", type=Path, required=True, help="a dataset file, e.g. data/demo/test.json")
+    p.add_argument("--images", metavar="DIR", type=Path, help="where the images are (default: beside --data)")
+    p.add_argument("--limit", metavar="N", type=_positive_int, help="only the first N images")
+    p.add_argument("--batch-size", metavar="N", type=_positive_int, default=BATCH_SIZE, help="images per batch")
+    p.add_argument("--out", metavar="FILE", type=Path, help="the results JSON (default: eval/vq.json)")
+    p.set_defaults(run=cmd_vq_eval)
+
+    p = commands.add_parser(
+        "encode",
+        help="images -> code ids (JSON lines)",
+        description="Encode images (resized to the tokenizer's size) into code ids: one JSON line per image, "
+        '{"image", "grid", "codes"}, the codes row by row.',
+    )
+    p.add_argument("--model", metavar="DIR", type=Path, required=True, help="a vq checkpoint, e.g. runs/vq/vq/model")
+    p.add_argument("images", metavar="IMAGE", type=Path, nargs="+", help="image files")
+    p.add_argument("--out", metavar="FILE", type=Path, help="the codes file to write (default: print the lines)")
+    p.set_defaults(run=cmd_vq_encode)
+
+    p = commands.add_parser(
+        "decode",
+        help="code ids (JSON lines) -> PNG images",
+        description="Decode a codes file written by `picovlm vq encode` (or by a model) into one PNG per line.",
+    )
+    p.add_argument("--model", metavar="DIR", type=Path, required=True, help="a vq checkpoint, e.g. runs/vq/vq/model")
+    p.add_argument("codes", metavar="CODES", type=Path, help="the codes file (JSON lines)")
+    p.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder to write the PNGs into")
+    p.set_defaults(run=cmd_vq_decode)
+
+
 def _export_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "export",
@@ -627,6 +730,7 @@ COMMANDS = (  # in the order `picovlm --help` lists them
     _chat_parser,
     _serve_parser,
     _demo_parser,
+    _vq_parser,
     _export_parser,
     _import_parser,
 )

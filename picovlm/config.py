@@ -197,7 +197,8 @@ class StageConfig:
     what differs is only this: the task, the data, which parts learn, and the optimizer settings."""
 
     name: str = "instruct"
-    task: str = "vlm"  # "lm" (text pretraining) | "clip" (contrastive tower pretraining) | "vlm"
+    # "lm" (text pretraining) | "clip" (contrastive tower pretraining) | "vlm" | "vq" (the VQ image tokenizer)
+    task: str = "vlm"
     # files or folders relative to the recipe's data_dir: .json, .jsonl, .tar shards, .parquet/.arrow/
     # save_to_disk folders (the_cauldron); "FORMAT:name" names the format (see picovlm.data.formats)
     data: tuple[str, ...] = ()
@@ -275,6 +276,25 @@ class CLIPConfig:
 
 
 @dataclass
+class VQConfig:
+    """The VQ image tokenizer of a `vq` stage (picovlm/vq/): a convolutional VQ-VAE that turns an
+    `image_size` square image into (image_size / downsample)^2 codes, each one of `codebook_size`."""
+
+    image_size: int = 64
+    downsample: int = 4  # pixels per code side, a divisor of image_size: 64 px -> 16x16 codes (8: 8x8)
+    channels: int = 64  # width of the encoder and the decoder (all at the codes' resolution)
+    res_blocks: int = 2  # residual blocks of 3x3 convolutions in the encoder and in the decoder each
+    code_dim: int = 16  # size of a code vector: small codes are what keep many codes in use
+    codebook_size: int = 512
+    commitment: float = 0.25  # weight of the commitment loss ||z - sg(code)||^2
+    ema_decay: float = 0.99  # of the codebook's running statistics (the codebook learns by EMA, not by gradient)
+    # a code whose running use falls below this share of a fair share (1 / codebook_size) is dead:
+    # it restarts at an encoder output that its nearest code fits badly (vq/quantizer.py)
+    dead_below: float = 0.03
+    l1_weight: float = 0.0  # reconstruction loss: MSE + l1_weight * L1 (L1 keeps edges sharp)
+
+
+@dataclass
 class RecipeConfig:
     """A full run: the model, the data it is trained on, and the stages in order."""
 
@@ -286,6 +306,7 @@ class RecipeConfig:
     image_root: str = ""
     tokenizer_vocab: int = 512
     clip: CLIPConfig = field(default_factory=CLIPConfig)  # the `clip` stage's text encoder
+    vq: VQConfig = field(default_factory=VQConfig)  # the `vq` stage's image tokenizer
     device: str = "cpu"
 
 
@@ -330,6 +351,13 @@ CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "too_long": _one_of("skip", "truncate"),
     },
     "CLIPConfig": {"embed_dim": AT_LEAST_1},
+    "VQConfig": {
+        **dict.fromkeys(("image_size", "downsample", "channels", "code_dim"), AT_LEAST_1),
+        "res_blocks": AT_LEAST_0,
+        "codebook_size": _at_least(2),
+        **dict.fromkeys(("commitment", "dead_below", "l1_weight"), AT_LEAST_0),
+        "ema_decay": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
+    },
     "RecipeConfig": {"stages": ((lambda v: len(v) > 0), "a non-empty list of stages"), "tokenizer_vocab": AT_LEAST_1},
 }
 

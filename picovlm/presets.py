@@ -11,7 +11,16 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from picovlm.config import CLIPConfig, GPTConfig, RecipeConfig, StageConfig, VisionConfig, ViTConfig, VLMConfig
+from picovlm.config import (
+    CLIPConfig,
+    GPTConfig,
+    RecipeConfig,
+    StageConfig,
+    VisionConfig,
+    ViTConfig,
+    VLMConfig,
+    VQConfig,
+)
 from picovlm.data.scenes import SceneConfig
 
 
@@ -192,6 +201,37 @@ def tiny_recipe(data_dir: str) -> RecipeConfig:
             text=GPTConfig(n_layer=1, n_head=2, n_kv_head=2, n_embd=32, mlp_hidden=64, max_seq_len=64), embed_dim=32
         ),
     )
+
+
+def vq_stage(settings: StageConfig) -> StageConfig:
+    """The `vq` stage on a dataset laid out like `build_dataset`'s (`settings`: steps, batch size,
+    optimizer, ...): every training image once per epoch (train.json names each image once)."""
+    return dataclasses.replace(
+        settings, name="vq", task="vq", data=("train.json",), val_data=("val.json",), trainable=("vq",)
+    )
+
+
+def vq_recipe(data_dir: str = "data/demo") -> RecipeConfig:
+    """`picovlm vq train`: the image tokenizer of native models, 64 px images to 16x16 codes of 512,
+    sized for 2 CPU cores (about two minutes of CPU time; docs/vq.md has the measurements)."""
+    return RecipeConfig(
+        stages=[vq_stage(StageConfig(steps=600, batch_size=32, lr=3e-3, warmup=0.05, eval_every=100))],
+        data_dir=data_dir,
+        vq=VQConfig(image_size=64, downsample=4, channels=64, res_blocks=2, code_dim=16, codebook_size=512),
+    )
+
+
+def tiny_vq_recipe(data_dir: str) -> RecipeConfig:
+    """Seconds to run, on the tiny preset's 32 px data: for tests of the plumbing, not of learning."""
+    return RecipeConfig(
+        stages=[vq_stage(StageConfig(steps=4, batch_size=8, lr=1e-3))],
+        data_dir=data_dir,
+        tokenizer_vocab=300,
+        vq=VQConfig(image_size=32, downsample=4, channels=16, res_blocks=1, code_dim=4, codebook_size=16),
+    )
+
+
+VQ_RECIPES = {"demo": vq_recipe, "tiny": tiny_vq_recipe}  # `picovlm vq train --preset`
 
 
 @dataclass

@@ -9,6 +9,7 @@ resume) is the same for all of them: the loop's (`train/loop.py`) and `run_stage
   lm    picovlm's GPT on text alone, loss on every token
   clip  the vision tower against a text encoder, contrastively (models/clip.py)
   vlm   the adapter VLM (models/vlm.py), loss on the assistant's tokens
+  vq    the VQ image tokenizer (vq/model.py) on the images alone, loss on their reconstruction
 
 A new kind of stage is a `StageTask` subclass added to `STAGE_TASKS`.
 """
@@ -38,11 +39,13 @@ from picovlm.data.batches import (
 )
 from picovlm.data.formats import Sample
 from picovlm.data.grouping import group_by_image
+from picovlm.data.records import require
 from picovlm.models.clip import CLIP_HF_PARTS, CLIP_PARTS, CLIPModel, clip_checkpoint_config, load_clip
 from picovlm.models.gpt import GPT
 from picovlm.models.processor import VLMProcessor
 from picovlm.models.vlm import VLM, VLM_PARTS, load_vlm, masked_lm_loss, vlm_checkpoint_config
 from picovlm.text.tokenizer import Tokenizer
+from picovlm.vq.model import VQ_PARTS, VQVAE, load_vqvae, vq_checkpoint_config
 
 
 class StageTask(ABC):
@@ -181,13 +184,42 @@ class VLMTask(StageTask):
         return load_vlm(folder)[0]
 
 
+class VQTask(StageTask):
+    """The VQ-VAE of `RecipeConfig.vq` on every image of the samples (their text is not read). Its
+    codebook learns inside the forward pass (EMA, vq/quantizer.py), the encoder and decoder by the
+    loop's optimizer; the codebook is a buffer, so it is saved, and resumed, with the weights."""
+
+    parts, unit = VQ_PARTS, "img"
+
+    def __init__(self, recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer):
+        self.model, self.images = VQVAE(recipe.vq), ImageCache()
+
+    def prepare(self, sample: Sample) -> Sample:
+        """A record without an image is left out (and counted): there is nothing to reconstruct."""
+        require(bool(sample.images), "a vq stage trains on images, and this record has none")
+        return sample
+
+    def make_batch(self, samples: list[Sample]) -> Batch:
+        return {"pixels": self.model.processor([self.images(p) for s in samples for p in s.images])}
+
+    def count(self, batch: Batch) -> int:
+        return batch["pixels"].shape[0]
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return vq_checkpoint_config(self.model)
+
+    @staticmethod
+    def load(folder: Path) -> nn.Module:
+        return load_vqvae(folder)
+
+
 def check_isolate_turns(recipe: RecipeConfig, stage: StageConfig) -> None:
     """Its range is a config check (`picovlm.config.CHECKS`); what it needs of the model is checked here."""
     if stage.isolate_turns and recipe.model.lm_kind != "gpt":
         raise ValueError(f"stage {stage.name!r}: isolate_turns needs picovlm's GPT, not an HF LM")
 
 
-STAGE_TASKS: dict[str, type[StageTask]] = {"lm": LMTask, "clip": CLIPTask, "vlm": VLMTask}
+STAGE_TASKS: dict[str, type[StageTask]] = {"lm": LMTask, "clip": CLIPTask, "vlm": VLMTask, "vq": VQTask}
 
 
 def build_stage_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> StageTask:

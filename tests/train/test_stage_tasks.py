@@ -33,8 +33,8 @@ def test_every_stage_checkpoint_loads_by_the_task_it_names(tiny_run, stage, kind
 
 def test_unknown_task_is_a_one_line_error(tiny_data, tok):
     recipe = RECIPES["tiny"](str(tiny_data))
-    with pytest.raises(ValueError, match=r"^stage 'x': unknown task 'vq'; known: lm, clip, vlm$"):
-        build_stage_task(recipe, StageConfig(name="x", task="vq"), tok)
+    with pytest.raises(ValueError, match=r"^stage 'x': unknown task 'vae'; known: lm, clip, vlm, vq$"):
+        build_stage_task(recipe, StageConfig(name="x", task="vae"), tok)
 
 
 def test_clip_stage_pretrains_the_tower_kind_the_vlm_uses(tiny_data, tmp_path):
