@@ -652,7 +652,15 @@ def _vq_parser(sub: Subparsers) -> None:
         "OUT/vq/model. The same loop, checkpoints, logs and --resume as `picovlm train`.",
     )
     _add_train_args(p, VQ_RECIPES)
+    for add in (_vq_eval_parser, _vq_encode_parser, _vq_decode_parser):
+        add(commands)
 
+
+def _vq_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="DIR", type=Path, required=True, help="a vq checkpoint, e.g. runs/vq/vq/model")
+
+
+def _vq_eval_parser(commands: Subparsers) -> None:
     p = commands.add_parser(
         "eval",
         help="reconstruction PSNR/MSE and codebook use on a dataset's images",
@@ -660,7 +668,7 @@ def _vq_parser(sub: Subparsers) -> None:
         "codes used, perplexity). Writes the results JSON, a markdown table, one line per image "
         "(.predictions.jsonl) and .samples.png (originals above their reconstructions).",
     )
-    p.add_argument("--model", metavar="DIR", type=Path, required=True, help="a vq checkpoint, e.g. runs/vq/vq/model")
+    _vq_model_arg(p)
     p.add_argument("--data", metavar="FILE", type=Path, required=True, help="a dataset file, e.g. data/demo/test.json")
     p.add_argument("--images", metavar="DIR", type=Path, help="where the images are (default: beside --data)")
     p.add_argument("--limit", metavar="N", type=_positive_int, help="only the first N images")
@@ -668,23 +676,27 @@ def _vq_parser(sub: Subparsers) -> None:
     p.add_argument("--out", metavar="FILE", type=Path, help="the results JSON (default: eval/vq.json)")
     p.set_defaults(run=cmd_vq_eval)
 
+
+def _vq_encode_parser(commands: Subparsers) -> None:
     p = commands.add_parser(
         "encode",
         help="images -> code ids (JSON lines)",
         description="Encode images (resized to the tokenizer's size) into code ids: one JSON line per image, "
         '{"image", "grid", "codes"}, the codes row by row.',
     )
-    p.add_argument("--model", metavar="DIR", type=Path, required=True, help="a vq checkpoint, e.g. runs/vq/vq/model")
+    _vq_model_arg(p)
     p.add_argument("images", metavar="IMAGE", type=Path, nargs="+", help="image files")
     p.add_argument("--out", metavar="FILE", type=Path, help="the codes file to write (default: print the lines)")
     p.set_defaults(run=cmd_vq_encode)
 
+
+def _vq_decode_parser(commands: Subparsers) -> None:
     p = commands.add_parser(
         "decode",
         help="code ids (JSON lines) -> PNG images",
         description="Decode a codes file written by `picovlm vq encode` (or by a model) into one PNG per line.",
     )
-    p.add_argument("--model", metavar="DIR", type=Path, required=True, help="a vq checkpoint, e.g. runs/vq/vq/model")
+    _vq_model_arg(p)
     p.add_argument("codes", metavar="CODES", type=Path, help="the codes file (JSON lines)")
     p.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder to write the PNGs into")
     p.set_defaults(run=cmd_vq_decode)

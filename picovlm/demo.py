@@ -192,8 +192,7 @@ def run_demo(
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     chosen = PRESETS[preset]
     recipe = chosen.recipe(str(data))
-    if seed is not None:
-        recipe.stages = [dataclasses.replace(s, seed=seed) for s in recipe.stages]
+    recipe.stages = [dataclasses.replace(s, seed=s.seed if seed is None else seed) for s in recipe.stages]
     build_data(data, chosen.data(), preset)
     model = train_from_scratch(recipe, out, progress)
     pipe = Pipeline.load(model)
@@ -207,13 +206,10 @@ def run_demo(
         "seconds": round(time.perf_counter() - start, 1),
         "model": str(model),
         "n_test_questions": results["n"],
+        **({"captions": {k: captions[k] for k in ("CIDEr", "Bleu_4", "n")}} if captions else {}),
+        **({"seed": seed} if seed is not None else {}),
+        **({"text_question": chosen.text_question, "text_answer": text_answer} if chosen.text_question else {}),
     }
-    if captions:
-        summary["captions"] = {k: captions[k] for k in ("CIDEr", "Bleu_4", "n")}
-    if seed is not None:
-        summary["seed"] = seed
-    if chosen.text_question:
-        summary["text_question"], summary["text_answer"] = chosen.text_question, text_answer
     print(json.dumps(summary))
     return summary
 
