@@ -38,7 +38,9 @@ class AudioEncoder(nn.Module):
         if cfg.stride != 2**depth or cfg.pool < 1 or cfg.n_embd % 2:
             raise ValueError(f"audio: stride must be a power of two, pool >= 1, n_embd even; got {cfg}")
         self.cfg, self.processor = cfg, MelProcessor(cfg)
-        tokens = self.processor.frames // cfg.stride
+        tokens = self.processor.frames
+        for _ in range(depth):  # a 3-wide stride-2 conv padded by 1 halves a length, rounding up
+            tokens = (tokens + 1) // 2
         if tokens < cfg.pool or tokens % cfg.pool:
             raise ValueError(f"audio: {tokens} encoder tokens ({cfg.seconds:g} s) do not split into runs of {cfg.pool}")
         convs: list[nn.Module] = [nn.Conv1d(cfg.n_mels, cfg.n_embd, 3, padding=1), nn.GELU()]

@@ -93,7 +93,7 @@ class VLM(nn.Module):
         self.temporal = TemporalPool(cfg.video, self.tower.hidden_size) if cfg.video.frames else None
         self.audio_tower = build_audio_tower(cfg.audio) if cfg.audio.kind else None
         self.audio_projector = self._audio_projector() if self.audio_tower is not None else None
-        present = [p for p in MEDIA_PARTS if getattr(self, p) is not None and any(getattr(self, p).parameters())]
+        present = [p for p in MEDIA_PARTS if getattr(self, p) is not None and list(getattr(self, p).parameters())]
         self.parts = {**VLM_PARTS, **{p: f"{p}." for p in present}}  # checkpoint parts of this model
 
     def _audio_projector(self) -> nn.Module:
