@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,8 +57,9 @@ class MediaCache:
     model's settings). Past `max_bytes`, new items are prepared each time they are used.
     """
 
-    def __init__(self, processor: VLMProcessor, max_bytes: int = 2 << 30):
-        self.processor, self.max_bytes = processor, max_bytes
+    def __init__(self, prepare: Callable[[dict[str, list]], dict[str, torch.Tensor]], max_bytes: int = 2 << 30):
+        """`prepare`: decoded items by modality -> batch tensors by modality (`VLMProcessor.prepare`)."""
+        self.prepare, self.max_bytes = prepare, max_bytes
         self.tensors: dict[tuple[str, ImageSource], torch.Tensor] = {}
         self.stored = 0
 
@@ -69,7 +69,7 @@ class MediaCache:
         for source in sources:
             tensor = self.tensors.get((name, source))
             if tensor is None:
-                tensor = self.processor.prepare({name: [MODALITIES[name].load(source)]})[name][0]
+                tensor = self.prepare({name: [MODALITIES[name].load(source)]})[name][0]
                 if self.stored + tensor.nbytes <= self.max_bytes:
                     self.tensors[name, source] = tensor
                     self.stored += tensor.nbytes
@@ -187,10 +187,11 @@ def vlm_batch(
         batch["position_ids"], batch["segment_ids"] = positions, segments
     sources = [p for s in samples for p in s.images]
     if features is not None:
-        batch["features"] = features(sources)
+        if sources:  # a batch of videos or sounds alone has no image features to look up
+            batch["features"] = features(sources)
     else:
         batch["pixels"] = processor.image_processor([images(p) for p in sources])
-    media = media or MediaCache(processor)
+    media = media or MediaCache(processor.prepare)
     for name in processor.media:
         items = [p for s in samples for p in s.inputs(name)]
         if items:
@@ -222,11 +223,11 @@ def clip_batch(samples: list[Sample], captions: Captions, image_processor: Image
     return {"pixels": image_processor([images(s.images[0]) for s in samples]), "ids": ids, "lengths": lengths}
 
 
-def clap_batch(samples: list[Sample], captions: Captions, clips: Callable[[list[Path]], torch.Tensor]) -> Batch:
-    """Audio/caption pairs for the `clap` stage: each sample's clip as the audio tower reads it (`clips`:
-    files -> log-mels), and the captions as `clip_batch` makes them."""
+def clap_batch(samples: list[Sample], captions: Captions, clips: MediaCache) -> Batch:
+    """Audio/caption pairs for the `clap` stage: each sample's clip as the audio tower reads it (log-mels,
+    from `clips`), and the captions as `clip_batch` makes them."""
     ids, lengths = captions([s.messages[-1]["content"] for s in samples])
-    return {"mels": clips([s.inputs("audio")[0] for s in samples]), "ids": ids, "lengths": lengths}
+    return {"mels": clips("audio", [s.inputs("audio")[0] for s in samples]), "ids": ids, "lengths": lengths}
 
 
 class BatchStream:
