@@ -31,15 +31,17 @@ import torch
 from PIL import Image
 
 from picovlm.config import RecipeConfig, from_dict
+from picovlm.data.av import AVData, build_av_dataset
 from picovlm.data.scenes import build_dataset
 from picovlm.demo import run_demo
+from picovlm.demo_av import run_av_demo
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
 from picovlm.engine.session import ChatSession
 from picovlm.eval.benchmarks import scene_config_of, write_eval_sets
 from picovlm.eval.harness import BATCH_SIZE, markdown_table, run_eval, score_files
 from picovlm.eval.tasks import GENERATION_TASKS, TASK_NAMES
-from picovlm.presets import DATA_PRESETS, RECIPES
+from picovlm.presets import DATA_PRESETS, PRESETS, RECIPES
 from picovlm.serve.config import ServeConfig
 from picovlm.serve.protocol import Limits
 from picovlm.text.tokens import IMAGE
@@ -63,8 +65,12 @@ def cmd_data(args: argparse.Namespace) -> int:
     preset = DATA_PRESETS[args.preset]()
     overrides = {k: v for k in ("n_train", "n_val", "n_test", "seed") if (v := getattr(args, k)) is not None}
     preset = dataclasses.replace(preset, **overrides)
-    paths = build_dataset(args.out, preset.scenes, preset.n_train, preset.n_val, preset.n_test, preset.seed)
-    print(f"wrote {preset.n_train} train / {preset.n_val} val / {preset.n_test} test images to {args.out}:")
+    if isinstance(preset, AVData):
+        paths, what = build_av_dataset(args.out, preset), "clips and sounds"
+    else:
+        paths = build_dataset(args.out, preset.scenes, preset.n_train, preset.n_val, preset.n_test, preset.seed)
+        what = "images"
+    print(f"wrote {preset.n_train} train / {preset.n_val} val / {preset.n_test} test {what} to {args.out}:")
     for path in paths.values():
         print(f"  {path}")
     return 0
@@ -260,7 +266,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_demo(args.out, args.data, args.preset)
+    av = isinstance(PRESETS[args.preset].data(), AVData)  # videos and sounds: scored per modality
+    (run_av_demo if av else run_demo)(
+        args.out or Path(f"runs/{args.preset}"), args.data or Path(f"data/{args.preset}"), args.preset
+    )
     return 0
 
 
@@ -532,13 +541,12 @@ def _demo_parser(sub: Subparsers) -> None:
         description="Build the data, train every stage from scratch, evaluate and show a "
         "sample chat; the last line of output is a JSON summary.",
     )
-    p.add_argument("--out", metavar="DIR", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
+    p.add_argument("--out", metavar="DIR", type=Path, help="run folder (default: runs/PRESET)")
     p.add_argument(
         "--data",
         metavar="DIR",
         type=Path,
-        default=Path("data/demo"),
-        help="dataset folder, reused when it holds the preset's data (default: data/demo)",
+        help="dataset folder, reused when it holds the preset's data (default: data/PRESET)",
     )
     p.add_argument("--preset", choices=sorted(RECIPES), default="demo", help="data and recipe preset (default: demo)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

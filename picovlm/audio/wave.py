@@ -77,6 +77,13 @@ def load_audio(source: str | Path | bytes, max_seconds: float = MAX_SECONDS, nam
     return Audio(np.ascontiguousarray(samples.mean(axis=1)), int(rate), label)
 
 
+def wav_bytes(audio: Audio) -> bytes:
+    """The clip as a 16-bit PCM .wav file's bytes (what OpenAI's `input_audio` parts carry)."""
+    buf = io.BytesIO()
+    _soundfile().write(buf, np.clip(audio.samples, -1, 1), audio.sample_rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
 def write_audio(audio: Audio, path: str | Path) -> Path:
     """Write a clip as 16-bit PCM (.wav) or FLAC (.flac), by the suffix."""
     path = Path(path)
