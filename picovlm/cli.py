@@ -188,17 +188,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 CHAT_HELP = (
-    "/image PATH adds an image to your next message, /save FILE.json writes the conversation (LLaVA format), "
-    "/reset clears it, /quit exits"
+    "/image PATH adds an image to your next message (/video PATH a video, /audio PATH a sound file), "
+    "/save FILE.json writes the conversation (LLaVA format), /reset clears it, /quit exits"
 )
+ATTACH = {"/image": "image", "/video": "video", "/audio": "audio"}  # chat command -> modality
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """A multi-turn conversation: the whole history (messages and images) goes into every prompt."""
     params = _sampling(args)  # first, so a bad value fails before the model loads
     session = ChatSession(Pipeline.load(args.model), params)
-    if args.image:
-        session.attach(args.image)
+    for modality in ATTACH.values():
+        if getattr(args, modality):
+            session.attach(getattr(args, modality), modality)
     print(f"picovlm chat ({CHAT_HELP})")
     while True:
         try:
@@ -221,9 +223,9 @@ def _chat_line(session: ChatSession, line: str) -> None:
         if command == "/reset":
             session.reset()
             print("(conversation cleared)")
-        elif command == "/image":
-            n = session.attach(arg or "(no path given)")
-            print(f"(image added to your next message; {n} in the conversation)")
+        elif command in ATTACH:
+            n = session.attach(arg or "(no path given)", ATTACH[command])
+            print(f"({ATTACH[command]} added to your next message; {n} in the conversation)")
         elif command == "/save":
             print(f"(saved to {session.save(arg or '(no file given)')})")
         elif command.startswith("/"):
@@ -492,6 +494,8 @@ def _chat_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--model", metavar="DIR", type=Path, required=True, help="checkpoint folder")
     p.add_argument("--image", metavar="FILE", type=Path, help="an image for the first message")
+    p.add_argument("--video", metavar="FILE", type=Path, help="a video (.mp4, .webm) for the first message")
+    p.add_argument("--audio", metavar="FILE", type=Path, help="a sound file (.wav, .flac) for the first message")
     _add_sampling_args(p)
     p.set_defaults(run=cmd_chat)
 

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
+from picovlm.models.modalities import MODALITIES
 from picovlm.serve.config import ServeConfig
 from picovlm.serve.protocol import (
     APIError,
@@ -39,6 +40,7 @@ from picovlm.serve.protocol import (
     chunk,
     completion,
     decode_image,
+    decode_media,
     new_id,
     parse_chat_request,
     usage,
@@ -59,14 +61,18 @@ class Prepared:
     ids: list[int]
     pixels: torch.Tensor
     params: SamplingParams
+    media: dict[str, torch.Tensor] = field(default_factory=dict)  # videos, audio: `VLM.forward(**media)`
 
 
 def prepare(pipe: Pipeline, req: ChatRequest, limits: Limits) -> Prepared:
-    """Count tokens (refusing what cannot fit before decoding any image), decode images, encode."""
+    """Count tokens (refusing what cannot fit before decoding any input), decode inputs, encode."""
     max_tokens = _new_tokens(pipe, req)
     images = [decode_image(param, url, limits) for param, url in req.image_sources]
+    media: dict[str, list] = {}
+    for modality, param, data in req.media_sources:
+        media.setdefault(modality, []).append(decode_media(modality, param, data, limits))
     try:
-        enc = pipe.processor.encode_prompt(req.messages, images, reserve=max_tokens)
+        enc = pipe.processor.encode_prompt(req.messages, images, reserve=max_tokens, media=media)
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature=req.temperature,
@@ -77,7 +83,7 @@ def prepare(pipe: Pipeline, req: ChatRequest, limits: Limits) -> Prepared:
         )
     except ValueError as e:
         raise APIError(400, str(e)) from None
-    return Prepared(enc.ids, enc.pixels, params)
+    return Prepared(enc.ids, enc.pixels, params, enc.media)
 
 
 def _new_tokens(pipe: Pipeline, req: ChatRequest) -> int:
@@ -89,6 +95,12 @@ def _new_tokens(pipe: Pipeline, req: ChatRequest) -> int:
         raise APIError(400, str(e), "messages") from None
     context, per_image = pipe.processor.max_len, pipe.processor.tokens_per_placeholder
     n_prompt = len(text_ids) + len(req.image_sources) * (per_image - 1)
+    for modality, param, _ in req.media_sources:  # each becomes its tokens (what the model does not read: refused)
+        if modality not in pipe.processor.media:
+            raise APIError(
+                400, f"this model reads no {MODALITIES[modality].plural}", param, f"{modality}_not_supported"
+            )
+        n_prompt += pipe.processor.tokens_per(modality) - 1
     max_tokens = req.max_tokens if req.max_tokens is not None else context - n_prompt
     if n_prompt + max(max_tokens, 1) > context:
         raise APIError(
@@ -135,6 +147,7 @@ class Answer:
                 prep.params,
                 emit=lambda ev: loop.call_soon_threadsafe(self.events.put_nowait, ev),
                 ignore_eos=req.ignore_eos,
+                media=prep.media,
             )
         except QueueFull as e:
             raise APIError(503, str(e), code="server_overloaded", type="server_error") from None
