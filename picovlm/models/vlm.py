@@ -89,7 +89,7 @@ class VLM(nn.Module):
         self.token_ids = {"image": image_token_id, **(media_token_ids or {})}
         missing = [name for name in reads(cfg) if name not in self.token_ids]
         if missing:
-            raise ValueError(f"the model reads {', '.join(missing)} but got no placeholder id for it")
+            raise ValueError(f"the model reads {', '.join(missing)} but got no placeholder id for them")
         self.temporal = TemporalPool(cfg.video, self.tower.hidden_size) if cfg.video.frames else None
         self.audio_tower = build_audio_tower(cfg.audio) if cfg.audio.kind else None
         self.audio_projector = self._audio_projector() if self.audio_tower is not None else None
