@@ -347,14 +347,14 @@ def decode_image(param: str, url: str, limits: Limits) -> Image.Image:
         raise _bad(str(e), param, "invalid_image") from None
 
 
-def media_bytes(param: str, data: str, limits: Limits) -> bytes:
+def media_bytes(modality: str, param: str, data: str, limits: Limits) -> bytes:
     """The encoded file behind a video's data URL or an audio part's base64, within the size limit."""
     if data.startswith("data:"):
         match = _DATA_URL.match(data)
         if match is None or ";base64" not in match["params"]:
             raise _bad("a video must be a base64 data URL (data:video/mp4;base64,...)", param, "invalid_media_url")
         data = match["data"]
-    elif param.endswith("video_url"):
+    elif modality == "video":
         raise _bad(
             "a video must be a base64 data URL (data:video/mp4;base64,...); URLs are not fetched",
             param,
@@ -371,7 +371,7 @@ def media_bytes(param: str, data: str, limits: Limits) -> bytes:
 def decode_media(modality: str, param: str, data: str, limits: Limits) -> Any:
     """A video's data URL -> a probed `Video`, an audio part's base64 -> `Audio`; too long, too large
     or unreadable ones are refused before any frame or sample is decoded."""
-    raw = media_bytes(param, data, limits)
+    raw = media_bytes(modality, param, data, limits)
     try:
         if modality == "video":
             return load_video(raw, max_seconds=limits.max_video_seconds, name=param)
