@@ -39,12 +39,13 @@ from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
 from picovlm.engine.session import ChatSession
 from picovlm.eval.benchmarks import scene_config_of, write_eval_sets
+from picovlm.eval.clients import placeholders
 from picovlm.eval.harness import BATCH_SIZE, markdown_table, run_eval, score_files
 from picovlm.eval.tasks import GENERATION_TASKS, TASK_NAMES
+from picovlm.models.modalities import MODALITIES
 from picovlm.presets import DATA_PRESETS, PRESETS, RECIPES
 from picovlm.serve.config import ServeConfig
 from picovlm.serve.protocol import Limits
-from picovlm.text.tokens import IMAGE
 from picovlm.train.stages import run_recipe
 from picovlm.vision.image import load_image
 
@@ -170,10 +171,16 @@ def _sampling(args: argparse.Namespace) -> SamplingParams:
     )
 
 
-def _stream(pipe: Pipeline, messages: list[dict[str, str]], images: list[Image.Image], params: SamplingParams) -> str:
+def _stream(
+    pipe: Pipeline,
+    messages: list[dict[str, str]],
+    images: list[Image.Image],
+    params: SamplingParams,
+    media: dict[str, list] | None = None,
+) -> str:
     """Print the answer as it is decoded; return it whole."""
     pieces = []
-    for piece in pipe.stream(messages, images, params):
+    for piece in pipe.stream(messages, images, params, media):
         print(piece, end="", flush=True)
         pieces.append(piece)
     print()
@@ -182,8 +189,12 @@ def _stream(pipe: Pipeline, messages: list[dict[str, str]], images: list[Image.I
 
 def cmd_generate(args: argparse.Namespace) -> int:
     params = _sampling(args)  # first, so a bad value fails before the model loads
+    images = [load_image(args.image)] if args.image else []
+    media = {m: [MODALITIES[m].load(getattr(args, m))] for m in ("video", "audio") if getattr(args, m)}
+    if not images and not media:
+        raise ValueError("generate needs --image, --video or --audio")
     pipe = Pipeline.load(args.model)
-    _stream(pipe, [{"role": "user", "content": f"{IMAGE}\n{args.prompt}"}], [load_image(args.image)], params)
+    _stream(pipe, [{"role": "user", "content": f"{placeholders(images, media)}\n{args.prompt}"}], images, params, media)
     return 0
 
 
@@ -476,11 +487,13 @@ def _eval_data_parser(sub: Subparsers) -> None:
 def _generate_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "generate",
-        help="answer one prompt about an image",
-        description="Answer one prompt about one image, streaming the answer to stdout.",
+        help="answer one prompt about an image (a video, a sound)",
+        description="Answer one prompt about one image (and/or one video, one sound), streaming the answer to stdout.",
     )
     p.add_argument("--model", metavar="DIR", type=Path, required=True, help="checkpoint folder")
-    p.add_argument("--image", metavar="FILE", type=Path, required=True, help="image file")
+    p.add_argument("--image", metavar="FILE", type=Path, help="image file")
+    p.add_argument("--video", metavar="FILE", type=Path, help="video file (.mp4, .webm), for a model that reads videos")
+    p.add_argument("--audio", metavar="FILE", type=Path, help="sound file (.wav, .flac), for a model that reads audio")
     p.add_argument("--prompt", metavar="TEXT", required=True, help="the question or instruction")
     _add_sampling_args(p)
     p.set_defaults(run=cmd_generate)

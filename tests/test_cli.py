@@ -261,3 +261,15 @@ def test_chat_attaches_videos_and_sounds(tiny_av_run, monkeypatch, capsys):
     _script(monkeypatch, ["hello"])
     assert main(["chat", "--model", str(tiny_av_run["model"]), "--video", str(video), "--max-tokens", "2"]) == 0
     assert capsys.readouterr().out.count("picovlm> ") == 1
+
+
+def test_generate_about_a_video_or_a_sound(tiny_av_run, capsys):
+    data, model = tiny_av_run["data"], str(tiny_av_run["model"])
+    video, sound = data / "clips" / "test_000000.mp4", data / "sounds" / "test_000000.flac"
+    args = ["generate", "--model", model, "--prompt", "which way?", "--max-tokens", "2"]
+    assert main([*args, "--video", str(video), "--audio", str(sound)]) == 0
+    assert capsys.readouterr().out.endswith("\n")
+    assert main(args) == 1
+    assert "generate needs --image, --video or --audio" in capsys.readouterr().err
+    assert main([*args, "--video", str(sound)]) == 1  # a sound is no video: one line, no traceback
+    assert "test_000000.flac: no video stream" in capsys.readouterr().err
