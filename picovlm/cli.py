@@ -16,6 +16,7 @@
 
 Anything that goes wrong at run time is reported as one line, `picovlm: error: ...`, with exit code 1:
 the messages of the library already say which file and what is wrong, a traceback adds nothing.
+Ctrl-C is exit code 130; in `train`, after the stage has saved a checkpoint to resume from.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from picovlm.models.modalities import MODALITIES
 from picovlm.presets import DATA_PRESETS, PRESETS, RECIPES
 from picovlm.serve.config import ServeConfig
 from picovlm.serve.protocol import Limits
+from picovlm.train.loop import Interrupted
 from picovlm.train.stages import run_recipe
 from picovlm.vision.image import load_image
 
@@ -91,13 +93,21 @@ def load_recipe(path: Path) -> RecipeConfig:
         raise ValueError(f"{path}: {e}") from None
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _train_recipe(args: argparse.Namespace) -> RecipeConfig:
+    """The recipe that `train` runs: a preset or a file, with what the flags change in it."""
     if args.config:
         recipe = load_recipe(args.config)
         if args.data:
             recipe.data_dir = str(args.data)
     else:
         recipe = RECIPES[args.preset](str(args.data or f"data/{args.preset}"))
+    if args.skip_bad_files:
+        recipe.stages = [dataclasses.replace(s, on_bad_file="skip") for s in recipe.stages]
+    return recipe
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    recipe = _train_recipe(args)
     if args.dump_config:
         print(json.dumps(dataclasses.asdict(recipe), indent=2))
         return 0
@@ -110,7 +120,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     unknown = [s for s in only or [] if s not in names]
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; the recipe has {', '.join(names)}")
-    done = run_recipe(recipe, args.out, only=only, resume=args.resume)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    done = run_recipe(recipe, args.out, only=only, resume=args.resume, rejects=args.rejects)
     for name, path in done.items():
         print(f"{name}: {path}")
     return 0
@@ -381,6 +393,20 @@ def _train_parser(sub: Subparsers) -> None:
         "--stages", metavar="NAMES", help="comma-separated stages to run, e.g. align,instruct (default: all)"
     )
     p.add_argument("--resume", action="store_true", help="continue stages from their last checkpoint")
+    p.add_argument(
+        "--rejects",
+        metavar="FILE",
+        type=Path,
+        help="write the records left out (bad, unreadable image, too long) to FILE as JSON lines: "
+        "source, reason, error and the record",
+    )
+    p.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help="train on the records before the damage of a data file that cannot be read to its end "
+        '(on_bad_file "skip" in every stage; default: such a file stops the run)',
+    )
+    p.add_argument("--threads", metavar="N", type=_positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--dump-config", action="store_true", help="print the recipe as JSON and exit")
     p.set_defaults(run=cmd_train)
 
@@ -626,6 +652,10 @@ def main(argv: list[str] | None = None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"picovlm: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 1
+    except Interrupted as e:  # Ctrl-C in training: the stage saved its checkpoint first
+        resume = "; `picovlm train --resume` goes on from there" if args.command == "train" else ""
+        print(f"\npicovlm: interrupted: {e}{resume}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("\npicovlm: interrupted", file=sys.stderr)
         return 130

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,32 +135,93 @@ class VLMConfig:
         return from_dict(cls, d)
 
 
-def from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """Build a (possibly nested) dataclass from a plain dict, rejecting unknown keys so a typo in a
-    config file is an error rather than a silently ignored setting. The field types say what a value
-    becomes: a dict in a dataclass field that dataclass, a list in a list or tuple field a list or
-    tuple of its element type (a recipe's stages). Keys renamed since a config was written (`RENAMED`)
-    are read under their new names, so old checkpoints and recipe files still load."""
+class ConfigError(ValueError):
+    """A config value of the wrong type or out of range; the message starts with the field's dotted
+    path (`stages[2].batch_size`), to which `load_recipe` puts the file in front."""
+
+
+def from_dict(cls: type, d: Any, path: str = "") -> Any:
+    """Build a (possibly nested) dataclass from a plain dict, checking every value against the field's
+    type hint and the ranges in `CHECKS`, and rejecting unknown keys, so that a typo or a wrong value
+    in a config file is one error naming the field (`path` is where `d` sits in the whole config)
+    rather than a traceback deep inside training. The field types say what a value becomes: a dict in
+    a dataclass field that dataclass, a list in a list or tuple field a list or tuple of its element
+    type (a recipe's stages), an int in a float field a float. Keys renamed since a config was
+    written (`RENAMED`) are read under their new names, so old checkpoints and recipe files still load."""
     if not isinstance(d, dict):
-        raise ValueError(f"{cls.__name__} must be a JSON object, not {type(d).__name__}")
+        raise ConfigError(f"{path or cls.__name__}: {cls.__name__} must be a JSON object, not {_json_type(d)}")
     renamed = RENAMED.get(cls.__name__, {})
     d = {renamed.get(k, k): v for k, v in d.items()}
     unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+        raise ConfigError(f"{path or cls.__name__}: unknown {cls.__name__} keys: {sorted(unknown)}")
     hints = typing.get_type_hints(cls)
-    return cls(**{name: _from_json(hints[name], value) for name, value in d.items()})
+    obj = cls(**{name: _from_json(hints[name], value, _join(path, name)) for name, value in d.items()})
+    for name, (ok, must) in CHECKS.get(cls.__name__, {}).items():
+        if not ok(getattr(obj, name)):
+            raise ConfigError(f"{_join(path, name)}: must be {must}, got {json.dumps(getattr(obj, name))}")
+    return obj
 
 
-def _from_json(hint: Any, value: Any) -> Any:
-    """`value` (parsed JSON) as the type `hint` of the field it fills."""
+def check_config(obj: Any) -> None:
+    """Check a config built in Python (types and ranges) as `from_dict` checks one read from JSON."""
+    from_dict(type(obj), dataclasses.asdict(obj))
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+JSON_TYPES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def _json_type(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words, with the value itself (shortened)."""
+    if value is None:
+        return "null"
+    text = json.dumps(value, default=str)
+    return f"{JSON_TYPES.get(type(value), type(value).__name__)} ({text if len(text) <= 40 else text[:37] + '...'})"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _from_json(hint: Any, value: Any, path: str) -> Any:
+    """`value` (parsed JSON) as the type `hint` of the field it fills; a ConfigError naming `path` if it is not."""
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value)
+        return from_dict(hint, value, path)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (list, tuple) and isinstance(value, list | tuple):
-        item = args[0] if origin is list or args[1:] == (...,) else None  # tuple[float, float]: as it is
-        return origin(_from_json(item, v) for v in value)
-    return value
+    if hint is Any:
+        return value
+    if hint is float:
+        return float(value) if _is_number(value) else _wrong(path, "a number", value)
+    if hint in (int, bool, str):
+        kind = {int: "an integer", bool: "true or false", str: "a string"}[hint]
+        return value if type(value) is hint else _wrong(path, kind, value)
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return _wrong(path, "a list", value)
+        items = args[:1] * len(value) if origin is list or args[1:] == (...,) else args
+        if len(items) != len(value):
+            return _wrong(path, f"a list of {len(items)}", value)
+        return origin(_from_json(h, v, f"{path}[{i}]") for i, (h, v) in enumerate(zip(items, value, strict=True)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            return _wrong(path, "an object", value)
+        return {k: _from_json(args[1], v, f"{path}.{k}") for k, v in value.items()}
+    raise TypeError(f"{path}: no JSON reading for fields of type {hint}")
+
+
+def _wrong(path: str, expected: str, value: Any) -> Any:
+    raise ConfigError(f"{path}: expected {expected}, got {_json_type(value)}")
 
 
 def save_json(obj: Any, path: str | Path) -> None:
@@ -192,6 +254,22 @@ class StageConfig:
     # (`isolated_turns` in data/batches.py). Without it earlier answers leak into later questions.
     # The other conversations stay whole, so that the model also learns to chat over several turns.
     isolate_turns: float = 0.0
+    # task "vlm": the records about the same image(s) (all of a file's, and across the stage's files) become
+    # one conversation (data/grouping.py), so one image prefix serves them all: a dataset of one question per
+    # record, or captions kept apart from the conversations, trains at a fraction of the tokens; with
+    # isolate_turns each record's turns still train as if asked alone
+    group_by_image: bool = False
+    # file (as named in `data`) -> the share of its records used, a fixed draw (the same in every run, epoch
+    # and resume); files not named are used whole. E.g. {"train_captions.jsonl": 0.5} mixes in half the captions
+    data_shares: dict[str, float] = field(default_factory=dict)
+    # a data file that cannot be read to its end (invalid JSON mid-file, a damaged tar shard): "fail" stops
+    # the stage, naming file and record; "skip" trains on the records before the damage. Records that are
+    # bad on their own (a missing key, an unreadable image) are skipped either way: one line each, counted
+    # in the stage's summary (and written to `train --rejects FILE`)
+    on_bad_file: str = "fail"
+    # a conversation longer than the LM's context (task "vlm"): "skip" it, or "truncate" it after its last
+    # answer that fits (never inside an image's tokens); one that does not fit even its first answer is skipped
+    too_long: str = "skip"
     steps: int = 100
     batch_size: int = 16
     grad_accum: int = 1
@@ -241,10 +319,57 @@ class RecipeConfig:
     model: VLMConfig = field(default_factory=VLMConfig)
     stages: list[StageConfig] = field(default_factory=_default_stages)
     data_dir: str = "data/scenes"
+    # where relative image names in the data files are looked up ("" = beside each data file, as LLaVA's
+    # own layout has them); LLaVA-style sets often keep their images in a folder of their own
+    image_root: str = ""
     tokenizer_vocab: int = 512
     clip: CLIPConfig = field(default_factory=CLIPConfig)  # the `clip` stage's text encoder
     device: str = "cpu"
 
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f">= {low}"
+
+
+def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), "one of " + ", ".join(f'"{c}"' for c in choices)
+
+
+POSITIVE = ((lambda v: v > 0), "> 0")
+SHARE = ((lambda v: 0 <= v <= 1), "a share in [0, 1]")
+AT_LEAST_1, AT_LEAST_0 = _at_least(1), _at_least(0)
+
+# class -> {field: (test, what the value must be)}: the ranges `from_dict` checks after the types. Choices
+# that a registry holds (task, optimizer, projector, tower kind) are checked by that registry.
+CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "GPTConfig": {
+        **dict.fromkeys(("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden"), AT_LEAST_1),
+        "max_seq_len": AT_LEAST_1,
+        "rope_theta": POSITIVE,
+        "norm_eps": POSITIVE,
+    },
+    "ViTConfig": {
+        **dict.fromkeys(("image_size", "patch_size", "n_embd", "n_layer", "n_head"), AT_LEAST_1),
+        "mlp_ratio": POSITIVE,
+        "norm_eps": POSITIVE,
+        "image_std": ((lambda v: all(x > 0 for x in v)), "three numbers > 0"),
+    },
+    "VisionConfig": {"cnn_image_size": AT_LEAST_1},
+    "StageConfig": {
+        **dict.fromkeys(("steps", "batch_size", "grad_accum", "eval_batches"), AT_LEAST_1),
+        **dict.fromkeys(("weight_decay", "grad_clip", "eval_every", "save_every", "log_every"), AT_LEAST_0),
+        **dict.fromkeys(("lr", "muon_lr"), POSITIVE),
+        **dict.fromkeys(("min_lr_ratio", "warmup", "isolate_turns"), SHARE),
+        "betas": ((lambda v: all(0 <= b < 1 for b in v)), "two numbers in [0, 1)"),
+        "lr_scale": ((lambda v: all(x >= 0 for x in v.values())), "multipliers >= 0"),
+        "data_shares": ((lambda v: all(0 <= x <= 1 for x in v.values())), "shares in [0, 1]"),
+        "dtype": _one_of("float32", "bfloat16"),
+        "on_bad_file": _one_of("fail", "skip"),
+        "too_long": _one_of("skip", "truncate"),
+    },
+    "CLIPConfig": {"embed_dim": AT_LEAST_1},
+    "RecipeConfig": {"stages": ((lambda v: len(v) > 0), "a non-empty list of stages"), "tokenizer_vocab": AT_LEAST_1},
+}
 
 # class -> {old key: new key}: fields renamed after configs with the old names were written
 RENAMED = {

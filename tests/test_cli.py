@@ -2,9 +2,18 @@ import builtins
 import dataclasses
 import itertools
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
+import picovlm
+from picovlm.checkpoint import load_trainer_state, read_config
 from picovlm.cli import _stream, main
 from picovlm.config import RecipeConfig, from_dict
 from picovlm.data.formats import load_samples
@@ -74,7 +83,21 @@ def test_dump_config_round_trips(tmp_path, capsys):
     "command, flags",
     [
         ("data", ["--preset", "--out", "--n-train", "--n-val", "--n-test", "--seed"]),
-        ("train", ["--preset", "--config", "--data", "--out", "--stages", "--resume", "--dump-config"]),
+        (
+            "train",
+            [
+                "--preset",
+                "--config",
+                "--data",
+                "--out",
+                "--stages",
+                "--resume",
+                "--dump-config",
+                "--rejects",
+                "--skip-bad-files",
+                "--threads",
+            ],
+        ),  # fmt: skip
         ("eval", ["--model", "--data", "--limit", "--batch-size", "--out"]),
         (
             "generate",
@@ -102,6 +125,10 @@ def _error_cases(tiny_run, tmp_path):
     corrupt.write_text('{"stages": [')
     unknown_key = tmp_path / "typo.json"
     unknown_key.write_text('{"data_dirr": "x"}')
+    wrong_type = tmp_path / "wrong_type.json"
+    wrong_type.write_text('{"stages": [{"name": "a"}, {"name": "b", "steps": "ten"}]}')
+    out_of_range = tmp_path / "out_of_range.json"
+    out_of_range.write_text('{"stages": [{"name": "a", "batch_size": 0}]}')
     not_an_image = tmp_path / "fake.png"
     not_an_image.write_text("hello")
     generate = ["generate", "--model", model, "--image", image, "--prompt", "hi"]
@@ -116,6 +143,8 @@ def _error_cases(tiny_run, tmp_path):
         "special token in prompt": ["generate", "--model", model, "--image", image, "--prompt", "<|end|>"],
         "corrupt config": ["train", "--config", str(corrupt), "--data", str(data), "--out", run],
         "unknown config key": ["train", "--config", str(unknown_key), "--out", run],
+        "config of a wrong type": ["train", "--config", str(wrong_type), "--data", str(data), "--out", run],
+        "config out of range": ["train", "--config", str(out_of_range), "--data", str(data), "--out", run],
         "unknown stage": ["train", "--preset", "tiny", "--data", str(data), "--out", run, "--stages", "lm,x"],
         "missing data folder": ["train", "--preset", "tiny", "--data", str(tmp_path / "nope"), "--out", run],
         "no --out": ["train", "--preset", "tiny", "--data", str(data)],
@@ -135,6 +164,8 @@ def _error_cases(tiny_run, tmp_path):
         "special token in prompt",
         "corrupt config",
         "unknown config key",
+        "config of a wrong type",
+        "config out of range",
         "unknown stage",
         "missing data folder",
         "no --out",
@@ -148,6 +179,128 @@ def test_errors_are_one_line(case, tiny_run, tmp_path, capsys):
     assert err.startswith("picovlm: error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err
     assert not (tmp_path / "r").exists()  # a failed train writes nothing
+
+
+def test_a_config_error_names_the_file_and_the_field(tiny_run, tmp_path, capsys):
+    cases = _error_cases(tiny_run, tmp_path)
+    expected = {
+        "config of a wrong type": ("wrong_type.json", 'stages[1].steps: expected an integer, got a string ("ten")'),
+        "config out of range": ("out_of_range.json", "stages[0].batch_size: must be >= 1, got 0"),
+    }
+    for case, (name, what) in expected.items():
+        assert main(cases[case]) == 1
+        assert capsys.readouterr().err == f"picovlm: error: {tmp_path / name}: {what}\n"
+
+
+@pytest.fixture
+def damaged_model(tiny_run, tmp_path):
+    """A copy of the tiny model with its lm.safetensors cut short (a copy: the folder stands alone)."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_run["model"], model)
+    lm = model / "lm.safetensors"
+    lm.write_bytes(lm.read_bytes()[:-100])
+    return model
+
+
+@pytest.mark.parametrize("command", ["generate", "eval", "export", "chat"])
+def test_a_damaged_weights_file_is_one_line_naming_it(command, damaged_model, tiny_run, tmp_path, capsys):
+    image = str(tiny_run["data"] / "images" / "test_000000.png")
+    model = str(damaged_model)
+    argv = {
+        "generate": ["generate", "--model", model, "--image", image, "--prompt", "hi"],
+        "eval": ["eval", "--model", model, "--data", str(tiny_run["data"] / "test.json")],
+        "export": ["export", "--model", model, str(tmp_path / "hf")],
+        "chat": ["chat", "--model", model],
+    }[command]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"picovlm: error: {damaged_model / 'lm.safetensors'}: damaged or incomplete file")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def _copy_data(tiny_data, folder):
+    shutil.copytree(tiny_data, folder)
+    return folder
+
+
+def test_train_counts_rejects_and_stops_on_a_damaged_file(tiny_data, tmp_path, capsys):
+    data = _copy_data(tiny_data, tmp_path / "data")
+    n_captions = len((data / "train_captions.jsonl").read_text().splitlines()) + 1
+    n_records = n_captions + len(json.loads((data / "train.json").read_text()))  # what the lm stage reads
+    with open(data / "train_captions.jsonl", "a") as f:
+        f.write(json.dumps({"image": "images/none.png", "text": "a caption"}) + "\n")
+    rejects, run = tmp_path / "rejects.jsonl", tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(data), "--out", str(run), "--stages", "lm", "--threads", "1"]
+    assert main([*args, "--rejects", str(rejects)]) == 0
+    (line,) = [json.loads(x) for x in rejects.read_text().splitlines()]
+    assert line["stage"] == "lm" and line["reason"] == "bad image" and line["record"]["image"] == "images/none.png"
+    assert line["source"] == f"{data / 'train_captions.jsonl'}:{n_captions}"
+    summary = f"lm data: {n_records} records read, {n_records - 1} used, 1 skipped (1 bad image)"
+    assert summary in capsys.readouterr().out.splitlines()
+
+    text = (data / "train.json").read_text()
+    (data / "train.json").write_text(text[: len(text) // 2])  # cut mid-record
+    assert main([*args, "--out", str(tmp_path / "run2")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"picovlm: error: {data / 'train.json'}#") and "the rest of the file was not read" in err
+    assert err.count("\n") == 1 and not (tmp_path / "run2" / "lm").exists()
+    assert main([*args, "--out", str(tmp_path / "run2"), "--skip-bad-files"]) == 0
+    assert "not read to the end" in capsys.readouterr().out
+
+
+def test_a_damaged_trainer_state_on_resume_is_one_line(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(tiny_data), "--out", str(run), "--stages", "lm"]
+    assert main(args) == 0
+    capsys.readouterr()
+    state = run / "lm" / "model" / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    assert main([*args, "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"picovlm: error: {state}: damaged or incomplete file") and err.count("\n") == 1
+
+
+def _wait_for(condition, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_ctrl_c_in_training_saves_a_checkpoint_to_resume_from(tiny_data, tmp_path):
+    """A real `picovlm train` process and a real SIGINT: exit 130 with one line saying where it stopped,
+    a checkpoint of that step, and `--resume` goes on from it (each step logged once)."""
+    recipe = tiny_recipe(str(tiny_data))
+    recipe.stages[0] = dataclasses.replace(recipe.stages[0], steps=100_000, log_every=1, save_every=0)
+    config, run = tmp_path / "recipe.json", tmp_path / "run"
+    config.write_text(json.dumps(dataclasses.asdict(recipe)))
+    root = Path(picovlm.__file__).parent.parent
+    argv = [sys.executable, "-m", "picovlm", "train", "--config", str(config), "--out", str(run), "--stages", "lm"]
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*argv, "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        log = run / "lm" / "log.jsonl"
+        _wait_for(lambda: log.is_file() and len(log.read_text().splitlines()) >= 2, 120)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    step = read_config(run / "lm" / "model")["step"]
+    last = err.strip().splitlines()[-1]
+    assert last == (
+        f"picovlm: interrupted: lm stopped after step {step} of 100000, saved to {run / 'lm' / 'model'}; "
+        "`picovlm train --resume` goes on from there"
+    )
+    assert step >= 2 and load_trainer_state(run / "lm" / "model")["step"] == step
+
+    recipe.stages[0] = dataclasses.replace(recipe.stages[0], steps=step + 2)
+    config.write_text(json.dumps(dataclasses.asdict(recipe)))
+    assert main(["train", "--config", str(config), "--out", str(run), "--stages", "lm", "--resume"]) == 0
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in logged if r.get("train")] == list(range(1, step + 3))
 
 
 def _script(monkeypatch, lines):

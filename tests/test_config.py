@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from picovlm.config import RecipeConfig, StageConfig, VisionConfig, VLMConfig, from_dict
+from picovlm.config import ConfigError, RecipeConfig, StageConfig, VisionConfig, VLMConfig, check_config, from_dict
 from picovlm.presets import PRESETS
 
 
@@ -29,7 +29,7 @@ def test_unknown_keys_are_errors_at_any_depth():
         from_dict(RecipeConfig, {"stages": [{"name": "a"}, {"stepz": 3}]})
     with pytest.raises(ValueError, match=r"unknown RecipeConfig keys: \['clip_embed_dim'\]"):
         from_dict(RecipeConfig, {"clip_embed_dim": 64})  # a flat field of old recipes, now clip.embed_dim
-    with pytest.raises(ValueError, match="ViTConfig must be a JSON object, not list"):
+    with pytest.raises(ValueError, match=r"^vision\.vit: ViTConfig must be a JSON object, not a list \(\[1, 2\]\)"):
         from_dict(VLMConfig, {"vision": {"vit": [1, 2]}})
 
 
@@ -44,3 +44,52 @@ def test_renamed_vision_keys_still_load():
 )
 def test_warmup_is_a_share_of_the_steps_rounded_down(steps, warmup, expected):
     assert StageConfig(steps=steps, warmup=warmup).warmup_steps == expected
+
+
+THREE_STAGES = [{"name": "a"}, {"name": "b"}, {"name": "c"}]
+
+
+def _with(path: tuple, value) -> dict:
+    """A recipe dict with one value set at `path` (keys and list indices), the rest defaults."""
+    recipe = {"stages": [dict(s) for s in THREE_STAGES], "model": {"lm": {}}}
+    where = recipe
+    for key in path[:-1]:
+        where = where[key]
+    where[path[-1]] = value
+    return recipe
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("stages", 0, "steps"), "ten", 'stages[0].steps: expected an integer, got a string ("ten")'),
+        (("model", "lm", "n_embd"), [1], "model.lm.n_embd: expected an integer, got a list ([1])"),
+        (("stages", 2, "batch_size"), 0, "stages[2].batch_size: must be >= 1, got 0"),
+        (("stages", 1, "lr"), -1, "stages[1].lr: must be > 0, got -1.0"),
+        (("stages", 0, "warmup"), 1.5, "stages[0].warmup: must be a share in [0, 1], got 1.5"),
+        (("stages", 0, "steps"), True, "stages[0].steps: expected an integer, got a boolean (true)"),
+        (("stages", 0, "lr"), "0.1", 'stages[0].lr: expected a number, got a string ("0.1")'),
+        (("stages", 0, "betas"), [0.9], "stages[0].betas: expected a list of 2, got a list ([0.9])"),
+        (("stages", 0, "data"), "train.json", 'stages[0].data: expected a list, got a string ("train.json")'),
+        (("stages", 0, "data"), ["a.json", 3], "stages[0].data[1]: expected a string, got an integer (3)"),
+        (("stages", 0, "lr_scale"), {"lm": "x"}, 'stages[0].lr_scale.lm: expected a number, got a string ("x")'),
+        (("stages", 0, "on_bad_file"), "ignore", 'stages[0].on_bad_file: must be one of "fail", "skip", got "ignore"'),
+        (("stages",), [], "stages: must be a non-empty list of stages, got []"),
+        (("model", "vision"), "vit", 'model.vision: VisionConfig must be a JSON object, not a string ("vit")'),
+    ],
+)
+def test_wrong_types_and_ranges_name_the_field(path, value, message):
+    with pytest.raises(ConfigError) as info:
+        from_dict(RecipeConfig, _with(path, value))
+    assert str(info.value) == message
+
+
+def test_numbers_become_floats_where_the_field_is_a_float():
+    recipe = from_dict(RecipeConfig, _with(("stages", 0, "lr"), 1))
+    assert type(recipe.stages[0].lr) is float and recipe.stages[0].lr == 1.0
+
+
+def test_a_recipe_built_in_python_is_checked_the_same_way():
+    check_config(RecipeConfig())
+    with pytest.raises(ConfigError, match=r"^stages\[0\]\.batch_size: must be >= 1, got 0$"):
+        check_config(RecipeConfig(stages=[StageConfig(batch_size=0)]))

@@ -1,7 +1,8 @@
 """Samples -> padded tensor batches, for each training task, in a resumable order.
 
-`BatchStream` draws batches from a fixed per-epoch permutation seeded by (seed, epoch), so its whole
-state is two integers: resuming a run replays exactly the batches an uninterrupted run would see.
+`BatchStream` draws batches from a fixed per-epoch permutation seeded by (seed, epoch), so its state
+is two integers and the samples it left out: resuming a run replays exactly the batches an
+uninterrupted run would see.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from picovlm.data.records import ImageSource, Sample, open_image
+from picovlm.data.records import TOO_LONG, BadRecord, DataError, ImageSource, Sample, open_image
 from picovlm.models.clip import Captions
 from picovlm.models.modalities import MODALITIES
 from picovlm.models.processor import VLMProcessor
@@ -23,10 +24,18 @@ from picovlm.text.chat import render_conversation
 from picovlm.text.padding import IGNORE_INDEX, pad_right
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.text.tokens import PLACEHOLDERS
-from picovlm.vision.image import ImageProcessor
+from picovlm.vision.image import ImageError, ImageProcessor
 
 CAPTION_PROMPT = MODALITIES["image"].caption_prompt
 Batch = dict[str, torch.Tensor]
+
+
+class UnreadableImage(ImageError):
+    """An image that could not be decoded when a batch needed it; `source` says which."""
+
+    def __init__(self, source: ImageSource, message: str):
+        super().__init__(message)
+        self.source = source
 
 
 class ImageCache:
@@ -42,7 +51,10 @@ class ImageCache:
     def __call__(self, source: ImageSource) -> Image.Image:
         im = self.images.get(source)
         if im is None:
-            im = open_image(source)
+            try:
+                im = open_image(source)
+            except ImageError as e:  # the header passed at load time; the pixels did not
+                raise UnreadableImage(source, str(e)) from None
             if len(self.images) < self.max_items:
                 self.images[source] = im
         return im
@@ -84,6 +96,46 @@ def as_chat(sample: Sample) -> list[dict[str, str]]:
         modality = MODALITIES[sample.modalities]  # a caption has exactly one input
         return [{"role": "user", "content": f"{modality.token}\n{modality.caption_prompt}"}, *sample.messages]
     return sample.messages
+
+
+def context_length(sample: Sample, processor: VLMProcessor) -> int:
+    """The tokens a sample takes in the LM's context once each image (video, audio clip) is expanded to
+    its tokens."""
+    ids, _ = render_conversation(processor.tokenizer, as_chat(sample))
+    inputs = len(sample.images) * (processor.tokens_per_placeholder - 1)
+    inputs += sum(
+        len(items) * (processor.tokens_per(name) - 1) for name, items in sample.media.items() if name in processor.media
+    )
+    return len(ids) + inputs
+
+
+def first_turns(sample: Sample, answers: int) -> Sample:
+    """A chat sample cut after its first `answers` question-answer turns, with the images (videos,
+    audio clips) those turns show (each modality's are numbered in the order of their placeholders)
+    and their question types."""
+    messages = sample.messages[: 2 * answers]
+    shown = {name: sum(m["content"].count(MODALITIES[name].token) for m in messages) for name in MODALITIES}
+    meta = dict(sample.meta)
+    if "question_types" in meta:
+        meta["question_types"] = meta["question_types"][:answers]
+    media = {name: items[: shown[name]] for name, items in sample.media.items() if shown[name]}
+    return Sample(sample.images[: shown["image"]], messages, meta, media)
+
+
+def fit_context(sample: Sample, processor: VLMProcessor, truncate: bool) -> Sample:
+    """The sample if it fits the LM's context; else, with `truncate`, the most whole turns of it that
+    fit (a cut after an answer: never inside an image's tokens), with meta["truncated"] saying so.
+    Raises BadRecord (TOO_LONG) when it does not fit even its first answer, or without `truncate`."""
+    length, limit = context_length(sample, processor), processor.max_len
+    if length <= limit:
+        return sample
+    answers = len(sample.messages) // 2 if truncate and sample.meta.get("kind") != "caption" else 0
+    for keep in range(answers - 1, 0, -1):
+        cut = first_turns(sample, keep)
+        if context_length(cut, processor) <= limit:
+            cut.meta["truncated"] = f"cut after answer {keep} of {answers}: {length} tokens, the context is {limit}"
+            return cut
+    raise BadRecord(f"too long: {length} tokens (images included), longer than the context of {limit}", TOO_LONG)
 
 
 class TowerFeatures:
@@ -231,15 +283,28 @@ def clap_batch(samples: list[Sample], captions: Captions, clips: MediaCache) -> 
 
 
 class BatchStream:
-    """Endless batches of `batch_size` samples; each epoch is a new seeded permutation."""
+    """Endless batches of `batch_size` samples; each epoch is a new seeded permutation.
+
+    A sample whose image cannot be decoded (found when a batch needs it) is left out of that batch
+    and every later one, and reported once to `on_reject(sample, message)`; the batch goes on with
+    the others. The samples left out are part of the state, so a resumed run neither trips on them
+    again nor loses count of them.
+    """
 
     def __init__(
-        self, samples: list[Sample], batch_size: int, make_batch: Callable[[list[Sample]], Batch], seed: int = 0
+        self,
+        samples: list[Sample],
+        batch_size: int,
+        make_batch: Callable[[list[Sample]], Batch],
+        seed: int = 0,
+        on_reject: Callable[[Sample, str], None] | None = None,
     ):
         if len(samples) < batch_size:
             raise ValueError(f"{len(samples)} samples are fewer than one batch of {batch_size}")
         self.samples, self.batch_size, self.make_batch, self.seed = samples, batch_size, make_batch, seed
+        self.on_reject = on_reject
         self.epoch, self.cursor = 0, 0
+        self.rejected: dict[int, str] = {}  # sample index -> why it was left out
         self._order = self._permutation()
 
     def _permutation(self) -> list[int]:
@@ -251,16 +316,49 @@ class BatchStream:
         return self
 
     def __next__(self) -> Batch:
+        while len(self.rejected) < len(self.samples):
+            picked = [i for i in self._draw() if i not in self.rejected]
+            while picked:
+                try:
+                    return self.make_batch([self.samples[i] for i in picked])
+                except UnreadableImage as e:
+                    picked = self._reject_users_of(picked, e)
+        raise DataError(f"no sample left to train on: all {len(self.samples)} have an unreadable image")
+
+    def _draw(self) -> list[int]:
         if self.cursor + self.batch_size > len(self._order):  # drop the ragged tail, start a new epoch
             self.epoch, self.cursor = self.epoch + 1, 0
             self._order = self._permutation()
         picked = self._order[self.cursor : self.cursor + self.batch_size]
         self.cursor += self.batch_size
-        return self.make_batch([self.samples[i] for i in picked])
+        return picked
+
+    def _reject_users_of(self, picked: list[int], error: UnreadableImage) -> list[int]:
+        """Leave out the picked samples that show the unreadable image; the rest of `picked`."""
+        users = [i for i in picked if error.source in self.samples[i].images]
+        if not users:  # not an image of this batch: nothing to leave out
+            raise error
+        for i in users:
+            self._reject(i, str(error))
+        return [i for i in picked if i not in self.rejected]
+
+    def _reject(self, index: int, message: str) -> None:
+        self.rejected[index] = message
+        if self.on_reject is not None:
+            self.on_reject(self.samples[index], message)
+
+    def rewind(self) -> BatchStream:
+        """Back to the first batch of the first epoch (the samples left out stay out): the same
+        validation batches at every evaluation, each bad image reported once."""
+        self.epoch, self.cursor = 0, 0
+        self._order = self._permutation()
+        return self
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "cursor": self.cursor}
+        return {"epoch": self.epoch, "cursor": self.cursor, "rejected": dict(self.rejected)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self._order = self._permutation()
+        for index, message in state.get("rejected", {}).items():  # a checkpoint of before has none
+            self._reject(int(index), message)

@@ -16,7 +16,17 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from picovlm.data.records import DataError, ImageRef, ImageSource, Records, Sample, chat_messages, require
+from picovlm.data.records import (
+    BadRecord,
+    DataError,
+    ImageRef,
+    ImageSource,
+    Records,
+    Sample,
+    chat_messages,
+    check_image,
+    require,
+)
 
 COLUMNS = ("images", "texts")
 _CHUNK = 256  # rows converted to Python at a time while checking
@@ -60,6 +70,14 @@ def _read_cell(table: Any, row: int, k: int, root: Path) -> bytes | Path:
 
 
 def _sample(table: Any, path: Path, row: int, images: Any, texts: Any, root: Path, check_images: bool) -> Sample:
+    try:
+        return _parse_row(table, path, row, images, texts, root, check_images)
+    except BadRecord as e:
+        e.record = {"texts": texts}  # the images are bytes: the rejects file names them by row
+        raise
+
+
+def _parse_row(table: Any, path: Path, row: int, images: Any, texts: Any, root: Path, check_images: bool) -> Sample:
     require(isinstance(images, list), "'images' must be a list")
     require(isinstance(texts, list) and len(texts) > 0, "'texts' must be a non-empty list")
     refs: list[ImageSource] = []
@@ -68,7 +86,8 @@ def _sample(table: Any, path: Path, row: int, images: Any, texts: Any, root: Pat
             value = _image_value(cell, root)
         except ValueError as e:
             require(False, f"image {k}: {e}")
-        require(not check_images or not isinstance(value, Path) or value.exists(), f"image {k} not found: {value}")
+        if check_images:
+            check_image(value, f"{path}:row {row} image {k}" if isinstance(value, bytes) else value)
         refs.append(ImageRef(f"{path}:row {row} image {k}", functools.partial(_read_cell, table, row, k, root)))
     turns = []
     for i, t in enumerate(texts):

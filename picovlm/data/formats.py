@@ -27,13 +27,19 @@ Four formats, picked from the path (or named with `format=`, or a "NAME:" prefix
 Images in a tar shard or a dataset are not files of their own: a sample refers to them with an
 `ImageRef`, read only when a batch needs it, so a large shard is never held in memory whole.
 
+A record is named by its file and where it is in it: "train.json#3 (id train_000003)" (the index in
+a JSON list, with the line where it starts when the list spans several lines, and its id when it has
+one), "train.jsonl:4" (the line), "shard.tar:key", "data.parquet:row 7".
+
 Bad records are never dropped silently: with on_error="raise" the first one raises `DataError`,
-with on_error="skip" each is logged at WARNING and appended to the optional `errors` list.
+with on_error="skip" each is logged at WARNING and counted in a `DataReport`. A file that cannot be
+read to its end (invalid JSON mid-list, a damaged shard) raises even then, unless on_bad_file="skip"
+accepts the records before the damage.
 """
 
 import functools
+import itertools
 import json
-import logging
 import os
 import re
 from collections.abc import Iterator
@@ -43,6 +49,7 @@ from typing import Any
 from picovlm.data.cauldron import read_cauldron
 from picovlm.data.records import (
     BadRecord,
+    DamagedFile,
     DataError,
     ImageRef,
     Records,
@@ -50,62 +57,79 @@ from picovlm.data.records import (
     bad_record,
     parse_record,
 )
+from picovlm.data.report import DataReport
 from picovlm.data.webdataset import TAR_SUFFIXES, read_shards
 from picovlm.models.modalities import MODALITIES
 
-log = logging.getLogger(__name__)
-
 FORMATS = ("json", "jsonl", "webdataset", "cauldron")
+ON_BAD_FILE = ("fail", "skip")
+UNREAD = "the rest of the file was not read"
 _WHITESPACE = re.compile(r"\s*")
 
 
 def _json_readers(path: Path, fmt: str, root: Path, check_images: bool) -> Records:
     text = path.read_text(encoding="utf-8")
     items = _jsonl_records(text) if fmt == "jsonl" else _json_array_records(text)
-    for line, record in items:
+    for where, line, record in items:
+        source = _locator(path, where, line, record)
         if isinstance(record, BadRecord):
-            yield f"{path}:{line}", functools.partial(bad_record, record)
+            yield source, functools.partial(bad_record, record)
         else:
-            yield f"{path}:{line}", functools.partial(parse_record, record, root, check_images)
+            yield source, functools.partial(parse_record, record, root, check_images)
 
 
-def _jsonl_records(text: str) -> Iterator[tuple[int, Any]]:
+def _locator(path: Path, where: str, line: int | None, record: Any) -> str:
+    """ "train.json#3 (line 5, id train_000003)": the file, where the record is, and what else says it."""
+    notes = [f"line {line}"] if line is not None else []
+    if isinstance(record, dict) and isinstance(record.get("id"), str | int):
+        notes.append(f"id {record['id']}")
+    return f"{path}{where}" + (f" ({', '.join(notes)})" if notes else "")
+
+
+Item = tuple[str, int | None, Any]  # (where in the file, the line it starts on if that says more, the record)
+
+
+def _jsonl_records(text: str) -> Iterator[Item]:
     for line_no, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
-                yield line_no, json.loads(line)
+                yield f":{line_no}", None, json.loads(line)
             except json.JSONDecodeError as e:
-                yield line_no, BadRecord(f"invalid JSON: {e.msg} (column {e.colno})")
+                yield f":{line_no}", None, BadRecord(f"invalid JSON: {e.msg} (column {e.colno})")
 
 
-def _json_array_records(text: str) -> Iterator[tuple[int, Any]]:
-    """Yield (line where the record starts, record), walking the array one value at a time.
+def _json_array_records(text: str) -> Iterator[Item]:
+    """Yield ("#index", line where the record starts, record), walking the array one value at a time;
+    the line is left out of a file on one line (what `json.dump` writes), where it would say nothing.
 
-    A syntax error cannot be skipped over reliably, so it is yielded as the last item.
+    A syntax error cannot be skipped over reliably, so it is yielded as the last item, a DamagedFile.
     """
     decoder = json.JSONDecoder()
+    multiline = "\n" in text.strip()
     pos = _WHITESPACE.match(text).end()
     if not text.startswith("[", pos):
-        yield text.count("\n", 0, pos) + 1, BadRecord("expected a JSON list of records")
+        yield "", None, DamagedFile("expected a JSON list of records")
         return
     pos = _WHITESPACE.match(text, pos + 1).end()
     if text.startswith("]", pos):
         return
     line, counted = 1, 0
-    while True:
+    for index in itertools.count():
         line, counted = line + text.count("\n", counted, pos), pos
+        where, at = f"#{index}", line if multiline else None
         try:
             record, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            yield e.lineno, BadRecord(f"invalid JSON: {e.msg} (column {e.colno}); rest of file not read")
+            column = f"line {e.lineno}, column {e.colno}" if multiline else f"column {e.colno}"
+            yield where, at, DamagedFile(f"invalid JSON at {column}: {e.msg.removesuffix(' at')}; {UNREAD}")
             return
-        yield line, record
+        yield where, at, record
         pos = _WHITESPACE.match(text, pos).end()
         if text.startswith("]", pos):
             return
         if not text.startswith(",", pos):
-            line += text.count("\n", counted, pos)
-            yield line, BadRecord("expected ',' or ']' after a record; rest of file not read")
+            at = line + text.count("\n", counted, pos) if multiline else None
+            yield f"#{index + 1}", at, DamagedFile(f"expected ',' or ']' after a record; {UNREAD}")
             return
         pos = _WHITESPACE.match(text, pos + 1).end()
 
@@ -148,45 +172,59 @@ def load_samples(
     path: str | Path,
     on_error: str = "skip",
     image_root: str | Path | None = None,
-    errors: list[str] | None = None,
+    report: DataReport | None = None,
     check_images: bool = True,
     format: str | None = None,
+    on_bad_file: str = "fail",
 ) -> list[Sample]:
     """Read a dataset file or folder into samples; `format` (one of FORMATS) overrides detection.
 
     Image names are resolved against `image_root` (default: the file's folder, or the dataset
-    folder). Every problem is a one-line "{path}:{record}: {what}" message: raised as `DataError`
-    with on_error="raise", logged at WARNING and appended to `errors` (when given) with
-    on_error="skip", in which case the bad record is left out and the good ones are returned.
+    folder); with `check_images` each image's header is read (nothing is decoded). Every problem is
+    a one-line "{path}{record}: {what}" message: raised as `DataError` with on_error="raise"; with
+    on_error="skip" the bad record is left out, logged and counted in `report` (when given), and the
+    good ones are returned. A file that cannot be read to its end raises unless on_bad_file="skip".
     """
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
+    if on_bad_file not in ON_BAD_FILE:
+        raise ValueError(f"on_bad_file must be 'fail' or 'skip', not {on_bad_file!r}")
     if format is not None and format not in FORMATS:
         raise ValueError(f"unknown format {format!r}, expected one of {', '.join(FORMATS)}")
     path = Path(path)
-    fmt = format or detect_format(path)
-    root = Path(image_root) if image_root is not None else path if path.is_dir() else path.parent
-    if fmt in ("json", "jsonl"):
-        records = _json_readers(path, fmt, root, check_images)
-    elif fmt == "webdataset":
-        records = read_shards(path)
-    else:
-        records = read_cauldron(path, root, check_images)
-
+    report = report if report is not None else DataReport(path.name)
     samples = []
-    for source, parse in records:
+    for source, parse in _records(path, format or detect_format(path), image_root, check_images):
         try:
             sample = parse()
         except BadRecord as e:
-            if on_error == "raise":
-                raise DataError(f"{source}: {e}") from None
-            log.warning(f"{source}: {e}")
-            if errors is not None:
-                errors.append(f"{source}: {e}")
+            if on_error == "raise" or (isinstance(e, DamagedFile) and on_bad_file == "fail"):
+                raise DataError(f"{source}: {e}{_keep_hint(e, on_error, samples)}") from None
+            if not isinstance(e, DamagedFile):  # a record, read and found bad (not the unread rest of a file)
+                report.read += 1
+            report.reject(source, e.reason, str(e), e.record)
             continue
+        report.read += 1
         sample.meta["source"] = source
         samples.append(sample)
     return samples
+
+
+def _keep_hint(error: BadRecord, on_error: str, samples: list[Sample]) -> str:
+    """What to say to go on past a damaged file, when it is the only thing that stopped the read."""
+    if not isinstance(error, DamagedFile) or on_error == "raise":
+        return ""
+    n = len(samples)
+    return f' (on_bad_file="skip" keeps the {n} record{"s" if n != 1 else ""} read before it)'
+
+
+def _records(path: Path, fmt: str, image_root: str | Path | None, check_images: bool) -> Records:
+    root = Path(image_root) if image_root is not None else path if path.is_dir() else path.parent
+    if fmt in ("json", "jsonl"):
+        return _json_readers(path, fmt, root, check_images)
+    if fmt == "webdataset":
+        return read_shards(path)
+    return read_cauldron(path, root, check_images)
 
 
 def _llava_turn(message: dict[str, str]) -> dict[str, str]:

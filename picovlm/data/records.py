@@ -7,41 +7,76 @@ placeholder of each other modality per item ("<|video|>", "<|audio|>": models/mo
 `parse_record` reads the JSON record layouts (see `picovlm.data.formats`), which JSON files and tar
 shards both hold; `chat_messages` checks a conversation for every format that has one.
 
-A problem with a record is a `BadRecord` inside a reader; `picovlm.data.formats.load_samples`
-turns it into a `DataError` or a warning naming the file and the record.
+A problem with a record is a `BadRecord` inside a reader, with a `reason` it is counted under;
+`picovlm.data.formats.load_samples` turns it into a `DataError` or a skip (one warning line, a
+count in a `DataReport`) naming the file and the record. A `DamagedFile` is worse: the file cannot
+be read past it, so the records after it are lost.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from picovlm.models.modalities import MEDIA, MODALITIES
 from picovlm.text.tokens import IMAGE as IMAGE_TOKEN  # noqa: F401 (the name data readers and tests use)
 from picovlm.text.tokens import PLACEHOLDERS
-from picovlm.vision.image import ImageError, load_image
+from picovlm.vision.image import MAX_IMAGE_PIXELS, ImageError, load_image
 
 LLAVA_PLACEHOLDER = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": None}
 
 
+# why a record is left out: the keys of a `DataReport`'s counts
+BAD_RECORD, BAD_IMAGE, TOO_LONG, DAMAGED_FILE = "bad record", "bad image", "too long", "damaged file"
+
+
 class DataError(ValueError):
-    """A malformed record; the message is "{path}:{record}: {what is wrong}", where the record is a
-    line number (JSON), "row N" (a dataset) or a sample key (a tar shard)."""
+    """A malformed record; the message is "{path}{record}: {what is wrong}", where the record is
+    "#index" (a JSON list), ":line" (JSONL), ":row N" (a dataset) or ":key" (a tar shard)."""
 
 
 class BadRecord(Exception):
-    """Raised inside the parsers; turned into a DataError or a warning with file and record."""
+    """Raised inside the parsers; turned into a DataError or a counted skip with file and record.
+    `record` is the record as read (when it could be read), for the rejects file."""
+
+    reason = BAD_RECORD
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or self.reason
+        self.record: Any = None
 
 
-def require(condition: bool, message: str) -> None:
+class DamagedFile(BadRecord):
+    """The file cannot be read past this point (invalid JSON mid-file, a damaged shard)."""
+
+    reason = DAMAGED_FILE
+
+
+def require(condition: bool, message: str, reason: str = BAD_RECORD) -> None:
     """The check every parser makes: a BadRecord saying `message` unless `condition` holds."""
     if not condition:
-        raise BadRecord(message)
+        raise BadRecord(message, reason)
+
+
+def check_image(source: Path | bytes, name: str | Path) -> None:
+    """The cheap check of an image at load time: it exists, and its header (nothing is decoded) is an
+    image's, of no more than MAX_IMAGE_PIXELS. A file damaged further in is caught when a batch
+    decodes it (`picovlm.data.batches.ImageCache`)."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            w, h = im.size
+    except FileNotFoundError:
+        raise BadRecord(f"image not found: {name}", BAD_IMAGE) from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+        raise BadRecord(f"not a readable image: {name} ({type(e).__name__})", BAD_IMAGE) from None
+    require(w * h <= MAX_IMAGE_PIXELS, f"image {name} is {w}x{h}, more than {MAX_IMAGE_PIXELS} pixels", BAD_IMAGE)
 
 
 @dataclass(frozen=True)
@@ -94,9 +129,10 @@ class Sample:
         return self.images[0] if self.images else None
 
 
-# A reader yields (source, parse): `source` names the record, "{file}:{where}" with `where` a line
-# number, "row N" or a sample key, and `parse()` returns its Sample or raises BadRecord. Parsing is
-# left to the caller so that one loop turns every problem of every format into the same message.
+# A reader yields (source, parse): `source` names the record ("{file}#3 (id x)" in a JSON list, "{file}:4"
+# in JSONL, "{file}:row N" in a dataset, "{file}:key" in a shard), and `parse()` returns its Sample or
+# raises BadRecord. Parsing is left to the caller so that one loop turns every problem of every format
+# into the same message.
 Records = Iterator[tuple[str, Callable[[], Sample]]]
 
 
@@ -117,7 +153,7 @@ def _image_paths(record: dict, root: Path, check_images: bool) -> list[ImageSour
     paths = [root / n for n in names]  # an absolute name stays absolute
     if check_images:
         for path in paths:
-            require(path.exists(), f"image not found: {path}")
+            check_image(path, path)
     return paths
 
 
@@ -224,7 +260,8 @@ def _content_text(content: Any, k: int, root: Path, check_images: bool, url_imag
                 f"message {k}: only local image paths are read from data files, not {url[:40]!r}",
             )
             path = root / url.removeprefix("file://")
-            require(not check_images or path.exists(), f"image not found: {path}")
+            if check_images:
+                check_image(path, path)
             url_images.append(path)
             pieces.append(LLAVA_PLACEHOLDER)
         else:
@@ -253,7 +290,15 @@ def _parse_messages(
 
 def parse_record(record: Any, root: Path, check_images: bool, images: list[ImageSource] | None = None) -> Sample:
     """One JSON record -> a Sample. `images`, when given, replaces the record's own image keys (a tar
-    shard's image members); raises BadRecord."""
+    shard's image members); raises BadRecord, which carries the record."""
+    try:
+        return _parse_record(record, root, check_images, images)
+    except BadRecord as e:
+        e.record = record
+        raise
+
+
+def _parse_record(record: Any, root: Path, check_images: bool, images: list[ImageSource] | None) -> Sample:
     require(isinstance(record, dict), f"expected a JSON object, got {type(record).__name__}")
     kinds = [k for k in ("conversations", "messages") if k in record]
     require(len(kinds) < 2, "use 'conversations' or 'messages', not both")
@@ -270,3 +315,10 @@ def parse_record(record: Any, root: Path, check_images: bool, images: list[Image
     if "id" in record:
         sample.meta["id"] = record["id"]
     return sample
+
+
+def sample_record(sample: Sample) -> dict[str, Any]:
+    """A sample as JSON, for the rejects file: its id, images (names) and messages."""
+    names = [im.name if isinstance(im, ImageRef) else str(im) for im in sample.images]
+    record = {"images": names, "messages": sample.messages}
+    return {"id": sample.meta["id"], **record} if "id" in sample.meta else record

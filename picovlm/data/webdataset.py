@@ -23,7 +23,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from picovlm.data.records import BadRecord, ImageRef, Records, Sample, bad_record, parse_record, require
+from picovlm.data.records import BadRecord, DamagedFile, ImageRef, Records, Sample, bad_record, parse_record, require
 
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "webp", "bmp", "gif", "ppm", "tif", "tiff"}
 PICKLE_EXTENSIONS = {"pyd", "pickle", "pkl", "pt", "pth"}
@@ -102,7 +102,7 @@ def _scan(tar: tarfile.TarFile, compressed: bool) -> tuple[Members, Contents, Co
             elif info.isfile() and compressed and ext.rpartition(".")[2] in IMAGE_EXTENSIONS:
                 data[key][ext] = tar.extractfile(info).read()
     except (tarfile.TarError, OSError, EOFError) as e:
-        return members, texts, data, f"damaged shard ({type(e).__name__}: {e}); rest of file not read"
+        return members, texts, data, f"damaged shard ({type(e).__name__}: {e}); the rest of the file was not read"
     return members, texts, data, None
 
 
@@ -113,7 +113,7 @@ def _read_shard(shard: Path) -> Records:
         try:
             tar, compressed = tarfile.open(shard, "r:*"), True
         except tarfile.ReadError as e:
-            yield f"{shard}:0", functools.partial(bad_record, BadRecord(f"not a readable tar file ({e})"))
+            yield f"{shard}", functools.partial(bad_record, DamagedFile(f"not a readable tar file ({e})"))
             return
     with tar:
         members, texts, data, error = _scan(tar, compressed)
@@ -123,7 +123,7 @@ def _read_shard(shard: Path) -> Records:
             functools.partial(_sample, shard, key, by_ext, texts[key], data[key] if compressed else None),
         )
     if error is not None:
-        yield f"{shard}:end", functools.partial(bad_record, BadRecord(error))
+        yield f"{shard}:end", functools.partial(bad_record, DamagedFile(error))
 
 
 def read_shards(path: Path) -> Records:

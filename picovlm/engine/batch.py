@@ -21,7 +21,9 @@ so attention only ever spans the longest running sequence.
 A row ends at a stop id of the tokenizer or a stop string ("stop"), or after `max_tokens` tokens
 ("length"), and leaves the batch in that same step. Its text comes from its own `TextStream`, and
 when it samples, it draws from its own generator (seeded by its `SamplingParams.seed`): what a
-request gets never depends on which other requests share its batch.
+request gets never depends on which other requests share its batch. Nor does whether it fails: a row
+whose draw or text raises (a NaN in its logits or its parameters, a bug) ends in that step with
+"error" and the exception, and only that row; the others get their tokens from the same step.
 """
 
 from __future__ import annotations
@@ -57,12 +59,14 @@ class Sequence:
 @dataclass
 class Step:
     """What a sequence got in one step: its new token, the text that is now safe to show, and on its
-    last step why it ended: "stop" (a stop id, which is not text, or a stop string) or "length"."""
+    last step why it ended: "stop" (a stop id, which is not text, or a stop string), "length", or
+    "error" (its draw or its text raised `error`; `token` is None if no token was drawn)."""
 
     key: Hashable
-    token: int
+    token: int | None
     text: str
     finished: str | None
+    error: Exception | None = None
 
 
 class DecodeBatch:
@@ -178,11 +182,12 @@ class DecodeBatch:
             self.logits = self.model(fed, key_padding_mask=mask, kv_cache=self.cache)[:, -1].float()
         return steps
 
-    def _sample(self) -> list[int]:
+    def _sample(self) -> list[int | Exception]:
         """The next token of every row, one `sample_next` call per group of rows: all greedy rows, each
         seeded row alone (it draws from its own generator, so its answer does not depend on the rows
         beside it), and the unseeded rows that sample alike (on a CPU one draw costs about as much for
-        one row as for eight, and eight draws are a third of a tiny model's step)."""
+        one row as for eight, and eight draws are a third of a tiny model's step). A row whose draw
+        raised has the exception in place of its token."""
         groups: dict[tuple, list[int]] = {}
         for row, s in enumerate(self.rows):
             p = s.params
@@ -192,20 +197,35 @@ class DecodeBatch:
                 groups[("seeded", row)] = [row]
             else:
                 groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(row)
-        tokens = [0] * len(self.rows)
+        tokens: list[int | Exception] = [0] * len(self.rows)
         for rows in groups.values():
-            first = self.rows[rows[0]]
-            logits = self.logits if len(rows) == len(self.rows) else self.logits[rows]
-            for row, token in zip(rows, sample_next(logits, first.params, first.generator).tolist(), strict=True):
+            for row, token in zip(rows, self._draw(rows), strict=True):
                 tokens[row] = token
         return tokens
 
-    def _advance(self, s: Sequence, token: int) -> Step:
-        """Count `token` for `s`, turn it into text, and decide whether `s` has ended."""
+    def _draw(self, rows: list[int]) -> list[int | Exception]:
+        """One `sample_next` call for rows that sample alike. If it raises, each row draws alone, so that
+        only the rows at fault get the exception (a seeded row is alone already: its generator is never
+        drawn from twice, and its answer stays the one it gets alone)."""
+        first = self.rows[rows[0]]
+        logits = self.logits if len(rows) == len(self.rows) else self.logits[rows]
+        try:
+            return sample_next(logits, first.params, first.generator).tolist()
+        except Exception as e:
+            return [e] if len(rows) == 1 else [token for row in rows for token in self._draw([row])]
+
+    def _advance(self, s: Sequence, token: int | Exception) -> Step:
+        """Count `token` for `s`, turn it into text, and decide whether `s` has ended (with "error" if
+        its draw or its text raised)."""
+        if isinstance(token, Exception):
+            return Step(s.key, None, "", "error", token)
         s.generated += 1
-        at_stop_id = token in self.stop_ids and not s.ignore_stop
-        text = "" if at_stop_id else s.text.push(token)  # the stop token itself is not text
-        if not (at_stop_id or s.text.stopped or s.generated >= s.params.max_tokens):
-            return Step(s.key, token, text, None)
-        text += s.text.close()
+        try:
+            at_stop_id = token in self.stop_ids and not s.ignore_stop
+            text = "" if at_stop_id else s.text.push(token)  # the stop token itself is not text
+            if not (at_stop_id or s.text.stopped or s.generated >= s.params.max_tokens):
+                return Step(s.key, token, text, None)
+            text += s.text.close()
+        except Exception as e:
+            return Step(s.key, token, "", "error", e)
         return Step(s.key, token, text, "stop" if at_stop_id or s.text.stopped else "length")

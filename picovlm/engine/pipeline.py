@@ -47,8 +47,10 @@ class Pipeline:
     ) -> Iterator[list[Step]]:
         """Decode several conversations together and yield every step: each running row's new token,
         the text now safe to show, and on its last step why it ended (a `Step`, keyed by the row's index
-        in `batch`). A row that has ended is absent from later steps. `media[i]`: conversation i's videos
-        and audio clips (decoded: `Modality.load`), by modality, in text order."""
+        in `batch`). A row that has ended is absent from later steps. A row whose decoding raised
+        raises here (the engine ends that row only, for the server; a caller of the Pipeline asked for
+        every answer). `media[i]`: conversation i's videos and audio clips (decoded: `Modality.load`),
+        by modality, in text order."""
         params = params or SamplingParams()
         encoded = [
             self.processor.encode_prompt(m, ims, reserve=params.max_tokens, media=md)
@@ -57,7 +59,11 @@ class Pipeline:
         engine = DecodeBatch(self.model, self.tokenizer)
         engine.add([Sequence(row, e.ids, e.pixels, params, media=e.media) for row, e in enumerate(encoded)])
         while len(engine):
-            yield engine.step()
+            steps = engine.step()
+            failed = next((st.error for st in steps if st.error is not None), None)
+            if failed is not None:
+                raise failed
+            yield steps
 
     def generate(
         self,

@@ -31,15 +31,20 @@ def sample_next(logits: torch.Tensor, p: SamplingParams, generator: torch.Genera
     """[B, V] logits -> [B] token ids."""
     if p.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / p.temperature
+    # shifted so that the largest is 0 (softmax is the same): a tiny temperature then makes the others -inf
+    # or huge and negative, never inf - inf; one under float32's smallest (5e-324 was sent) would be 0
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / max(p.temperature, torch.finfo(torch.float32).tiny)
     if p.top_k > 0:
         kth = torch.topk(logits, min(p.top_k, logits.size(-1)), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if p.top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
-        # drop a token when the tokens ranked above it already cover top_p (the first always stays)
+        # drop a token when the tokens ranked above it already cover top_p; the first always stays (a
+        # top_p below float32's smallest, 5e-324, is 0 to the comparison and would drop every token)
         drop = probs.cumsum(dim=-1) - probs >= p.top_p
+        drop[:, 0] = False
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)

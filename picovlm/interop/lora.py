@@ -29,7 +29,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from picovlm.checkpoint import read_tensors
 
 ADAPTER_FILE, ADAPTER_CONFIG = "adapter.safetensors", "adapter_config.json"
 ADAPTER_MARKS = ("lora_", "trainable_tokens_")  # in the names of the parameters that peft adds
@@ -152,7 +154,7 @@ def load_lora(model: nn.Module, folder: str | Path) -> nn.Module:
         raise FileNotFoundError(f"{folder}: no {ADAPTER_CONFIG}; not a LoRA adapter folder")
     cfg = json.loads((folder / ADAPTER_CONFIG).read_text())
     add_lora(model, cfg["r"], cfg["alpha"], cfg["dropout"], cfg["targets"], new_tokens=cfg.get("new_tokens"))
-    state = load_file(folder / ADAPTER_FILE)
+    state = read_tensors(folder / ADAPTER_FILE)
     expected = {k for k in model.state_dict() if _is_adapted(k)}
     if set(state) != expected:
         odd = sorted(set(state) ^ expected)

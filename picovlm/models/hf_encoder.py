@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from picovlm.checkpoint import naming_damaged_weights
 from picovlm.packaged import cache_dir, packaged_file, unzip_once
 
 MINILM_PACKAGE, MINILM_FILE = "all_minilm_l6_v2", "model.zip"
@@ -74,7 +75,8 @@ class HFTextEncoder(nn.Module):
         for key, value in config.to_dict().items():  # hidden_dropout_prob, attention_probs_dropout_prob, ...
             if "dropout" in key and isinstance(value, float):
                 setattr(config, key, 0.0)
-        self.model = AutoModel.from_pretrained(folder, config=config, dtype=torch.float32)
+        with naming_damaged_weights(folder):
+            self.model = AutoModel.from_pretrained(folder, config=config, dtype=torch.float32)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.n_embd = int(config.hidden_size)
         limits = [max_len, getattr(config, "max_position_embeddings", max_len), self.tokenizer.model_max_length]

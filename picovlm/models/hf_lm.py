@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from picovlm.checkpoint import naming_damaged_weights
 from picovlm.config import GPTConfig
 from picovlm.models.gpt import KVCache, default_positions
 from picovlm.text.template import read_hf_template
@@ -96,7 +97,8 @@ class HFCausalLM(nn.Module):
         folder = _check_folder(path)
         config = AutoConfig.from_pretrained(folder)
         if load_weights:
-            self.model = AutoModelForCausalLM.from_pretrained(folder).float()  # train in fp32 like our GPT
+            with naming_damaged_weights(folder):
+                self.model = AutoModelForCausalLM.from_pretrained(folder).float()  # train in fp32 like our GPT
         else:  # the weights come from a picovlm checkpoint right after: skip reading them twice
             self.model = AutoModelForCausalLM.from_config(config).float()
         old = self.model.get_input_embeddings().weight.shape[0]

@@ -119,10 +119,19 @@ class VLMProcessor:
     ) -> Encoded:
         """A generation prompt; `reserve` tokens of context are kept free for the answer."""
         media = media or {}
+        enc = self.encode_prompt_ids(messages, len(images), reserve, {k: len(v) for k, v in media.items()})
+        return Encoded(enc.ids, enc.loss_mask, self.image_processor(images), self.prepare(media))
+
+    def encode_prompt_ids(
+        self, messages: list[dict], n_images: int, reserve: int = 0, counts: dict[str, int] | None = None
+    ) -> Encoded:
+        """The ids of `encode_prompt`, without pixels: for a caller that preprocesses each image as soon
+        as it is decoded (the server: one full-size image in memory at a time); `counts`: the other
+        inputs, by modality."""
         prompt = render_prompt(self.tokenizer, messages)
-        ids, mask = self._expand(prompt, [0] * len(prompt), len(images), {k: len(v) for k, v in media.items()})
+        ids, mask = self._expand(prompt, [0] * len(prompt), n_images, counts or {})
         if len(ids) + reserve > self.max_len:
             raise ValueError(
                 f"prompt is {len(ids)} tokens; with {reserve} new tokens it exceeds the context of {self.max_len}"
             )
-        return Encoded(ids, mask, self.image_processor(images), self.prepare(media))
+        return Encoded(ids, mask, None)

@@ -9,14 +9,26 @@ a non-default value is refused with a clear error instead of being silently igno
 do not change the answer (user, metadata, ...) are ignored.
 
 Every problem becomes an `APIError`: an HTTP status plus OpenAI's error object
-`{"error": {"message", "type", "param", "code"}}`, with `param` naming the offending field.
+`{"error": {"message", "type", "param", "code"}}`, with `param` naming the offending field. That
+includes what Python's own decoding lets through: NaN and infinities (JSON has neither, `json` reads
+them), integers past what torch takes, lone UTF-16 surrogates ("\ud800" decodes to a string that no
+encoder accepts), nesting past the recursion limit. Values are quoted back with `reprlib`, cut short.
+
+Cost is bounded before it is spent: a body with more JSON values, or messages with more characters,
+than any request that fits the model's context could have is refused before it is decoded or
+tokenized (`Limits.fitted`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import json
+import math
 import re
+import reprlib
+import sys
 import time
 import urllib.request
 import uuid
@@ -61,6 +73,26 @@ class Limits:
     max_media_bytes: int = 16 * 1024 * 1024  # encoded size of one video or audio clip
     max_video_seconds: float = 30.0  # read from the packets' timestamps before any frame is decoded
     max_audio_seconds: float = 30.0  # read from the header before any sample is decoded
+    # bounds that follow from the model (`fitted`); None: not checked
+    max_prompt_chars: int | None = None  # the messages' text, in characters
+    max_json_values: int | None = None  # "," "[" "{" in the body: what decoding it costs, in Python objects
+
+    def fitted(self, context: int, max_token_chars: int) -> Limits:
+        """These limits with the bounds that a model's context implies, where they are not set.
+
+        One token stands for at most `max_token_chars` characters, so messages of more than
+        (context - 1) * max_token_chars characters are more than context - 1 tokens: no room is left for
+        one new token, and they are refused without tokenizing them (a 10 MB prompt took 13 s of
+        tokenizing, holding the GIL, and 0.8 GB). A request that fits has at most about ten JSON values
+        per token or character (each message costs a token, each content part a character), plus the
+        other fields; a body of more is refused before it is decoded (28 MB of `[],` decode to 0.7 GB of
+        lists, in 8 s)."""
+        chars = (context - 1) * max_token_chars
+        return dataclasses.replace(
+            self,
+            max_prompt_chars=chars if self.max_prompt_chars is None else self.max_prompt_chars,
+            max_json_values=10 * (context + chars) + 1024 if self.max_json_values is None else self.max_json_values,
+        )
 
 
 @dataclass
@@ -82,6 +114,8 @@ class ChatRequest:
     media_sources: list[tuple[str, str, str]] = field(default_factory=list)
 
 
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str from `json`, always a lone one (pairs are joined)
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?),(?P<data>.*)$", re.DOTALL)
 _UNSUPPORTED = {  # field -> the only value(s) we can honour
     "logprobs": (None, False),
@@ -98,27 +132,46 @@ def _bad(message: str, param: str | None = None, code: str | None = None, status
     return APIError(status, message, param, code)
 
 
+def _show(value: Any) -> str:
+    """A client's value quoted in a message: short, whatever its size or depth."""
+    return reprlib.repr(value)
+
+
 def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
     value = body.get(name)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(f"{name} must be a number, got {type(value).__name__}", name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _bad(f"{name} must be a finite number, got {value}", name)
     if value > hi or value < lo or (lo_open and value == lo):
         interval = f"{'(' if lo_open else '['}{lo}, {hi}]"
-        raise _bad(f"{name} must be in {interval}, got {value}", name)
+        raise _bad(f"{name} must be in {interval}, got {_show(value)}", name)
     return float(value)
 
 
-def _integer(body: dict, name: str, lo: int) -> int | None:
+def _integer(body: dict, name: str, lo: int, hi: int | None = None) -> int | None:
+    """An integer field; 2.0 is the integer 2, as JSON Schema has it (JSON has just numbers)."""
     value = body.get(name)
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(f"{name} must be an integer, got {type(value).__name__}", name)
-    if value < lo:
-        raise _bad(f"{name} must be >= {lo}, got {value}", name)
+        raise _bad(f"{name} must be an integer, got {_show(value)}", name)
+    if value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise _bad(f"{name} must be {bound}, got {_show(value)}", name)
     return value
+
+
+def _unicode(text: str, where: str) -> str:
+    """`text`, unless it holds a lone surrogate (which the tokenizer and every encoder refuse)."""
+    bad = None if text.isascii() else _SURROGATE.search(text)  # isascii: 26 MB in microseconds, not 0.1 s
+    if bad is not None:
+        raise _bad(f"{where} is not valid Unicode (a lone surrogate at character {bad.start()})", where)
+    return text
 
 
 def _text_of(
@@ -162,6 +215,7 @@ def _part_text(
         text = part.get("text")
         if not isinstance(text, str):
             raise _bad(f"{where}.text must be a string", f"{where}.text")
+        _unicode(text, where)
         for special in (*SPECIAL_TOKENS, *MEDIA_TOKENS):
             if special in text:
                 raise _bad(f"{where}: text may not contain the special token {special}", where)
@@ -178,7 +232,7 @@ def _part_text(
     if kind in ("image_url", "input_audio", "video_url"):
         raise _bad(f"{where}: only user messages may contain images, videos and audio", where)
     raise _bad(
-        f"{where}: unsupported content part type {kind!r} (use 'text', 'image_url', 'input_audio' or 'video_url')",
+        f"{where}: unsupported content part type {_show(kind)} (use 'text', 'image_url', 'input_audio' or 'video_url')",
         where,
     )
 
@@ -196,12 +250,12 @@ def parse_chat_request(body: Any, model_name: str, limits: Limits) -> ChatReques
         max_tokens = _integer(body, "max_tokens", 1)
     stop = _stop_strings(body.get("stop"))
     stream = _boolean(body, "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict) or (options and not stream):
+    options = body.get("stream_options")
+    if options is not None and (not isinstance(options, dict) or (options and not stream)):
         raise _bad("stream_options is an object, and only allowed with stream=true", "stream_options")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise _bad("seed must be an integer", "seed")
+    options = options or {}
+    include_usage = _boolean(options, "include_usage", "stream_options.include_usage")
+    seed = _integer(body, "seed", *SEED_RANGE)
     ignore_eos = _boolean(body, "ignore_eos")
     if ignore_eos and max_tokens is None:
         raise _bad("ignore_eos needs max_tokens", "max_tokens")
@@ -215,7 +269,7 @@ def parse_chat_request(body: Any, model_name: str, limits: Limits) -> ChatReques
         stop=stop,
         seed=seed,
         stream=stream,
-        include_usage=bool(options.get("include_usage", False)),
+        include_usage=include_usage,
         ignore_eos=ignore_eos,
         media_sources=media,
     )
@@ -227,7 +281,7 @@ def _check_model(body: dict, model_name: str) -> None:
         raise _bad("model is required (see GET /v1/models)", "model")
     if model != model_name:
         raise APIError(
-            404, f"the model {model!r} does not exist; this server has {model_name!r}", "model", "model_not_found"
+            404, f"the model {_show(model)} does not exist; this server has {model_name!r}", "model", "model_not_found"
         )
 
 
@@ -253,14 +307,23 @@ def _conversation(
     images: list[tuple[str, str]] = []
     media: list[tuple[str, str, str]] = []
     system: list[str] = []
+    chars = 0
     for i, m in enumerate(raw):
         param = f"messages[{i}]"
         if not isinstance(m, dict):
             raise _bad(f"{param} must be an object with role and content", param)
         role = m.get("role")
         if role not in ("system", "developer", "user", "assistant"):
-            raise _bad(f"{param}.role must be system, user or assistant, got {role!r}", f"{param}.role")
+            raise _bad(f"{param}.role must be system, user or assistant, got {_show(role)}", f"{param}.role")
         text = _text_of(m.get("content"), f"{param}.content", role == "user", images, media)
+        chars += len(text)
+        if limits.max_prompt_chars is not None and chars > limits.max_prompt_chars:
+            raise _bad(
+                f"the messages are more than {limits.max_prompt_chars} characters: more than fit the model's "
+                "context, whatever the tokenizer makes of them",
+                "messages",
+                "context_length_exceeded",
+            )
         if role == "user":
             messages.append({"role": "user", "content": "\n\n".join([*system, text])})
             system = []
@@ -292,14 +355,36 @@ def _stop_strings(stop: Any) -> tuple[str, ...]:
         stop = [stop]
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
         raise _bad("stop must be a non-empty string or a list of at most 4 of them", "stop")
-    return tuple(stop)
+    return tuple(_unicode(s, "stop") for s in stop)
 
 
-def _boolean(body: dict, name: str) -> bool:
-    value = body.get(name) or False
+def _boolean(body: dict, name: str, param: str | None = None) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
     if not isinstance(value, bool):
-        raise _bad(f"{name} must be a boolean", name)
+        raise _bad(f"{param or name} must be a boolean", param or name)
     return value
+
+
+def decode_json(data: bytes, limits: Limits) -> Any:
+    """The request body, decoded; refused (before decoding, where it can be told) if it cannot be."""
+    values = data.count(b",") + data.count(b"[") + data.count(b"{")
+    if limits.max_json_values is not None and values > limits.max_json_values:
+        raise _bad(
+            f"the request body has more than {limits.max_json_values} JSON values: more than a request that fits "
+            "the model's context can have",
+            code="request_too_complex",
+        )
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise _bad("the request body is nested too deeply", code="invalid_json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _bad(f"the request body is not valid JSON ({e})", code="invalid_json") from None
+    except ValueError:  # an integer of more digits than Python converts
+        digits = sys.get_int_max_str_digits()
+        raise _bad(f"the request body has a number of more than {digits} digits", code="invalid_json") from None
 
 
 def image_bytes(param: str, url: str, limits: Limits) -> bytes:

@@ -7,6 +7,11 @@ step for all rows, turn each row's new token into text. So requests that arrive 
 every forward pass, and a request that arrives mid-way joins at the next step instead of waiting
 for the others to finish.
 
+One request never fails another: a request whose prefill fails is tried again alone, and only a
+request that fails alone is failed; a row whose draw or text raises ends that row only (the engine
+isolates it). Only an error of the shared step itself (a bug) fails every running request, and the
+thread starts over with an empty batch.
+
 Text is produced here, not in the handlers: the engine turns each row's tokens into text pieces
 (`TextStream`: detokenization, and stop strings held back until they are settled), and a stop string
 ends the row at once, which frees its slot for the next request.
@@ -80,6 +85,7 @@ class _Request:
     handle: Handle
     seq: Sequence
     emit: Callable[[Event], None]
+    done: bool = False  # its last event was sent
 
     def deliver(self, event: Event) -> None:
         try:
@@ -170,7 +176,7 @@ class Scheduler:
             except Exception as e:  # a bug, not a bad request (those fail in submit's caller): keep serving
                 log.exception("decode step failed")
                 for r in [*admitted, *self._running.values()]:
-                    self._finish(r, Event(finish_reason="error", error=f"{type(e).__name__}: {e}"))
+                    self._finish(r, _failure(e))
                 self._running.clear()
                 self.batch = DecodeBatch(self.pipe.model, self.pipe.tokenizer)
         for r in [*self._waiting, *self._running.values()]:
@@ -180,8 +186,7 @@ class Scheduler:
         self.stats["cancelled"] += sum(r.handle.cancelled for r in admitted)
         admitted = [r for r in admitted if not r.handle.cancelled]
         if admitted:
-            self.batch.add([r.seq for r in admitted])
-            self._running.update((r.handle.key, r) for r in admitted)
+            self._admit(admitted)
         gone = {k for k, r in self._running.items() if r.handle.cancelled}
         if gone:
             self.batch.remove(gone)
@@ -196,12 +201,39 @@ class Scheduler:
         self.stats["tokens"] += len(steps)
         for step in steps:
             r = self._running[step.key]
-            if step.finished:
+            if step.error is not None:
+                log.warning("request %s failed alone", step.key, exc_info=step.error)
+                del self._running[step.key]
+                self._finish(r, _failure(step.error, r.seq.generated))
+            elif step.finished:
                 del self._running[step.key]  # before telling the client, so it never sees its slot still taken
                 self._finish(r, Event(step.text, step.finished, r.seq.generated))
             elif step.text:
                 r.deliver(Event(step.text, None, r.seq.generated))
 
+    def _admit(self, admitted: list[_Request]) -> None:
+        """Prefill the admitted requests together; if that fails, each alone, so that only a request
+        that fails alone is failed (a prefill that fails changes nothing in the running batch)."""
+        try:
+            self.batch.add([r.seq for r in admitted])
+        except Exception as e:
+            if len(admitted) > 1:
+                for r in admitted:
+                    self._admit([r])
+                return
+            log.warning("request %s failed alone", admitted[0].handle.key, exc_info=e)
+            self._finish(admitted[0], _failure(e))
+            return
+        self._running.update((r.handle.key, r) for r in admitted)
+
     def _finish(self, r: _Request, event: Event) -> None:
+        """Send the last event (once: a request failed alone may be among those a failed step ends)."""
+        if r.done:
+            return
+        r.done = True
         self.stats["completed" if event.error is None else "errors"] += 1
         r.deliver(event)
+
+
+def _failure(e: Exception, completion_tokens: int = 0) -> Event:
+    return Event(finish_reason="error", completion_tokens=completion_tokens, error=f"{type(e).__name__}: {e}")

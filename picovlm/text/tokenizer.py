@@ -10,6 +10,7 @@ tokenizer, in `<name>.chat_template.json` beside `<name>.json` (tokenizer.json i
 `tokenizers` file that any HF tool reads). Without one, picovlm's own template is used (text/chat.py).
 """
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -142,6 +143,17 @@ class Tokenizer:
         if token_id is None:
             raise KeyError(f"{token!r} is not in the vocabulary")
         return token_id
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters of text that one token can stand for, so that a text of n characters is at
+        least n / max_token_chars tokens: a bound that tells a text too long for a context without
+        tokenizing it. No token covers more characters than its vocabulary entry has (a byte-level entry
+        has one per byte, each character at least one byte; a SentencePiece entry has its "▁" for the
+        space). A normalizer may compose up to 4 characters into one (Unicode's longest canonical
+        decomposition), so a tokenizer with one counts 4 per entry character."""
+        longest = max(len(entry) for entry in self._hf.get_vocab(with_added_tokens=True))
+        return longest * (4 if self._hf.normalizer is not None else 1)
 
     @property
     def vocab_size(self) -> int:

@@ -4,12 +4,18 @@ What a stage trains is decided by its config: `trainable` names the parts that l
 frozen), its task (train/stage_tasks.py) says what is minimized. Everything else (AdamW, warmup + cosine,
 gradient accumulation, clipping, bf16 autocast, periodic evaluation, progress, checkpoints and
 exact resume) is the same for all of them.
+
+Ctrl-C (SIGINT) stops the loop after the step it is in: the checkpoint it then saves is whole, and
+`Interrupted` says where it stopped. A second Ctrl-C interrupts at once, as usual.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -27,6 +33,38 @@ from picovlm.interop.lora import is_adapter_param
 from picovlm.train.optim import lr_at, make_optimizer
 from picovlm.train.plot import plot_losses
 from picovlm.train.stage_tasks import StageTask
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C after `step`, with a checkpoint saved at that step."""
+
+    def __init__(self, step: int, message: str | None = None):
+        super().__init__(message or f"stopped after step {step}, checkpoint saved")
+        self.step = step
+
+
+class StopOnSigint:
+    """While training, SIGINT sets `requested` instead of raising KeyboardInterrupt mid-step, where it
+    could leave the weights half-updated and the data position past a batch that was not learned."""
+
+    def __init__(self):
+        self.requested, self._previous = False, None
+
+    def __enter__(self) -> StopOnSigint:
+        if threading.current_thread() is threading.main_thread():  # only there can a handler be set
+            self._previous = signal.signal(signal.SIGINT, self._request)
+        return self
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._restored())  # a second Ctrl-C: the usual KeyboardInterrupt
+
+    def _restored(self) -> Any:
+        return self._previous if self._previous is not None else signal.default_int_handler
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._restored())
 
 
 @dataclass
@@ -87,29 +125,35 @@ def train(
 ) -> History:
     """Run `stage.steps` optimizer steps (or stop early, after step `stop_at`), checkpointing through
     `save`, which receives the trainer state to store beside the weights; `resume` is such a state.
-    `make_val` makes the validation batches, evaluated every `stage.eval_every` steps and at the end."""
+    `make_val` makes the validation batches, evaluated every `stage.eval_every` steps and at the end.
+    Ctrl-C saves after the current step and raises `Interrupted`."""
     device = torch.device(device)
     task.model.to(device).train()
     freeze(task, stage.trainable)
     opt = make_optimizer(task.model, stage, task.parts)
     history, start = restore(resume, opt, batches) if resume is not None else (History(), 0)
     out_dir.mkdir(parents=True, exist_ok=True)
+    trim_log(out_dir, start)
     end = stage.steps if stop_at is None else min(stop_at, stage.steps)
     bar = tqdm(range(start, end), desc=stage.name, disable=not progress, dynamic_ncols=True, leave=True)
     t0, work = time.perf_counter(), 0
-    for step in bar:
-        lr = set_lr(opt, step, stage)
-        loss, units = optimizer_step(task, opt, batches, stage, device)
-        done, work = step + 1, work + units
-        history.train.append((done, loss))
-        rate = work / max(1e-9, time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", **{f"{task.unit}/s": f"{rate:.0f}"})
-        if every(stage.log_every, done) or done == end:
-            log(out_dir, stage, "train", done, loss=loss, lr=lr, rate=rate)
-        if make_val is not None and (every(stage.eval_every, done) or done == stage.steps):
-            validate(task, make_val, stage, device, history, done, out_dir)
-        if every(stage.save_every, done) or done == end:
-            save(trainer_state(done, opt, batches, history))
+    with StopOnSigint() as stop:
+        for step in bar:
+            lr = set_lr(opt, step, stage)
+            loss, units = optimizer_step(task, opt, batches, stage, device)
+            done, work = step + 1, work + units
+            history.train.append((done, loss))
+            rate = work / max(1e-9, time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", **{f"{task.unit}/s": f"{rate:.0f}"})
+            if every(stage.log_every, done) or done == end or stop.requested:
+                log(out_dir, stage, "train", done, loss=loss, lr=lr, rate=rate)
+            if make_val is not None and (every(stage.eval_every, done) or done == stage.steps):
+                validate(task, make_val, stage, device, history, done, out_dir)
+            if every(stage.save_every, done) or done == end or stop.requested:
+                save(trainer_state(done, opt, batches, history))
+            if stop.requested:
+                bar.close()
+                raise Interrupted(done)
     if history.train:
         plot_losses(history, out_dir / "loss.png", title=f"{stage.name} loss")
     return history
@@ -163,10 +207,29 @@ def validate(
     tqdm.write(f"{stage.name} step {step}: val loss {val:.4f}")
 
 
-def log(out_dir: Path, stage: StageConfig, kind: str, step: int, **values: float) -> None:
-    """One line of `log.jsonl`; the file is opened per line, so no handle is left open if training raises."""
+def log(out_dir: Path, stage: StageConfig, kind: str, step: int | None = None, **values: Any) -> None:
+    """One line of `log.jsonl` (`step` left out of a line about the whole stage, like its data summary);
+    the file is opened per line, so no handle is left open if training raises."""
+    at = {"step": step} if step is not None else {}
     with open(out_dir / "log.jsonl", "a") as f:
-        f.write(json.dumps({"stage": stage.name, kind: True, "step": step, **values}) + "\n")
+        f.write(json.dumps({"stage": stage.name, kind: True, **at, **values}) + "\n")
+
+
+def trim_log(out_dir: Path, step: int) -> None:
+    """Keep the lines of `log.jsonl` up to `step`, where training goes on from: a resumed run then logs
+    each later step once, and a run started over does not add to the lines of an old one. Lines
+    without a step (a data summary, written again at the end) and a line cut short by a crash go."""
+    path = out_dir / "log.jsonl"
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return json.loads(line).get("step", math.inf)
+    except (json.JSONDecodeError, AttributeError):
+        return math.inf
 
 
 def trainer_state(step: int, opt: torch.optim.Optimizer, batches: BatchStream, history: History) -> dict[str, Any]:

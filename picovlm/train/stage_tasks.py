@@ -1,10 +1,10 @@
 """The stage-task registry: what each kind of training stage (`StageConfig.task`) trains.
 
-A stage task owns everything that differs between kinds of stage: the model it builds, how samples
-become a batch, the loss, how the model's parameters group into checkpoint parts, what the
-checkpoint's config.json records, and how such a checkpoint loads again. Everything else (freezing,
-optimizer, schedule, evaluation, checkpoints, exact resume) is the same for all of them: the loop's
-(`train/loop.py`) and `run_stage`'s (`train/stages.py`).
+A stage task owns everything that differs between kinds of stage: the model it builds, which samples
+it can train on and in what form (`prepare`), how samples become a batch, the loss, how the model's
+parameters group into checkpoint parts, what the checkpoint's config.json records, and how such a
+checkpoint loads again. Everything else (freezing, optimizer, schedule, evaluation, checkpoints, exact
+resume) is the same for all of them: the loop's (`train/loop.py`) and `run_stage`'s (`train/stages.py`).
 
   lm    picovlm's GPT on text alone, loss on every token
   clip  the vision tower against a text encoder, contrastively (models/clip.py)
@@ -33,6 +33,7 @@ from picovlm.data.batches import (
     TowerFeatures,
     clap_batch,
     clip_batch,
+    fit_context,
     text_batch,
     vlm_batch,
 )
@@ -57,6 +58,11 @@ class StageTask(ABC):
 
     @abstractmethod
     def __init__(self, recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer): ...
+
+    def prepare(self, sample: Sample) -> Sample:
+        """The sample as this task trains it, checked once when the data is read (not when a batch is
+        drawn, hours later); raises BadRecord for one it cannot use. Here: every sample as it is."""
+        return sample
 
     @abstractmethod
     def make_batch(self, samples: list[Sample]) -> Batch: ...
@@ -178,11 +184,15 @@ class VLMTask(StageTask):
         self.model = VLM(dataclasses.replace(recipe.model, lm=lm), tok.image_id, media_token_ids(recipe.model, tok))
         self.parts = self.model.parts
         self.processor = VLMProcessor.for_model(self.model, tok)
-        self.images, self.isolate_turns = ImageCache(), stage.isolate_turns
+        self.images, self.isolate_turns, self.truncate = ImageCache(), stage.isolate_turns, stage.too_long == "truncate"
         self.media = MediaCache(self.processor.prepare)  # decoded, sampled videos and spectrograms, once each
         # a tower that does not learn in this stage is run once per image, not once per use (its weights
         # are loaded before the first batch is drawn, so the features are those of the trained tower)
         self.features = None if "tower" in stage.trainable else TowerFeatures(self.model.tower, self.images)
+
+    def prepare(self, sample: Sample) -> Sample:
+        """A conversation longer than the LM's context is skipped or cut after an answer (`too_long`)."""
+        return fit_context(sample, self.processor, self.truncate)
 
     def make_batch(self, samples: list[Sample]) -> Batch:
         return vlm_batch(samples, self.processor, self.images, self.features, self.isolate_turns, self.media)
@@ -196,8 +206,7 @@ class VLMTask(StageTask):
 
 
 def check_isolate_turns(recipe: RecipeConfig, stage: StageConfig) -> None:
-    if not 0 <= stage.isolate_turns <= 1:
-        raise ValueError(f"stage {stage.name!r}: isolate_turns is a share in [0, 1], got {stage.isolate_turns}")
+    """Its range is a config check (`picovlm.config.CHECKS`); what it needs of the model is checked here."""
     if stage.isolate_turns and recipe.model.lm_kind != "gpt":
         raise ValueError(f"stage {stage.name!r}: isolate_turns needs picovlm's GPT, not an HF LM")
 

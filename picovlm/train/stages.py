@@ -13,6 +13,10 @@ Its checkpoint `model/` is then a plain model with the adapters merged in (what 
 server, export and later stages load, none of which need to know about LoRA), and `model/adapter/`
 holds the adapters and projector apart (kilobytes to megabytes): resuming rebuilds the frozen base
 as the stage began (its `init`, or the pretrained LM), puts the adapters back, and goes on.
+
+What a stage's data held is accounted for in a `DataReport`: each record left out is one warning
+line (and one line of `rejects`, when given), and the stage ends with a summary of the records read,
+used and skipped by reason, printed and written to its log.jsonl.
 """
 
 from __future__ import annotations
@@ -23,15 +27,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
-from picovlm.checkpoint import load_part, load_trainer_state, part_files, read_config, save_checkpoint
-from picovlm.config import RecipeConfig, StageConfig
-from picovlm.data.batches import Batch, BatchStream
+from picovlm.checkpoint import (
+    TRAINER_STATE,
+    load_part,
+    load_trainer_state,
+    part_files,
+    read_config,
+    recover_checkpoint,
+    save_checkpoint,
+)
+from picovlm.config import ConfigError, RecipeConfig, StageConfig, check_config
+from picovlm.data.batches import BatchStream
 from picovlm.data.formats import Sample, load_samples, split_format
+from picovlm.data.records import BAD_IMAGE, BadRecord, sample_record
+from picovlm.data.report import DataReport
 from picovlm.interop.lora import add_lora, load_lora, merged_state_dict, save_lora
 from picovlm.models.vlm import VLM
 from picovlm.text.tokenizer import Tokenizer
-from picovlm.train.loop import History, train
+from picovlm.train.loop import History, Interrupted, log, train
 from picovlm.train.stage_tasks import StageTask, build_stage_task
 
 LORA_KEYS = ("r", "alpha", "dropout", "targets", "new_tokens")
@@ -47,22 +62,33 @@ def checkpoint_dir(out_dir: Path, stage: str) -> Path:
     return stage_dir(out_dir, stage) / "model"
 
 
-def read_samples(files: tuple[str, ...], data_dir: Path) -> list[Sample]:
-    """Every file's samples; an entry may name its format ("webdataset:shards", see `split_format`)."""
+def read_samples(
+    files: tuple[str, ...], data_dir: Path, report: DataReport | None = None, on_bad_file: str = "fail"
+) -> list[Sample]:
+    """Every file's samples; an entry may name its format ("webdataset:shards", see `split_format`).
+    Bad records are skipped and counted in `report`; a damaged file fails unless on_bad_file="skip"."""
     samples: list[Sample] = []
     for f in files:
         fmt, name = split_format(f)
-        samples += load_samples(data_dir / name, on_error="skip", format=fmt)
+        samples += load_samples(data_dir / name, on_error="skip", report=report, format=fmt, on_bad_file=on_bad_file)
     if not samples:
         raise ValueError(f"no usable samples in {', '.join(files) or '(no files given)'}")
     return samples
 
 
 def train_tokenizer(recipe: RecipeConfig, path: Path) -> Tokenizer:
-    """A byte-level BPE fitted to the text of every stage's training data."""
-    files = sorted({f for s in recipe.stages for f in s.data})
-    texts = (m["content"] for s in read_samples(tuple(files), Path(recipe.data_dir)) for m in s.messages)
-    tok = Tokenizer.train(texts, vocab_size=recipe.tokenizer_vocab)
+    """A byte-level BPE fitted to the text of every stage's training data. A damaged file fails here,
+    before any stage trains, unless every stage that reads it says on_bad_file "skip"; the stages
+    report the records left out, so this read is quiet."""
+    policy: dict[str, str] = {}  # file -> "fail" if any stage reading it fails on damage
+    for stage in recipe.stages:
+        for f in stage.data:
+            policy[f] = "fail" if "fail" in (policy.get(f), stage.on_bad_file) else "skip"
+    quiet, samples = DataReport(quiet=True), []
+    for on_bad_file in ("fail", "skip"):
+        files = tuple(sorted(f for f, p in policy.items() if p == on_bad_file))
+        samples += read_samples(files, Path(recipe.data_dir), quiet, on_bad_file) if files else []
+    tok = Tokenizer.train((m["content"] for s in samples for m in s.messages), vocab_size=recipe.tokenizer_vocab)
     tok.save(path)
     return tok
 
@@ -74,6 +100,16 @@ def lora_kwargs(stage: StageConfig, model: VLM) -> dict[str, Any]:
     if stage.lora.get("new_tokens", True) and base is not None and base < model.lm.cfg.vocab_size:
         kwargs["new_tokens"] = list(range(base, model.lm.cfg.vocab_size))
     return kwargs
+
+
+def check_stage(stage: StageConfig) -> None:
+    """The stage's values (types and ranges, as a recipe file's are checked) and its LoRA settings."""
+    try:
+        check_config(stage)
+    except ConfigError as e:
+        raise ConfigError(f"stage {stage.name!r}: {e}") from None
+    if stage.lora:
+        check_lora(stage)
 
 
 def check_lora(stage: StageConfig) -> None:
@@ -103,8 +139,10 @@ def init_parts(task: StageTask, stage: StageConfig, out_dir: Path) -> dict[str, 
 
 
 def resume_from(task: StageTask, stage: StageConfig, ckpt: Path) -> dict[str, Any] | None:
-    """The trainer state of an interrupted run of the stage, its weights loaded; None if there is none."""
-    if not (ckpt / "trainer_state.pt").is_file():
+    """The trainer state of an interrupted run of the stage, its weights loaded; None if there is none.
+    A save that a crash cut short is finished first (`recover_checkpoint`)."""
+    recover_checkpoint(ckpt)
+    if not (ckpt / TRAINER_STATE).is_file():
         return None
     for part, file in part_files(ckpt).items():
         if not (stage.lora and part == "lm"):  # a LoRA stage stores its LM merged: the base comes from init
@@ -120,17 +158,42 @@ def attach_lora(model: VLM, stage: StageConfig, ckpt: Path, resumed: bool) -> No
         add_lora(model, **lora_kwargs(stage, model))
 
 
+def stage_samples(
+    files: tuple[str, ...], recipe: RecipeConfig, stage: StageConfig, task: StageTask, report: DataReport, need: int
+) -> list[Sample]:
+    """The samples of `files` as the stage's task trains them (`StageTask.prepare`), the others counted;
+    fewer than `need` (one batch) is an error that says what was left out."""
+    prepared = []
+    for sample in read_samples(files, Path(recipe.data_dir), report, stage.on_bad_file):
+        try:
+            prepared.append(task.prepare(sample))
+        except BadRecord as e:
+            report.reject(sample.meta["source"], e.reason, str(e), sample_record(sample))
+            continue
+        if "truncated" in prepared[-1].meta:
+            report.truncate(sample.meta["source"], prepared[-1].meta["truncated"])
+    if len(prepared) < need:
+        what = f"{len(prepared)} usable samples in {', '.join(files)}, fewer than one batch of {need}"
+        raise ValueError(f"stage {stage.name!r}: {what} ({report.summary()})")
+    return prepared
+
+
 def data_streams(
-    recipe: RecipeConfig, stage: StageConfig, make_batch: Callable[[list[Sample]], Batch]
+    recipe: RecipeConfig, stage: StageConfig, task: StageTask, report: DataReport
 ) -> tuple[BatchStream, Callable[[], BatchStream] | None]:
-    """The training batches, and (with `val_data`) a maker of the validation batches."""
-    data_dir = Path(recipe.data_dir)
-    batches = BatchStream(read_samples(stage.data, data_dir), stage.batch_size, make_batch, stage.seed)
+    """The training batches, and (with `val_data`) a maker of the validation batches; a sample whose
+    image turns out unreadable in a batch is counted in `report` and left out from then on."""
+
+    def on_reject(sample: Sample, message: str) -> None:
+        report.reject(sample.meta["source"], BAD_IMAGE, message, sample_record(sample))
+
+    train_samples = stage_samples(stage.data, recipe, stage, task, report, stage.batch_size)
+    batches = BatchStream(train_samples, stage.batch_size, task.make_batch, stage.seed, on_reject)
     if not stage.val_data:
         return batches, None
-    val_samples = read_samples(stage.val_data, data_dir)
-    batch_size = min(stage.batch_size, len(val_samples))
-    return batches, lambda: BatchStream(val_samples, batch_size, make_batch, seed=VAL_SEED)
+    val_samples = stage_samples(stage.val_data, recipe, stage, task, report, 1)
+    val = BatchStream(val_samples, min(stage.batch_size, len(val_samples)), task.make_batch, VAL_SEED, on_reject)
+    return batches, val.rewind
 
 
 def checkpoint_writer(
@@ -166,10 +229,11 @@ def run_stage(
     resume: bool = False,
     stop_at: int | None = None,
     progress: bool = True,
+    rejects: Path | None = None,
 ) -> tuple[Path, History]:
-    """Train one stage (stopping early after step `stop_at`); returns its checkpoint folder and losses."""
-    if stage.lora:
-        check_lora(stage)  # before anything is built or loaded
+    """Train one stage (stopping early after step `stop_at`); returns its checkpoint folder and losses.
+    The records its data leaves out are appended to `rejects` (JSONL), when given."""
+    check_stage(stage)  # before anything is built or loaded
     torch.manual_seed(stage.seed)
     task = build_stage_task(recipe, stage, tok)
     ckpt = checkpoint_dir(out_dir, stage.name)
@@ -177,29 +241,54 @@ def run_stage(
     state = resume_from(task, stage, ckpt) if resume else None
     if stage.lora:
         attach_lora(task.model, stage, ckpt, resumed=state is not None)
-    batches, make_val = data_streams(recipe, stage, task.make_batch)
+    report = DataReport(stage.name, rejects)
+    batches, make_val = data_streams(recipe, stage, task, report)
     save = checkpoint_writer(task, stage, ckpt, inherited, out_dir / "tokenizer.json")
-    history = train(
-        task,
-        stage,
-        batches,
-        out_dir=stage_dir(out_dir, stage.name),
-        save=save,
-        make_val=make_val,
-        resume=state,
-        device=recipe.device,
-        stop_at=stop_at,
-        progress=progress,
-    )
+    try:
+        history = train(
+            task,
+            stage,
+            batches,
+            out_dir=stage_dir(out_dir, stage.name),
+            save=save,
+            make_val=make_val,
+            resume=state,
+            device=recipe.device,
+            stop_at=stop_at,
+            progress=progress,
+        )
+    except Interrupted as e:
+        summarize(report, stage, out_dir)
+        raise Interrupted(
+            e.step, f"{stage.name} stopped after step {e.step} of {stage.steps}, saved to {ckpt}"
+        ) from None
+    summarize(report, stage, out_dir)
     return ckpt, history
 
 
+def summarize(report: DataReport, stage: StageConfig, out_dir: Path) -> None:
+    """The stage's data summary, printed and written to its log.jsonl."""
+    tqdm.write(report.summary())
+    log(stage_dir(out_dir, stage.name), stage, "data", **report.as_dict())
+
+
 def run_recipe(
-    recipe: RecipeConfig, out_dir: Path, only: list[str] | None = None, resume: bool = False, progress: bool = True
+    recipe: RecipeConfig,
+    out_dir: Path,
+    only: list[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    rejects: Path | None = None,
 ) -> dict[str, Path]:
-    """Run the recipe's stages in order (or just `only`); the tokenizer is trained once per run."""
+    """Run the recipe's stages in order (or just `only`); the tokenizer is trained once per run. The
+    recipe is checked first, so that a wrong value fails before anything is written; the records the
+    data leaves out are written to `rejects` (JSONL, started afresh), when given."""
+    check_config(recipe)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if rejects is not None:
+        Path(rejects).parent.mkdir(parents=True, exist_ok=True)
+        Path(rejects).write_text("")
     tok_path = out_dir / "tokenizer.json"
     if tok_path.exists():
         tok = Tokenizer.load(tok_path)
@@ -214,5 +303,5 @@ def run_recipe(
     for stage in recipe.stages:
         if only and stage.name not in only:
             continue
-        done[stage.name], _ = run_stage(recipe, stage, out_dir, tok, resume, progress=progress)
+        done[stage.name], _ = run_stage(recipe, stage, out_dir, tok, resume, progress=progress, rejects=rejects)
     return done

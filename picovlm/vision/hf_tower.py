@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from picovlm.checkpoint import naming_damaged_weights
 from picovlm.vision.image import ImageProcessor
 
 
@@ -46,12 +47,13 @@ class HFVisionTower(nn.Module):
             raise FileNotFoundError(f"{folder}: no config.json; expected a local HF vision model folder")
         config = AutoConfig.from_pretrained(folder)
         model_type = config.model_type
-        if model_type in ("clip", "clip_vision_model"):
-            self.model, self.has_cls = CLIPVisionModel.from_pretrained(folder), True
-        elif model_type in ("siglip", "siglip_vision_model"):
-            self.model, self.has_cls = SiglipVisionModel.from_pretrained(folder), False
-        else:
-            raise ValueError(f"{folder}: unsupported vision model type {model_type!r} (clip or siglip)")
+        with naming_damaged_weights(folder):
+            if model_type in ("clip", "clip_vision_model"):
+                self.model, self.has_cls = CLIPVisionModel.from_pretrained(folder), True
+            elif model_type in ("siglip", "siglip_vision_model"):
+                self.model, self.has_cls = SiglipVisionModel.from_pretrained(folder), False
+            else:
+                raise ValueError(f"{folder}: unsupported vision model type {model_type!r} (clip or siglip)")
         vcfg = self.model.config
         self.feature_layer, self.use_cls = feature_layer, use_cls and self.has_cls
         self.grid = vcfg.image_size // vcfg.patch_size

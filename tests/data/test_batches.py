@@ -7,8 +7,18 @@ import torch
 from PIL import Image
 
 from picovlm.config import GPTConfig, VisionConfig, ViTConfig, VLMConfig
-from picovlm.data.batches import BatchStream, ImageCache, TowerFeatures, as_chat, clip_batch, text_batch, vlm_batch
-from picovlm.data.records import Sample
+from picovlm.data.batches import (
+    BatchStream,
+    ImageCache,
+    TowerFeatures,
+    as_chat,
+    clip_batch,
+    context_length,
+    fit_context,
+    text_batch,
+    vlm_batch,
+)
+from picovlm.data.records import TOO_LONG, BadRecord, DataError, ImageRef, Sample
 from picovlm.models.clip import end_pooled_captions
 from picovlm.models.processor import VLMProcessor
 from picovlm.models.vlm import VLM
@@ -172,6 +182,76 @@ def test_isolating_a_share_of_the_conversations_keeps_the_rest_whole(tok, images
     assert torch.equal(batch["position_ids"][whole], torch.arange(T).expand(int(whole.sum()), T))
     again = vlm_batch(samples, proc, ImageCache(), isolate_turns=0.5)
     assert torch.equal(again["segment_ids"], batch["segment_ids"])  # the same share in every epoch and run
+
+
+def conversation(images: list[Path], answers: int, long_answer: str = "red") -> Sample:
+    """`answers` question-answer turns; image k is shown in question k (as many as there are images)."""
+    messages = []
+    for k in range(answers):
+        shown = IMAGE + "\n" if k < len(images) else ""
+        messages += [
+            {"role": "user", "content": f"{shown}what is in the picture"},
+            {"role": "assistant", "content": long_answer},
+        ]
+    return Sample(list(images), messages, {"kind": "chat", "question_types": ["color"] * answers})
+
+
+def test_fit_context_skips_or_cuts_after_an_answer_never_inside_an_image(tok, images):
+    proc = VLMProcessor(tok, ImageProcessor(16), tokens_per_image=8, max_len=64)
+    short = conversation(images[:1], 1)
+    assert fit_context(short, proc, truncate=True) is short  # fits: untouched
+    long = conversation(images[:2], 6)  # the second image is in the second question
+    assert context_length(long, proc) > 64
+    with pytest.raises(BadRecord, match=r"^too long: \d+ tokens \(images included\), longer than the context of 64$"):
+        fit_context(long, proc, truncate=False)
+    cut = fit_context(long, proc, truncate=True)
+    kept = len(cut.messages) // 2
+    assert 1 <= kept < 6 and cut.messages == long.messages[: 2 * kept] and cut.messages[-1]["role"] == "assistant"
+    assert (
+        context_length(cut, proc) <= 64 < context_length(conversation(images[:2], kept + 1), proc)
+    )  # the most that fit
+    assert cut.images == long.images[: min(kept, 2)] and cut.meta["question_types"] == ["color"] * kept
+    encoded = proc.encode_conversation_ids(cut.messages, len(cut.images))  # every image whole, in the context
+    assert encoded.ids.count(tok.image_id) == 8 * len(cut.images) and len(encoded.ids) <= 64
+    with pytest.raises(BadRecord) as info:  # not even the first answer fits: skipped
+        fit_context(conversation(images[:1], 2, "a blue cat on the mat " * 20), proc, truncate=True)
+    assert info.value.reason == TOO_LONG
+    caption = Sample([images[0]], [{"role": "assistant", "content": "red " * 80}], {"kind": "caption"})
+    with pytest.raises(BadRecord):  # one answer, nothing to cut
+        fit_context(caption, proc, truncate=True)
+
+
+def _broken(name: str) -> ImageRef:
+    return ImageRef(name, lambda: b"\x89PNG\r\n\x1a\n cut short")
+
+
+def test_a_stream_leaves_out_samples_whose_image_does_not_decode(images):
+    samples = [chat(images[i % 3], str(i)) for i in range(6)]
+    samples[2], samples[4] = chat(_broken("bad-a"), "2"), chat(_broken("bad-b"), "4")
+    cache, rejected = ImageCache(), []
+
+    def make(batch: list[Sample]) -> dict:
+        return {
+            "answers": torch.tensor([int(s.messages[-1]["content"]) for s in batch]),
+            "n": [cache(s.image) for s in batch],
+        }
+
+    stream = BatchStream(samples, 3, make, seed=1, on_reject=lambda s, m: rejected.append((s.image.name, m)))
+    drawn = [next(stream)["answers"].tolist() for _ in range(6)]
+    assert sorted(name for name, _ in rejected) == ["bad-a", "bad-b"]  # each reported once
+    assert all(m.startswith(name + ": not a readable image") for name, m in rejected)
+    # 6 batches of 3 = 3 epochs: each epoch trains once on each sample left, in batches short of the bad ones
+    assert sorted(i for d in drawn for i in d) == sorted([0, 1, 3, 5] * 3)
+
+    again, restored = BatchStream(samples, 3, make, seed=1, on_reject=lambda s, m: restored.append(s.image.name)), []
+    again.load_state_dict(stream.state_dict())
+    assert sorted(restored) == ["bad-a", "bad-b"]  # counted again by a resumed run, not tripped on
+    assert next(again)["answers"].tolist() == next(stream)["answers"].tolist()
+
+    assert stream.rewind() is stream and (stream.epoch, stream.cursor) == (0, 0)
+    everything_bad = BatchStream([chat(_broken(f"b{i}"), "0") for i in range(2)], 1, make)
+    with pytest.raises(DataError, match="no sample left to train on: all 2 have an unreadable image"):
+        next(everything_bad)
 
 
 def test_isolated_turns_share_the_image_end_marker(tok, images):

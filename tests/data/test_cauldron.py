@@ -9,6 +9,7 @@ from PIL import Image
 from picovlm.data.batches import ImageCache
 from picovlm.data.formats import load_samples
 from picovlm.data.records import IMAGE_TOKEN, DataError, ImageRef
+from picovlm.data.report import DataReport
 
 FEATURES = datasets.Features(
     {
@@ -102,7 +103,8 @@ def test_bytes_and_path_cells_without_the_image_feature(tmp_path):
         ([{"user": "hi", "assistant": None, "source": "x"}], [], "texts[0] needs string 'user' and 'assistant'"),
         ([turn("<image> what?", "x")], [], "texts hold an <image> placeholder"),
         ([turn(f"{IMAGE_TOKEN} what?", "x")], [], "text turn 0 contains the reserved token"),
-        ([turn("what?", "x")], [{"bytes": None, "path": "missing.png"}], "image 0 not found: "),
+        ([turn("what?", "x")], [{"bytes": None, "path": "missing.png"}], "image not found: "),
+        ([turn("what?", "x")], [{"bytes": b"not a png", "path": None}], "not a readable image: "),
         ([turn("what?", "x")], [{"bytes": None, "path": None}], "image 0: an image with neither bytes nor a path"),
     ],
 )
@@ -114,9 +116,9 @@ def test_bad_rows_name_the_row(tmp_path, texts, images, what):
     with pytest.raises(DataError) as info:
         load_samples(path, on_error="raise")
     assert str(info.value).startswith(f"{path}:row 1: {what}")
-    errors: list[str] = []
-    assert [s.meta["source"] for s in load_samples(path, errors=errors)] == [f"{path}:row 0", f"{path}:row 2"]
-    assert len(errors) == 1
+    report = DataReport()
+    assert [s.meta["source"] for s in load_samples(path, report=report)] == [f"{path}:row 0", f"{path}:row 2"]
+    assert [(r.source, r.record) for r in report.rejected] == [(f"{path}:row 1", {"texts": texts})]
 
 
 def test_wrong_layouts_are_clear_errors(tmp_path):

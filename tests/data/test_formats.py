@@ -2,9 +2,11 @@ import json
 import logging
 
 import pytest
+from PIL import Image
 
 from picovlm.data.formats import detect_format, load_samples, split_format, write_llava_json
-from picovlm.data.records import IMAGE_TOKEN, DataError, ImageRef, Sample
+from picovlm.data.records import BAD_IMAGE, BAD_RECORD, DAMAGED_FILE, IMAGE_TOKEN, DataError, ImageRef, Sample
+from picovlm.data.report import DataReport
 
 
 def _qa(question: str = "<image>\nWhat is it?", answer: str = "a circle") -> list[dict]:
@@ -17,8 +19,13 @@ GOOD = {"id": "ok", "image": "a.png", "conversations": _qa()}
 @pytest.fixture
 def folder(tmp_path):
     for name in ("a.png", "b.png"):
-        (tmp_path / name).write_bytes(b"")  # only existence is checked
+        Image.new("RGB", (4, 4)).save(tmp_path / name)  # its header is read at load time
     return tmp_path
+
+
+def _at(path, line: int, record) -> str:
+    """How a JSONL record is named: its line, and its id when it has one."""
+    return f"{path}:{line}" + (f" (id {record['id']})" if isinstance(record, dict) and "id" in record else "")
 
 
 def _jsonl(folder, records: list, name: str = "data.jsonl"):
@@ -58,19 +65,21 @@ def test_each_problem_raises_with_file_and_line(folder, record, what):
     path = _jsonl(folder, [GOOD, record, GOOD])
     with pytest.raises(DataError) as info:
         load_samples(path, on_error="raise")
-    assert str(info.value).startswith(f"{path}:2: {what}")
+    assert str(info.value).startswith(f"{_at(path, 2, record)}: {what}")
     assert "\n" not in str(info.value)
 
 
 def test_skip_mode_keeps_good_records_and_reports_bad_ones(folder, caplog):
     records = [GOOD, BAD_RECORDS[0][0], GOOD, {"conversations": []}, {"image": "a.png", "text": "a caption"}]
     path = _jsonl(folder, records)
-    errors: list[str] = []
-    with caplog.at_level(logging.WARNING, logger="picovlm.data.formats"):
-        samples = load_samples(path, errors=errors)
-    assert [s.meta["source"] for s in samples] == [f"{path}:1", f"{path}:3", f"{path}:5"]
-    assert [e.split(": ")[0] for e in errors] == [f"{path}:2", f"{path}:4"]
-    assert [r.getMessage() for r in caplog.records] == errors
+    report = DataReport()
+    with caplog.at_level(logging.WARNING, logger="picovlm.data.report"):
+        samples = load_samples(path, report=report)
+    assert [s.meta["source"] for s in samples] == [f"{path}:1 (id ok)", f"{path}:3 (id ok)", f"{path}:5"]
+    assert [r.source for r in report.rejected] == [f"{path}:2", f"{path}:4"]
+    assert [r.record for r in report.rejected] == [None, {"conversations": []}]  # broken JSON has no record
+    assert [r.getMessage() for r in caplog.records] == [f"{r.source}: {r.error}" for r in report.rejected]
+    assert (report.read, report.used, report.counts()) == (5, 3, {BAD_RECORD: 2})
 
 
 def test_blank_lines_are_ignored_but_counted(folder):
@@ -80,44 +89,89 @@ def test_blank_lines_are_ignored_but_counted(folder):
         load_samples(path, on_error="raise")
 
 
-def test_json_array_reports_the_line_where_each_record_starts(folder):
+def test_json_array_names_records_by_index_line_and_id(folder):
     path = folder / "data.json"
     path.write_text(json.dumps([GOOD, GOOD, {"conversations": []}, GOOD], indent=2))
     lines = [i + 1 for i, line in enumerate(path.read_text().splitlines()) if line == "  {"]  # record starts
-    errors: list[str] = []
-    samples = load_samples(path, errors=errors)
-    assert [s.meta["source"] for s in samples] == [f"{path}:{lines[i]}" for i in (0, 1, 3)]
-    assert errors == [f"{path}:{lines[2]}: 'conversations' must be a non-empty list"]
+    report = DataReport()
+    samples = load_samples(path, report=report)
+    assert [s.meta["source"] for s in samples] == [f"{path}#{i} (line {lines[i]}, id ok)" for i in (0, 1, 3)]
+    assert [(r.source, r.error) for r in report.rejected] == [
+        (f"{path}#2 (line {lines[2]})", "'conversations' must be a non-empty list")
+    ]
+
+
+def test_a_json_list_on_one_line_names_records_by_index_and_id(folder):
+    """What json.dump writes: every record is on line 1, so the line says nothing; the index does."""
+    path = folder / "train.json"
+    records = [{**GOOD, "id": f"train_{i:06d}"} for i in range(5)]
+    records[3]["conversations"] = []
+    path.write_text(json.dumps(records))
+    with pytest.raises(DataError, match=rf"^{path}#3 \(id train_000003\): 'conversations' must be a non-empty"):
+        load_samples(path, on_error="raise")
+    sources = [s.meta["source"] for s in load_samples(path)]
+    assert sources == [f"{path}#{i} (id train_{i:06d})" for i in (0, 1, 2, 4)]
+
+
+def test_a_json_list_cut_short_fails_unless_told_to_keep_what_was_read(folder):
+    """train.json cut inside record 3 of 8: the run must not go on with 3 records as if that were all."""
+    path = folder / "train.json"
+    text = json.dumps([{**GOOD, "id": f"train_{i:06d}"} for i in range(8)])
+    path.write_text(text[: text.index('"train_000003"') + 20])
+    for on_error in ("skip", "raise"):
+        with pytest.raises(DataError, match=rf"^{path}#3: invalid JSON at column \d+: .*; the rest of the file"):
+            load_samples(path, on_error=on_error)
+    report = DataReport()
+    assert len(load_samples(path, report=report, on_bad_file="skip")) == 3
+    assert [(r.source, r.reason) for r in report.rejected] == [(f"{path}#3", DAMAGED_FILE)]
+    assert (report.read, report.used) == (3, 3)
+    assert "not read to the end" in report.summary()
 
 
 CAPTION = json.dumps({"image": "a.png", "text": "A circle."})
 
 
 @pytest.mark.parametrize(
-    ("text", "line", "what"),
+    ("text", "where", "what"),
     [
-        ('{"conversations": []}', 1, "expected a JSON list of records"),
-        ("", 1, "expected a JSON list of records"),
-        ("[\nC,\nC\n]".replace("C", CAPTION)[:-3] + "\n]", 4, "invalid JSON"),  # second record unclosed
-        ("[\nC\nC\n]".replace("C", CAPTION), 3, "expected ',' or ']' after a record"),
-        ("[\nC,\n]".replace("C", CAPTION), 3, "invalid JSON"),  # trailing comma
-        ("[\nC,\nC".replace("C", CAPTION), 3, "expected ',' or ']' after a record"),  # unclosed list
+        ('{"conversations": []}', "", "expected a JSON list of records"),
+        ("", "", "expected a JSON list of records"),
+        ("[\nC,\nC\n]".replace("C", CAPTION)[:-3] + "\n]", "#1 (line 3)", "invalid JSON"),  # second record unclosed
+        ("[\nC\nC\n]".replace("C", CAPTION), "#1 (line 3)", "expected ',' or ']' after a record"),
+        ("[\nC,\n]".replace("C", CAPTION), "#1 (line 3)", "invalid JSON"),  # trailing comma
+        ("[\nC,\nC".replace("C", CAPTION), "#2 (line 3)", "expected ',' or ']' after a record"),  # unclosed list
     ],
 )
-def test_json_array_syntax_errors(folder, text, line, what):
+def test_json_array_syntax_errors(folder, text, where, what):
     path = folder / "data.json"
     path.write_text(text)
-    with pytest.raises(DataError) as info:
-        load_samples(path, on_error="raise")
-    assert str(info.value).startswith(f"{path}:{line}: {what}")
+    for on_error in ("raise", "skip"):  # the file cannot be read to its end: an error in both modes
+        with pytest.raises(DataError) as info:
+            load_samples(path, on_error=on_error)
+        assert str(info.value).startswith(f"{path}{where}: {what}")
 
 
-def test_syntax_error_in_json_array_keeps_earlier_records_in_skip_mode(folder):
+def test_syntax_error_in_json_array_keeps_earlier_records_when_told_to(folder):
     path = folder / "data.json"
     path.write_text("[\n" + json.dumps(GOOD) + ",\n" + json.dumps(GOOD) + ",\n{oops}\n]")
-    errors: list[str] = []
-    assert len(load_samples(path, errors=errors)) == 2
-    assert len(errors) == 1 and errors[0].startswith(f"{path}:4: invalid JSON")
+    report = DataReport()
+    assert len(load_samples(path, report=report, on_bad_file="skip")) == 2
+    (reject,) = report.rejected
+    assert reject.source == f"{path}#2 (line 4)" and reject.error.startswith("invalid JSON at line 4, column 2: ")
+
+
+def test_images_are_checked_from_their_header_at_load_time(folder, monkeypatch):
+    (folder / "fake.png").write_text("not an image")
+    Image.new("RGB", (8, 8)).save(folder / "big.png")
+    monkeypatch.setattr("picovlm.data.records.MAX_IMAGE_PIXELS", 50)
+    records = [GOOD, {**GOOD, "image": "fake.png"}, {**GOOD, "image": "big.png"}, {**GOOD, "image": "none.png"}]
+    report = DataReport()
+    assert len(load_samples(_jsonl(folder, records), report=report)) == 1
+    assert report.counts() == {BAD_IMAGE: 3}
+    errors = [r.error for r in report.rejected]
+    assert errors[0].startswith(f"not a readable image: {folder / 'fake.png'}")
+    assert errors[1] == f"image {folder / 'big.png'} is 8x8, more than 50 pixels"
+    assert errors[2] == f"image not found: {folder / 'none.png'}"
 
 
 def test_llava_record_becomes_messages(folder):
@@ -138,7 +192,7 @@ def test_llava_record_becomes_messages(folder):
         "kind": "chat",
         "id": "ok",
         "question_types": ["shape", "yesno"],
-        "source": f"{folder / 'data.jsonl'}:1",
+        "source": f"{folder / 'data.jsonl'}:1 (id ok)",
     }
 
 
@@ -178,6 +232,8 @@ def test_bad_arguments(folder):
         load_samples(folder / "data.csv")
     with pytest.raises(ValueError, match="on_error"):
         load_samples(_jsonl(folder, [GOOD]), on_error="ignore")
+    with pytest.raises(ValueError, match="on_bad_file"):
+        load_samples(_jsonl(folder, [GOOD]), on_bad_file="ignore")
 
 
 def test_write_llava_json_round_trips(folder):
@@ -267,7 +323,7 @@ def test_sharegpt_and_messages_problems(folder, record, what):
     path = _jsonl(folder, [GOOD, record])
     with pytest.raises(DataError) as info:
         load_samples(path, on_error="raise")
-    assert str(info.value).startswith(f"{path}:2: {what}")
+    assert str(info.value).startswith(f"{_at(path, 2, record)}: {what}")
 
 
 def test_format_is_picked_from_the_path_or_named(folder):

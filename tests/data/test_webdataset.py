@@ -10,7 +10,8 @@ from PIL import Image
 
 from picovlm.data.batches import ImageCache
 from picovlm.data.formats import load_samples
-from picovlm.data.records import IMAGE_TOKEN, DataError, ImageRef
+from picovlm.data.records import DAMAGED_FILE, IMAGE_TOKEN, DataError, ImageRef
+from picovlm.data.report import DataReport
 from picovlm.data.webdataset import split_key
 from picovlm.vision.image import ImageError
 
@@ -98,9 +99,9 @@ def test_bad_keys_name_shard_and_key(tmp_path, members, what):
     with pytest.raises(DataError) as info:
         load_samples(path, on_error="raise")
     assert str(info.value).startswith(f"{path}:b: {what}")
-    errors: list[str] = []
-    assert [s.meta["source"] for s in load_samples(path, errors=errors)] == [f"{path}:a"]
-    assert len(errors) == 1 and errors[0].startswith(f"{path}:b: ")
+    report = DataReport()
+    assert [s.meta["source"] for s in load_samples(path, report=report)] == [f"{path}:a"]
+    assert [r.source for r in report.rejected] == [f"{path}:b"]
 
 
 def test_links_and_damaged_shards_are_reported(tmp_path, caplog):
@@ -118,15 +119,19 @@ def test_links_and_damaged_shards_are_reported(tmp_path, caplog):
     whole = write_tar(tmp_path / "whole.tar", GOOD).read_bytes()
     cut = tmp_path / "cut.tar"
     cut.write_bytes(whole[: 512 * 5 + 100])  # a's members whole, b's image cut short
-    errors: list[str] = []
-    with caplog.at_level(logging.WARNING, logger="picovlm.data.formats"):
-        samples = load_samples(cut, errors=errors)
+    unread = r"the rest of the file was not read \(on_bad_file=\"skip\" keeps the 1 record read before it\)$"
+    with pytest.raises(DataError, match=rf"^{cut}:end: damaged shard .*; {unread}"):
+        load_samples(cut)  # the records after the damage are lost: not a run to go on with unasked
+    report = DataReport()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="picovlm.data.report"):
+        samples = load_samples(cut, report=report, on_bad_file="skip")
     assert [s.meta["source"] for s in samples] == [f"{cut}:a"]
-    assert errors and errors[-1].startswith(f"{cut}:end: damaged shard")
-    assert [r.getMessage() for r in caplog.records] == errors
+    assert report.rejected[-1].source == f"{cut}:end" and report.rejected[-1].reason == DAMAGED_FILE
+    assert [r.getMessage() for r in caplog.records] == [f"{r.source}: {r.error}" for r in report.rejected]
 
     (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 100)
-    with pytest.raises(DataError, match=r"junk\.tar:0: not a readable tar file"):
+    with pytest.raises(DataError, match=r"junk\.tar: not a readable tar file"):
         load_samples(tmp_path / "junk.tar", on_error="raise")
 
 

@@ -192,3 +192,38 @@ def test_too_long_is_refused(model, tok):
     with pytest.raises(ValueError, match="exceed"):
         batch.add([Sequence("x", [0] * 60, None, SamplingParams(max_tokens=5))])
     assert len(batch) == 0
+
+
+def test_a_row_whose_decoding_raises_ends_alone(model, tok):
+    """Rows whose draw raises (NaN logits in a group of rows that sample alike, a NaN temperature) or whose
+    text raises end with "error" in that step; every other row finishes with the answer it gets alone."""
+    argmax = SamplingParams(max_tokens=6, temperature=2.0, top_k=1)  # unseeded rows that sample alike: one draw
+    good = [
+        Sequence("greedy", prompt(model, [10]), pixels(1), greedy(6)),
+        Sequence("argmax", prompt(model, [11]), pixels(1, 1), argmax),
+        Sequence("seeded", prompt(model, [12]), pixels(1, 2), SamplingParams(max_tokens=6, temperature=1.0, seed=5)),
+    ]
+    alone = {s.key: tokens(run(DecodeBatch(model, with_stop_ids(tok)), [s])[s.key]) for s in good}
+    bad = [
+        Sequence("nan logits", prompt(model, [13]), pixels(1, 3), argmax),
+        Sequence("nan temperature", [0, 3, 14, 4], None, SamplingParams(max_tokens=6, temperature=float("nan"))),
+        Sequence("text", prompt(model, [15]), pixels(1, 4), greedy(6)),
+    ]
+    batch = DecodeBatch(model, with_stop_ids(tok))
+    batch.add([good[0], bad[0], good[1], bad[1], good[2], bad[2]])
+    with torch.inference_mode():
+        batch.logits[1] = float("nan")
+
+    def broken(token: int) -> str:
+        raise UnicodeError("no text for this token")
+
+    bad[2].text.push = broken
+    got: dict[Hashable, list[Step]] = {s.key: [] for s in good + bad}
+    while len(batch):
+        for step in batch.step():
+            got[step.key].append(step)
+    for s in bad:  # each ended in the first step, with its own exception
+        assert [st.finished for st in got[s.key]] == ["error"] and isinstance(got[s.key][0].error, Exception)
+    assert isinstance(got["text"][0].error, UnicodeError) and got["nan logits"][0].token is None
+    assert {key: tokens(got[key]) for key in alone} == alone
+    assert all(got[key][-1].finished == "length" for key in alone)

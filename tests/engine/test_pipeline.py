@@ -99,3 +99,10 @@ def test_a_model_with_markers_prompts_with_them(tmp_path, tok, old_tok):
     mismatched = checkpoint(tmp_path / "mismatched", old_tok, image_markers=True)
     with pytest.raises(ValueError, match="has no <\\|image_start\\|> / <\\|image_end\\|>"):
         Pipeline.load(mismatched)
+
+
+def test_a_failed_row_raises(pipe, asked):
+    """The engine ends a failing row alone (for the server); a caller of the Pipeline gets the error."""
+    conversations, images = asked
+    with pytest.raises(RuntimeError, match="probability tensor"):
+        pipe.generate(conversations, images, dataclasses.replace(PARAMS, temperature=float("nan")))

@@ -21,6 +21,10 @@ def test_top_k_1_and_tiny_top_p_are_argmax():
     for _ in range(20):
         assert torch.equal(sample_next(logits, SamplingParams(temperature=5.0, top_k=1), g), logits.argmax(-1))
         assert torch.equal(sample_next(logits, SamplingParams(temperature=5.0, top_p=1e-6), g), logits.argmax(-1))
+        # the smallest float there is (the fuzz test sent it), which is 0 in float32: still the argmax
+        assert torch.equal(sample_next(logits, SamplingParams(top_p=5e-324, temperature=1.0), g), logits.argmax(-1))
+        for tiny in (5e-324, 1e-40, 1e-30):  # a temperature that small is greedy, not NaN
+            assert torch.equal(sample_next(logits * 1e6, SamplingParams(temperature=tiny), g), logits.argmax(-1))
 
 
 def test_top_k_never_samples_outside_the_top_k():

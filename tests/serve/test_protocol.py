@@ -4,7 +4,15 @@ import base64
 
 import pytest
 
-from picovlm.serve.protocol import APIError, Limits, chunk, completion, decode_image, parse_chat_request
+from picovlm.serve.protocol import (
+    APIError,
+    Limits,
+    chunk,
+    completion,
+    decode_image,
+    decode_json,
+    parse_chat_request,
+)
 from picovlm.text.tokens import IMAGE
 from tests.serve.helpers import png_url
 
@@ -82,6 +90,24 @@ def test_parts_system_and_sampling_fields():
         ({"stream_options": {"include_usage": True}}, 400, "stream_options", None),
         ({"seed": 1.5}, 400, "seed", None),
         ({"ignore_eos": True}, 400, "max_tokens", None),
+        # what Python's json lets through: NaN and infinities, integers torch refuses, lone surrogates
+        ({"temperature": float("nan")}, 400, "temperature", None),
+        ({"temperature": float("-inf")}, 400, "temperature", None),
+        ({"top_p": float("nan")}, 400, "top_p", None),
+        ({"top_k": float("inf")}, 400, "top_k", None),
+        ({"max_tokens": float("nan")}, 400, "max_tokens", None),
+        ({"seed": float("nan")}, 400, "seed", None),
+        ({"seed": 2**64}, 400, "seed", None),
+        ({"seed": -(2**63) - 1}, 400, "seed", None),
+        ({"messages": [{"role": "user", "content": "a\ud800"}]}, 400, "messages[0].content", None),
+        (
+            {"messages": [{"role": "system", "content": [{"type": "text", "text": "\udfff"}]}, {"role": "user"}]},
+            400,
+            "messages[0].content[0]",
+            None,
+        ),
+        ({"stop": ["ok", "\ud800"]}, 400, "stop", None),
+        ({"stream": True, "stream_options": {"include_usage": 1}}, 400, "stream_options.include_usage", None),
     ],
 )
 def test_refusals_name_the_field(fields, status, param, code):
@@ -90,6 +116,59 @@ def test_refusals_name_the_field(fields, status, param, code):
     err = e.value.body()["error"]
     assert (e.value.status, err["param"], err["code"]) == (status, param, code)
     assert err["type"] == "invalid_request_error" and err["message"]
+
+
+def test_seeds_torch_takes_are_taken():
+    for seed in (-(2**63), -1, 0, 2**64 - 1):
+        assert parse_chat_request(body(seed=seed), "m", LIMITS).seed == seed
+
+
+def test_values_are_quoted_short():
+    """A value quoted back in a message is cut short, however long or deep (repr of 900 nested lists
+    would raise RecursionError)."""
+    deep: list = []
+    for _ in range(900):
+        deep = [deep]
+    for role in (deep, "x" * 1_000_000):
+        with pytest.raises(APIError) as e:
+            parse_chat_request(body(messages=[{"role": role, "content": "hi"}]), "m", LIMITS)
+        assert len(e.value.message) < 200
+
+
+def test_messages_longer_than_the_context_can_hold_are_refused_by_length():
+    limits = Limits(max_prompt_chars=10)
+    ok = parse_chat_request(body(messages=[{"role": "user", "content": "x" * 10}]), "m", limits)
+    assert ok.messages[0]["content"] == "x" * 10
+    too_long = [{"role": "system", "content": "x" * 6}, {"role": "user", "content": "x" * 5}]
+    with pytest.raises(APIError) as e:
+        parse_chat_request(body(messages=too_long), "m", limits)
+    assert (e.value.status, e.value.param, e.value.code) == (400, "messages", "context_length_exceeded")
+
+
+def test_fitted_limits():
+    """(context - 1) tokens of the longest kind are the most characters that can leave room for an answer;
+    limits set by hand stay."""
+    fitted = Limits().fitted(context=128, max_token_chars=13)
+    assert fitted.max_prompt_chars == 127 * 13 and fitted.max_json_values == 10 * (128 + 127 * 13) + 1024
+    by_hand = Limits(max_prompt_chars=5, max_json_values=7)
+    assert by_hand.fitted(128, 13) == by_hand
+
+
+@pytest.mark.parametrize(
+    "data, limits, status, message",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, Limits(), 400, "nested too deeply"),  # RecursionError
+        (b'{"n": ' + b"9" * 5000 + b"}", Limits(), 400, "digits"),  # Python's int conversion limit
+        (b"\xff\xfe", Limits(), 400, "not valid JSON"),
+        (b"{NaN", Limits(), 400, "not valid JSON"),
+        (b"[" + b"[]," * 10 + b"[]]", Limits(max_json_values=10), 400, "more than 10 JSON values"),
+    ],
+)
+def test_bodies_that_cannot_be_decoded(data, limits, status, message):
+    with pytest.raises(APIError) as e:
+        decode_json(data, limits)
+    assert e.value.status == status and message in e.value.message and "\n" not in e.value.message
+    assert decode_json(b'{"a": [1, 2]}', Limits(max_json_values=3)) == {"a": [1, 2]}
 
 
 def test_not_an_object():

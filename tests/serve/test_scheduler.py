@@ -70,3 +70,25 @@ def test_queue_limit_and_cancel_before_admission(pipe, encoded):
     finally:
         scheduler.close()
     assert scheduler.stats["cancelled"] == 1
+
+
+def test_a_request_that_fails_alone_fails_alone(pipe, encoded, image):
+    """Admitted with good requests: one whose sampling raises (a NaN temperature) and one whose prefill
+    raises (a seed torch refuses). Those two end with "error"; the others get the answers they get alone."""
+    good = [SamplingParams(max_tokens=12, temperature=1.0, seed=seed) for seed in range(3)]
+    nan = SamplingParams(max_tokens=12, temperature=float("nan"))
+    huge_seed = SamplingParams(max_tokens=12, temperature=1.0, seed=2**64)
+    scheduler = Scheduler(pipe, max_batch=8)
+    handles = [scheduler.submit(encoded.ids, encoded.pixels, p) for p in [good[0], nan, good[1], huge_seed, good[2]]]
+    scheduler.start()  # all five are admitted together
+    try:
+        events = [list(h.events(timeout=30)) for h in handles]
+    finally:
+        scheduler.close()
+    failed = [events[1][-1], events[3][-1]]
+    assert [e.finish_reason for e in failed] == ["error", "error"] and all(e.error for e in failed)
+    answers = ["".join(e.text for e in events[i]) for i in (0, 2, 4)]
+    assert any(answers) and answers == [pipe.generate([MESSAGES], [[image]], p)[0] for p in good]
+    assert all(events[i][-1].finish_reason in ("stop", "length") for i in (0, 2, 4))
+    assert scheduler.stats["errors"] == 2 and scheduler.stats["completed"] == 3
+    assert scheduler.running == 0 and len(scheduler.batch) == 0

@@ -1,10 +1,11 @@
 """Tests for the byte-level BPE tokenizer: training, specials, round trips, save/load."""
 
 import pickle
+import unicodedata
 
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import models, pre_tokenizers
+from tokenizers import models, normalizers, pre_tokenizers
 
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.text.tokens import IMAGE, IMAGE_END, IMAGE_MARKERS, IMAGE_START, SPECIAL_TOKENS
@@ -122,3 +123,20 @@ def test_load_foreign_tokenizer(tmp_path):
     hf.save(str(path))
     with pytest.raises(ValueError, match=r"not a picovlm tokenizer \(missing special token <\|bos\|>\)"):
         Tokenizer.load(path)
+
+
+def test_max_token_chars_bounds_the_tokens_of_any_text(tok):
+    """A text of n characters is at least n / max_token_chars tokens, whatever it holds: the bound the
+    server refuses over-long prompts by without tokenizing them. With a normalizer, 4 per character
+    (NFC composes U+1F87 from 4 code points)."""
+    longest = max((tok.decode([i], skip_special=False) for i in range(tok.vocab_size)), key=len)
+    texts = [longest * 50, IMAGE * 40, *corpus(), "\u1f87" * 30, "a" * 1000]
+    for t in texts:
+        assert len(tok.encode(t)) * tok.max_token_chars >= len(t), t[:40]
+    assert tok.max_token_chars >= len(longest) and tok.max_token_chars >= len(IMAGE)
+    hf = HFTokenizer.from_str(tok._hf.to_str())
+    hf.normalizer = normalizers.NFC()
+    composing = Tokenizer(hf)
+    assert composing.max_token_chars == 4 * tok.max_token_chars
+    decomposed = unicodedata.normalize("NFD", "\u1f87") * 100  # 400 characters that NFC makes 100
+    assert len(composing.encode(decomposed)) * composing.max_token_chars >= len(decomposed)

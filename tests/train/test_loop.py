@@ -2,20 +2,21 @@
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from picovlm.checkpoint import load_weights, read_config
+from picovlm.checkpoint import CheckpointError, load_weights, read_config
 from picovlm.config import StageConfig
-from picovlm.models.vlm import VLM_PARTS
+from picovlm.models.vlm import VLM_PARTS, load_vlm
 from picovlm.presets import RECIPES
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.train.optim import lr_at, make_optimizer
 from picovlm.train.stage_tasks import build_stage_task
-from picovlm.train.stages import read_samples, run_recipe, run_stage, train_tokenizer
+from picovlm.train.stages import read_samples, resume_from, run_recipe, run_stage, train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -94,17 +95,81 @@ def test_resume_gives_the_same_losses(recipe, tokenizer, tmp_path, optimizer):
         assert s1 == s2 and a == pytest.approx(b, abs=1e-6), (s1, a, b)
 
 
-def test_recipe_writes_checkpoints_without_copying_frozen_parts(recipe, tmp_path):
-    done = run_recipe(recipe, tmp_path, progress=False)
+def test_recipe_writes_self_contained_checkpoints_without_copying_frozen_parts(recipe, tmp_path):
+    run = tmp_path / "run"
+    done = run_recipe(recipe, run, progress=False)
     assert list(done) == ["lm", "clip", "align", "instruct"]
     cfg = read_config(done["instruct"])
-    assert cfg["parts"]["tower"] == "../../clip/model/tower.safetensors"
-    assert not (done["instruct"] / "tower.safetensors").exists()
+    assert cfg["parts"]["tower"] == "tower.safetensors"  # a file of its own folder, not ../../clip/...
+    tower, clip_tower = done["instruct"] / "tower.safetensors", done["clip"] / "tower.safetensors"
+    assert os.stat(tower).st_ino == os.stat(clip_tower).st_ino  # a hard link: stored once on disk
     assert (done["instruct"] / "projector.safetensors").exists()
-    assert (tmp_path / "instruct" / "loss.png").stat().st_size > 1000
-    logged = [json.loads(line) for line in (tmp_path / "instruct" / "log.jsonl").read_text().splitlines()]
+    assert (run / "instruct" / "loss.png").stat().st_size > 1000
+    logged = [json.loads(line) for line in (run / "instruct" / "log.jsonl").read_text().splitlines()]
     assert any(r.get("val") for r in logged) and any(r.get("train") for r in logged)
     assert set(cfg["part_prefixes"]) == set(VLM_PARTS)
+
+    expected = load_vlm(done["instruct"])[0].state_dict()
+    moved = tmp_path / "copied" / "model"
+    shutil.copytree(done["instruct"], moved)
+    shutil.rmtree(run)  # the run folder is gone: the copied model folder still loads, the same weights
+    again = load_vlm(moved)[0].state_dict()
+    assert all(torch.equal(expected[k], again[k]) for k in expected)
+
+
+def _two_runs(recipe, tokenizer, tmp_path, stage):
+    """(the losses of an uninterrupted run, the run folder of one stopped after step 3)."""
+    tok, tok_path = tokenizer
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    for d in (whole, parts):
+        d.mkdir()
+        shutil.copy(tok_path, d / "tokenizer.json")
+    _, uninterrupted = run_stage(recipe, stage, whole, tok, progress=False)
+    run_stage(recipe, stage, parts, tok, progress=False, stop_at=3)
+    return uninterrupted, parts
+
+
+@pytest.mark.parametrize("state", ["old", "old+tmp", "old+new"])
+def test_resume_finds_the_checkpoint_a_crash_in_the_rename_window_left(recipe, tokenizer, tmp_path, state):
+    """A crash after `model` was set aside as `model.old` (and before its successor took its place):
+    resume must go on from step 3, not start over (and so delete the only complete copy)."""
+    stage = solo_stage(recipe, steps=6, warmup=2 / 6)
+    uninterrupted, parts = _two_runs(recipe, tokenizer, tmp_path, stage)
+    model = parts / "instruct" / "model"
+    model.rename(model.with_name("model.old"))
+    if "tmp" in state:  # the successor, half-written
+        (parts / "instruct" / "model.tmp").mkdir()
+    if "new" in state:  # the successor, written: it is the newest complete copy
+        shutil.copytree(model.with_name("model.old"), model.with_name("model.new"))
+    assert resume_from(build_stage_task(recipe, stage, tokenizer[0]), stage, model)["step"] == 3
+    _, resumed = run_stage(recipe, stage, parts, tokenizer[0], resume=True, progress=False)
+    assert [s for s, _ in resumed.train] == [1, 2, 3, 4, 5, 6]
+    assert [loss for _, loss in resumed.train] == pytest.approx([loss for _, loss in uninterrupted.train], abs=1e-6)
+    assert sorted(p.name for p in (parts / "instruct").iterdir() if p.name.startswith("model")) == ["model"]
+
+
+def test_a_resumed_stage_logs_each_step_once(recipe, tokenizer, tmp_path):
+    stage = solo_stage(recipe, steps=6, warmup=2 / 6, log_every=1, save_every=0)
+    _, parts = _two_runs(recipe, tokenizer, tmp_path, stage)
+    log = parts / "instruct" / "log.jsonl"
+    with open(log, "a") as f:  # steps logged after the last save, as when a run is killed
+        f.write(json.dumps({"stage": "instruct", "train": True, "step": 4, "loss": 9.0}) + "\n" + '{"stage": "ins')
+    run_stage(recipe, stage, parts, tokenizer[0], resume=True, progress=False)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in lines if r.get("train")] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in lines if r.get("train") and r["step"] == 4] != [9.0]
+    assert sum(1 for r in lines if r.get("data")) == 1  # one data summary: the run's
+
+
+def test_a_damaged_trainer_state_is_one_line_naming_the_file(recipe, tokenizer, tmp_path):
+    stage = solo_stage(recipe, steps=6)
+    tok, tok_path = tokenizer
+    shutil.copy(tok_path, tmp_path / "tokenizer.json")
+    run_stage(recipe, stage, tmp_path, tok, progress=False, stop_at=2)
+    state = tmp_path / "instruct" / "model" / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match=rf"^{state}: damaged or incomplete file \(RuntimeError: "):
+        run_stage(recipe, stage, tmp_path, tok, resume=True, progress=False)
 
 
 def test_unknown_trainable_part_is_a_clear_error(recipe, tokenizer, tmp_path):
@@ -130,5 +195,5 @@ def test_isolated_turns_train_and_are_refused_for_an_hf_lm(recipe, tokenizer, tm
     hf = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, lm_kind="hf", lm_hf_path="nowhere"))
     with pytest.raises(ValueError, match="isolate_turns needs picovlm's GPT"):
         build_stage_task(hf, stage, tok)
-    with pytest.raises(ValueError, match=r"isolate_turns is a share in \[0, 1\]"):
-        build_stage_task(recipe, dataclasses.replace(stage, isolate_turns=2.0), tok)
+    with pytest.raises(ValueError, match=r"^stage 'instruct': isolate_turns: must be a share in \[0, 1\], got 2\.0$"):
+        run_stage(recipe, dataclasses.replace(stage, isolate_turns=2.0), tmp_path, tok, progress=False)
