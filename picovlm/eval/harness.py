@@ -82,7 +82,8 @@ def generate_answers(
             [q.prompt for q in chunk],
             [q.load_media() for q in chunk],
         )
-        answers += client.generate(images, prompts, max_tokens, media)
+        extra = (media,) if any(media) else ()  # only when there are some: a client written for images keeps working
+        answers += client.generate(images, prompts, max_tokens, *extra)
         bar.update(len(chunk))
     bar.close()
     return answers
