@@ -243,7 +243,7 @@ def av_recipe(data_dir: str = "data/av") -> RecipeConfig:
         model=model,
         stages=av_stages(
             lm=dataclasses.replace(muon, steps=60, batch_size=32, lr=3e-3),
-            clip=dataclasses.replace(muon, steps=120, batch_size=64, lr=2e-3),
+            clip=dataclasses.replace(muon, steps=200, batch_size=64, lr=2e-3),
             clap=dataclasses.replace(muon, steps=120, batch_size=64, lr=2e-3),
             align=dataclasses.replace(muon, steps=60, batch_size=32, lr=3e-3, muon_lr=0.015),
             frame=dataclasses.replace(muon, steps=200, batch_size=16, lr=2e-3, isolate_turns=1.0),
