@@ -150,19 +150,18 @@ class VLM(nn.Module):
         """Text embeddings with every input merged in at its placeholders: images from `pixels` (or
         `features`, the tower's output, e.g. a frozen tower's cached features), the other modalities
         from `media` (name -> batch tensor)."""
-        inputs = self.inputs
-        unknown = [name for name in media if name == "image" or name not in inputs]  # images come as pixels
+        unknown = [name for name in media if name == "image" or name not in self.token_ids]  # images: pixels
         if unknown:
-            raise ValueError(f"this model reads no {unknown[0]!r} input; it reads: {', '.join(inputs)}")
+            raise ValueError(f"this model reads no {unknown[0]!r} input; it reads: {', '.join(self.token_ids)}")
         embeds = self.lm.embed(ids)
         given = {"image": pixels, **media}
-        for name, spec in inputs.items():
+        for name, token_id in self.token_ids.items():
             x = given.get(name)
             if name == "image" and features is not None:
-                embeds = merge_embeds(embeds, ids, self.projector(features), spec.token_id)
+                embeds = merge_embeds(embeds, ids, self.projector(features), token_id)
             elif x is not None and x.shape[0] > 0:
-                embeds = merge_embeds(embeds, ids, self.encode(name, x), spec.token_id)
-            elif bool((ids == spec.token_id).any()):
+                embeds = merge_embeds(embeds, ids, self.encode(name, x), token_id)
+            elif bool((ids == token_id).any()):
                 m = MODALITIES[name]
                 raise ValueError(f"text has {m.token} tokens but no {m.plural} were given")
         return embeds
