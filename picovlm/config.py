@@ -77,8 +77,44 @@ class VisionConfig:
 
 
 @dataclass
+class VideoConfig:
+    """How a video becomes tokens: `frames` frames go through the image tower as one batch, are pooled
+    over time, then the image projector (models/modalities.py). frames = 0: the model reads no video."""
+
+    frames: int = 0  # frames per clip; "uniform" takes the middle of `frames` equal stretches of the clip
+    sampling: str = "uniform"  # "uniform" | "fps": one frame every 1/fps s from the start, up to `frames`
+    fps: float = 4.0  # sampling "fps" only
+    # "mean": one frame's worth of tokens, the mean over time (order is lost: fine for "what is in it");
+    # "frames": every frame's tokens in order, each frame's features plus a learned temporal embedding
+    pool: str = "frames"
+    merge: int = 1  # pool "frames": average each run of `merge` neighbouring frames first (merge x fewer tokens)
+    max_seconds: float = 60.0  # longer clips are refused (decoding is bounded before it starts)
+
+
+@dataclass
+class AudioConfig:
+    """The audio encoder (audio/encoder.py): log-mel spectrogram -> conv stem -> transformer -> its own
+    projector. kind "" (the default): the model reads no audio."""
+
+    kind: str = ""  # "" | "whisper" (an entry of the audio tower registry)
+    sample_rate: int = 16000
+    seconds: float = 2.0  # every clip is cut or zero-padded to this: a fixed number of tokens, like an image
+    n_mels: int = 64
+    n_fft: int = 400  # 25 ms windows at 16 kHz ...
+    hop: int = 160  # ... every 10 ms
+    n_embd: int = 128
+    n_layer: int = 2
+    n_head: int = 4
+    mlp_ratio: float = 4.0
+    stride: int = 4  # time downsampling of the conv stem (a power of two): 10 ms frames -> 40 ms tokens
+    pool: int = 1  # average each run of `pool` encoder tokens before the projector (pool x fewer tokens)
+    projector: str = "mlp2x_gelu"  # a name from the projector registry
+
+
+@dataclass
 class VLMConfig:
-    """An adapter VLM: vision tower -> projector -> language model."""
+    """An adapter VLM: vision tower -> projector -> language model; videos share the tower and projector,
+    audio has a tower and projector of its own."""
 
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: str = "pixel_shuffle2"  # a name from the projector registry
@@ -88,6 +124,8 @@ class VLMConfig:
     # each image's tokens between <|image_start|> and <|image_end|> (no loss on either): the model is told
     # where an image begins and ends, and InternVL's layout (<img>...</img>, interop/internvl.py) is this
     image_markers: bool = False
+    video: VideoConfig = field(default_factory=VideoConfig)  # frames = 0: no video
+    audio: AudioConfig = field(default_factory=AudioConfig)  # kind "": no audio
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

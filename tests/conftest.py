@@ -145,3 +145,21 @@ def _write_hf_encoder(folder):
 def hf_encoder(tmp_path_factory) -> Path:
     """A tiny random HF BertModel folder with its tokenizer: the kind of folder all-MiniLM-L6-v2 comes in."""
     return _write_hf_encoder(tmp_path_factory.mktemp("hf_encoder"))
+
+
+@pytest.fixture(scope="session")
+def tiny_av_data(tmp_path_factory) -> Path:
+    """Clips and sounds of the tiny-av preset (8 test clips and sounds); do not modify it."""
+    from picovlm.data.av import build_av_dataset
+
+    data = tmp_path_factory.mktemp("tiny_av_data")
+    build_av_dataset(data, DATA_PRESETS["tiny-av"]())
+    return data
+
+
+@pytest.fixture(scope="session")
+def tiny_av_run(tiny_av_data, tmp_path_factory) -> dict[str, Path]:
+    """{"data", "run", "model"}: every stage of the tiny-av recipe (videos and audio), once per session."""
+    run = tmp_path_factory.mktemp("tiny_av_run")
+    done = run_recipe(RECIPES["tiny-av"](str(tiny_av_data)), run, progress=False)
+    return {"data": tiny_av_data, "run": run, "model": done["instruct"]}

@@ -321,9 +321,9 @@ def _record_streams(monkeypatch):
     """Spy on Pipeline.stream: what each turn sent (messages, number of images)."""
     calls, real = [], Pipeline.stream
 
-    def stream(self, messages, images, params=None):
+    def stream(self, messages, images, params=None, media=None):
         calls.append(([dict(m) for m in messages], len(images)))
-        return real(self, messages, images, params)
+        return real(self, messages, images, params, media)
 
     monkeypatch.setattr(Pipeline, "stream", stream)
     return calls
@@ -400,3 +400,29 @@ def test_a_stop_string_split_across_pieces_is_never_printed(tiny_run, capsys):
     stop = full[start : start + 2]
     assert _stream(pipe, messages, images, dataclasses.replace(params, stop=(stop,))) == full[:start]
     assert capsys.readouterr().out == full[:start] + "\n"
+
+
+def test_chat_attaches_videos_and_sounds(tiny_av_run, monkeypatch, capsys):
+    data = tiny_av_run["data"]
+    video, sound = data / "clips" / "test_000000.mp4", data / "sounds" / "test_000000.flac"
+    _script(monkeypatch, [f"/video {video}", f"/audio {sound}", "what moves?", f"/audio {data / 'no.wav'}", "/quit"])
+    assert main(["chat", "--model", str(tiny_av_run["model"]), "--max-tokens", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert "(video added to your next message; 1 in the conversation)" in out
+    assert "(audio added to your next message; 1 in the conversation)" in out
+    assert out.count("picovlm> ") == 1 and err.count("picovlm: error: ") == 1 and "no.wav: audio file not found" in err
+    _script(monkeypatch, ["hello"])
+    assert main(["chat", "--model", str(tiny_av_run["model"]), "--video", str(video), "--max-tokens", "2"]) == 0
+    assert capsys.readouterr().out.count("picovlm> ") == 1
+
+
+def test_generate_about_a_video_or_a_sound(tiny_av_run, capsys):
+    data, model = tiny_av_run["data"], str(tiny_av_run["model"])
+    video, sound = data / "clips" / "test_000000.mp4", data / "sounds" / "test_000000.flac"
+    args = ["generate", "--model", model, "--prompt", "which way?", "--max-tokens", "2"]
+    assert main([*args, "--video", str(video), "--audio", str(sound)]) == 0
+    assert capsys.readouterr().out.endswith("\n")
+    assert main(args) == 1
+    assert "generate needs --image, --video or --audio" in capsys.readouterr().err
+    assert main([*args, "--video", str(sound)]) == 1  # a sound is no video: one line, no traceback
+    assert "test_000000.flac: no video stream" in capsys.readouterr().err

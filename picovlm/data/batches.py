@@ -18,14 +18,15 @@ from PIL import Image
 
 from picovlm.data.records import TOO_LONG, BadRecord, DataError, ImageSource, Sample, open_image
 from picovlm.models.clip import Captions
+from picovlm.models.modalities import MODALITIES
 from picovlm.models.processor import VLMProcessor
 from picovlm.text.chat import render_conversation
 from picovlm.text.padding import IGNORE_INDEX, pad_right
 from picovlm.text.tokenizer import Tokenizer
-from picovlm.text.tokens import IMAGE
+from picovlm.text.tokens import PLACEHOLDERS
 from picovlm.vision.image import ImageError, ImageProcessor
 
-CAPTION_PROMPT = "Describe the image."
+CAPTION_PROMPT = MODALITIES["image"].caption_prompt
 Batch = dict[str, torch.Tensor]
 
 
@@ -59,29 +60,73 @@ class ImageCache:
         return im
 
 
+class MediaCache:
+    """Each video's or audio clip's batch tensor (`VLM.inputs[name].prepare` of the decoded file:
+    sampled, decoded frames; a log-mel spectrogram), computed once and kept (up to `max_bytes`).
+
+    Why: decoding a clip and sampling its frames, or computing a spectrogram, costs more than a small
+    model's training step, and gives the same tensor every epoch (it depends only on the file and the
+    model's settings). Past `max_bytes`, new items are prepared each time they are used.
+    """
+
+    def __init__(self, prepare: Callable[[dict[str, list]], dict[str, torch.Tensor]], max_bytes: int = 2 << 30):
+        """`prepare`: decoded items by modality -> batch tensors by modality (`VLMProcessor.prepare`)."""
+        self.prepare, self.max_bytes = prepare, max_bytes
+        self.tensors: dict[tuple[str, ImageSource], torch.Tensor] = {}
+        self.stored = 0
+
+    def __call__(self, name: str, sources: list[ImageSource]) -> torch.Tensor:
+        """[len(sources), ...]: the items' batch tensor, in order."""
+        out = []
+        for source in sources:
+            tensor = self.tensors.get((name, source))
+            if tensor is None:
+                tensor = self.prepare({name: [MODALITIES[name].load(source)]})[name][0]
+                if self.stored + tensor.nbytes <= self.max_bytes:
+                    self.tensors[name, source] = tensor
+                    self.stored += tensor.nbytes
+            out.append(tensor)
+        return torch.stack(out)
+
+
+def strip_placeholders(text: str) -> str:
+    """The text without its image, video and audio placeholders."""
+    for token in PLACEHOLDERS:
+        text = text.replace(token, "")
+    return text.strip()
+
+
 def as_chat(sample: Sample) -> list[dict[str, str]]:
-    """A caption sample becomes a one-turn chat (image + instruction -> caption), as LLaVA's
-    alignment stage does; chat samples pass through."""
+    """A caption sample becomes a one-turn chat (image, video or audio clip + its modality's
+    instruction -> caption), as LLaVA's alignment stage does; chat samples pass through."""
     if sample.meta.get("kind") == "caption":
-        return [{"role": "user", "content": f"{IMAGE}\n{CAPTION_PROMPT}"}, *sample.messages]
+        modality = MODALITIES[sample.modalities]  # a caption has exactly one input
+        return [{"role": "user", "content": f"{modality.token}\n{modality.caption_prompt}"}, *sample.messages]
     return sample.messages
 
 
 def context_length(sample: Sample, processor: VLMProcessor) -> int:
-    """The tokens a sample takes in the LM's context once each image is expanded to its tokens."""
+    """The tokens a sample takes in the LM's context once each image (video, audio clip) is expanded to
+    its tokens."""
     ids, _ = render_conversation(processor.tokenizer, as_chat(sample))
-    return len(ids) + len(sample.images) * (processor.tokens_per_placeholder - 1)
+    inputs = len(sample.images) * (processor.tokens_per_placeholder - 1)
+    inputs += sum(
+        len(items) * (processor.tokens_per(name) - 1) for name, items in sample.media.items() if name in processor.media
+    )
+    return len(ids) + inputs
 
 
 def first_turns(sample: Sample, answers: int) -> Sample:
-    """A chat sample cut after its first `answers` question-answer turns, with the images those turns
-    show (images are numbered in the order of their placeholders) and their question types."""
+    """A chat sample cut after its first `answers` question-answer turns, with the images (videos,
+    audio clips) those turns show (each modality's are numbered in the order of their placeholders)
+    and their question types."""
     messages = sample.messages[: 2 * answers]
-    images = sample.images[: sum(m["content"].count(IMAGE) for m in messages)]
+    shown = {name: sum(m["content"].count(MODALITIES[name].token) for m in messages) for name in MODALITIES}
     meta = dict(sample.meta)
     if "question_types" in meta:
         meta["question_types"] = meta["question_types"][:answers]
-    return Sample(images, messages, meta)
+    media = {name: items[: shown[name]] for name, items in sample.media.items() if shown[name]}
+    return Sample(sample.images[: shown["image"]], messages, meta, media)
 
 
 def fit_context(sample: Sample, processor: VLMProcessor, truncate: bool) -> Sample:
@@ -105,11 +150,14 @@ def as_caption(sample: Sample) -> Sample:
     question-answer turns in one text ("What colour is the circle? red. Is there a square? no."):
     what is said about an image describes it too, so a dataset of questions alone can still pretrain
     its tower. Raises BadRecord for a sample without exactly one image or without any answer."""
-    if len(sample.images) != 1:
-        raise BadRecord(f"the clip stage pairs one image with one text; this record has {len(sample.images)}")
+    if len(sample.images) != 1 or sample.media:
+        raise BadRecord(
+            f"the clip stage pairs one image with one text; this record shows {sample.modalities}"
+            f" ({len(sample.images)} images)"
+        )
     if sample.meta.get("kind") == "caption":
         return sample
-    turns = [m["content"].replace(IMAGE, "").strip() for m in sample.messages]
+    turns = [strip_placeholders(m["content"]) for m in sample.messages]
     text = " ".join(f"{q} {a}." for q, a in zip(turns[0::2], turns[1::2], strict=False)).strip()
     if not text:
         raise BadRecord("no question-answer turn to make a caption of")
@@ -147,7 +195,7 @@ class TowerFeatures:
 
 
 def isolated_turns(
-    ids: torch.Tensor, labels: torch.Tensor, image_id: int, image_end_id: int | None = None
+    ids: torch.Tensor, labels: torch.Tensor, image_id: int | list[int], image_end_id: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(positions, segments) [B, T] that make each question-answer turn of a conversation a sample
     of its own while all of them share one copy of the images.
@@ -156,13 +204,14 @@ def isolated_turns(
     text ("is there a red circle?" - "yes", then "what colour is the circle?"), so the LM learns to
     read the text, not the image, and fails when the question comes alone. Segment 0 is the shared
     prefix, up to the last image token (with image markers, the `image_end_id` that closes it; the
-    first token if there is no image); each turn after it (a turn ends with its labelled answer) is a
+    first token if there is no image; `image_id` may list every modality's placeholder, and then the
+    prefix ends after the last input of any kind); each turn after it (a turn ends with its labelled answer) is a
     segment that sees segment 0 and itself only, and its positions restart right after the prefix, as
     if it were the first question.
     """
     B, T = ids.shape
     index = torch.arange(T).expand(B, T)
-    is_image = ids == image_id
+    is_image = torch.isin(ids, torch.tensor(image_id if isinstance(image_id, list) else [image_id]))
     if image_end_id is not None:
         is_image |= ids == image_end_id
     prefix = torch.where(is_image.any(1), (index * is_image).amax(1) + 1, torch.ones(B, dtype=torch.long))[:, None]
@@ -178,7 +227,8 @@ def isolated_turns(
 def stable_draw(sample: Sample) -> float:
     """A pseudo-random number in [0, 1) drawn from the sample's content: the same in every run,
     epoch and resume, so a share of the samples can be picked once and for all."""
-    return zlib.crc32(repr((sample.images, sample.messages)).encode()) / 2**32
+    content = (sample.images, sample.messages, sample.media) if sample.media else (sample.images, sample.messages)
+    return zlib.crc32(repr(content).encode()) / 2**32
 
 
 def vlm_batch(
@@ -187,16 +237,16 @@ def vlm_batch(
     images: ImageCache,
     features: TowerFeatures | None = None,
     isolate_turns: float = 0.0,
+    media: MediaCache | None = None,
 ) -> Batch:
     """ids, labels (IGNORE_INDEX off the assistant tokens) and the pixels of all images in order, or,
-    given a frozen tower's `features`, their tower features instead of the pixels; with
-    `isolate_turns`, also the "position_ids" and "segment_ids" of `isolated_turns`."""
-    # with features only the number of images matters, so none is decoded (past ImageCache's limit
-    # every image would otherwise be read from disk again just to be counted)
+    given a frozen tower's `features`, their tower features instead of the pixels; each other
+    modality's batch tensor under its name ("video", "audio": `VLM.forward`'s arguments), from `media`;
+    with `isolate_turns`, also the "position_ids" and "segment_ids" of `isolated_turns`."""
+    # the text needs only the number of each input, so nothing is decoded for it (past ImageCache's
+    # limit, images with features would otherwise be read from disk again just to be counted)
     encoded = [
-        processor.encode_conversation_ids(as_chat(s), len(s.images))
-        if features is not None
-        else processor.encode_conversation(as_chat(s), [images(p) for p in s.images])
+        processor.encode_conversation_ids(as_chat(s), len(s.images), {k: len(v) for k, v in s.media.items()})
         for s in samples
     ]
     ids = pad_right([e.ids for e in encoded], processor.tokenizer.pad_id)
@@ -206,22 +256,38 @@ def vlm_batch(
     batch = {"ids": ids, "labels": labels}
     if isolate_turns:
         end = processor.markers[1] if processor.markers else None
-        positions, segments = isolated_turns(ids, labels, processor.tokenizer.image_id, end)
+        inputs = [processor.tokenizer.image_id, *(m.token_id for m in processor.media.values())]
+        positions, segments = isolated_turns(ids, labels, inputs, end)
         if isolate_turns < 1:  # a fixed share of the conversations, the same in every epoch, stays whole
             whole = torch.tensor([stable_draw(s) >= isolate_turns for s in samples])[:, None]
             positions = torch.where(whole, torch.arange(ids.shape[1]).expand_as(ids), positions)
             segments = segments.masked_fill(whole, 0)
         batch["position_ids"], batch["segment_ids"] = positions, segments
+    sources = [p for s in samples for p in s.images]
     if features is not None:
-        return {**batch, "features": features([p for s in samples for p in s.images])}
-    return {**batch, "pixels": torch.cat([e.pixels for e in encoded])}
+        if sources:  # a batch of videos or sounds alone has no image features to look up
+            batch["features"] = features(sources)
+    else:
+        batch["pixels"] = processor.image_processor([images(p) for p in sources])
+    media = media or MediaCache(processor.prepare)
+    for name in processor.media:
+        items = [p for s in samples for p in s.inputs(name)]
+        if items:
+            batch[name] = media(name, items)
+    return batch
+
+
+def _strip(text: str) -> str:
+    for token in PLACEHOLDERS:
+        text = text.replace(token, "")
+    return text.strip()
 
 
 def text_batch(samples: list[Sample], tokenizer: Tokenizer, max_len: int) -> Batch:
     """Text-only LM pretraining: the conversations without their images, loss on every token."""
     rows = []
     for s in samples:
-        messages = [{**m, "content": m["content"].replace(IMAGE, "").strip()} for m in as_chat(s)]
+        messages = [{**m, "content": _strip(m["content"])} for m in as_chat(s)]
         rows.append(render_conversation(tokenizer, messages)[0][:max_len])
     ids = pad_right(rows, tokenizer.pad_id)
     return {"ids": ids, "labels": ids.masked_fill(ids == tokenizer.pad_id, IGNORE_INDEX)}
@@ -233,6 +299,13 @@ def clip_batch(samples: list[Sample], captions: Captions, image_processor: Image
     encoder's tokenizer."""
     ids, lengths = captions([s.messages[-1]["content"] for s in samples])
     return {"pixels": image_processor([images(s.images[0]) for s in samples]), "ids": ids, "lengths": lengths}
+
+
+def clap_batch(samples: list[Sample], captions: Captions, clips: MediaCache) -> Batch:
+    """Audio/caption pairs for the `clap` stage: each sample's clip as the audio tower reads it (log-mels,
+    from `clips`), and the captions as `clip_batch` makes them."""
+    ids, lengths = captions([s.messages[-1]["content"] for s in samples])
+    return {"mels": clips("audio", [s.inputs("audio")[0] for s in samples]), "ids": ids, "lengths": lengths}
 
 
 class BatchStream:

@@ -5,18 +5,21 @@ Four formats, picked from the path (or named with `format=`, or a "NAME:" prefix
 * `.json`: a list of records; `.jsonl`: one record per line. A record is one of
   - LLaVA / ShareGPT conversations: {"id", "image": str | [str, ...] or "images": [str, ...]
     (optional), "conversations": [{"from": "human"|"user"|"gpt"|"assistant"|"system", "value": str},
-    ...], "question_types": [...] (optional)}. Each "<image>" placeholder becomes IMAGE_TOKEN
-    ("<|image|>"), exactly one per image. System turns are dropped; the rest must alternate
-    user/assistant, starting with the user and ending with the assistant (a trailing question has
-    no answer to learn from, so it is treated as truncated).
+    ...], "question_types": [...] (optional), "video": str | [str, ...], "audio": str | [str, ...]
+    (optional)}. Each "<image>" placeholder becomes IMAGE_TOKEN ("<|image|>"), exactly one per image,
+    and each "<video>" ("<audio>") becomes "<|video|>" ("<|audio|>"), one per video (audio clip).
+    System turns are dropped; the rest must alternate user/assistant, starting with the user and
+    ending with the assistant (a trailing question has no answer to learn from, so it is treated as
+    truncated).
   - OpenAI-style messages: {"messages": [{"role": "user"|"assistant"|"system", "content": str |
     [{"type": "text", "text": str} | {"type": "image"} | {"type": "image_url", "image_url": {"url":
     local path}}, ...]}], "images": [...] (optional)}: the same rules, an image part standing for
     one "<image>" placeholder.
-  - Captions: {"image": str, "text": str}. A caption becomes `Sample(images=[image], messages=[
-    {"role": "assistant", "content": text}], meta={"kind": "caption"})`: it has no user turn and no
-    image token on purpose, so captioning stays distinguishable from chat; whoever turns samples
-    into tokens puts the image in front of the caption.
+  - Captions: {"image": str, "text": str} ("video" or "audio" in place of "image" for theirs). A
+    caption becomes `Sample(images=[image], messages=[{"role": "assistant", "content": text}],
+    meta={"kind": "caption"})`: it has no user turn and no image token on purpose, so captioning
+    stays distinguishable from chat; whoever turns samples into tokens puts the image in front of
+    the caption.
 * webdataset tar shards (`.tar`, `.tar.gz`, or a folder of them): see `picovlm.data.webdataset`.
 * the_cauldron layout through `datasets` (`.parquet`, `.arrow`, or a folder written by
   `save_to_disk` or holding parquet files): see `picovlm.data.cauldron`.
@@ -45,7 +48,6 @@ from typing import Any
 
 from picovlm.data.cauldron import read_cauldron
 from picovlm.data.records import (
-    LLAVA_PLACEHOLDER,
     BadRecord,
     DamagedFile,
     DataError,
@@ -57,7 +59,7 @@ from picovlm.data.records import (
 )
 from picovlm.data.report import DataReport
 from picovlm.data.webdataset import TAR_SUFFIXES, read_shards
-from picovlm.text.tokens import IMAGE as IMAGE_TOKEN
+from picovlm.models.modalities import MODALITIES
 
 FORMATS = ("json", "jsonl", "webdataset", "cauldron")
 ON_BAD_FILE = ("fail", "skip")
@@ -227,7 +229,10 @@ def _records(path: Path, fmt: str, image_root: str | Path | None, check_images: 
 
 def _llava_turn(message: dict[str, str]) -> dict[str, str]:
     role = "human" if message["role"] == "user" else "gpt"
-    return {"from": role, "value": message["content"].replace(IMAGE_TOKEN, LLAVA_PLACEHOLDER)}
+    value = message["content"]
+    for modality in MODALITIES.values():
+        value = value.replace(modality.token, modality.placeholder)
+    return {"from": role, "value": value}
 
 
 def write_llava_json(samples: list[Sample], path: str | Path) -> None:
@@ -246,9 +251,10 @@ def write_llava_json(samples: list[Sample], path: str | Path) -> None:
         if not sample.messages or sample.messages[0]["role"] != "user":
             raise ValueError(f"sample {i} is not a user/assistant conversation (a caption?)")
         record: dict[str, Any] = {"id": sample.meta.get("id", str(i))}
-        names = [Path(os.path.relpath(Path(p).absolute(), folder)).as_posix() for p in sample.images]
-        if names:
-            record["image"] = names[0] if len(names) == 1 else names
+        for key in ("image", *sample.media):
+            names = [Path(os.path.relpath(Path(p).absolute(), folder)).as_posix() for p in sample.inputs(key)]
+            if names:
+                record[key] = names[0] if len(names) == 1 else names
         record["conversations"] = [_llava_turn(m) for m in sample.messages]
         if "question_types" in sample.meta:
             record["question_types"] = sample.meta["question_types"]

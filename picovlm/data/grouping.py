@@ -6,29 +6,30 @@ image again, and its few answer tokens pay for a full image prefix. Grouped, one
 all of them; with `isolate_turns` each record's turns still train as if asked alone, so the result
 is the same samples at a fraction of the tokens.
 
-Records group when their image lists are equal; the first record of a group keeps its text as it
-is (its placeholders say where the images go), the turns of the others follow in the order the
-records came, their placeholders dropped (the images are already there). A group that would not fit
-the context (`fits`) continues in a new conversation about the same image(s).
+Records group when their inputs are equal (the same images, videos and audio clips); the first
+record of a group keeps its text as it is (its placeholders say where the inputs go), the turns of
+the others follow in the order the records came, their placeholders dropped (the inputs are already
+there). A group that would not fit the context (`fits`) continues in a new conversation about the
+same inputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from picovlm.data.batches import as_chat
+from picovlm.data.batches import as_chat, strip_placeholders
 from picovlm.data.records import Sample
-from picovlm.text.tokens import IMAGE
 
 
 def group_by_image(samples: list[Sample], fits: Callable[[Sample], bool] | None = None) -> list[Sample]:
-    """One conversation per image list (several when `fits` says one would be too long); records
-    without images pass through as they are."""
+    """One conversation per set of inputs (several when `fits` says one would be too long); records
+    without any input pass through as they are."""
     groups: dict[tuple, list[Sample]] = {}
     out: list[Sample] = []
     for s in samples:
-        if s.images:
-            groups.setdefault(tuple(s.images), []).append(s)
+        key = (tuple(s.images), tuple((name, tuple(files)) for name, files in sorted(s.media.items())))
+        if s.images or s.media:
+            groups.setdefault(key, []).append(s)
         else:
             out.append(s)
     for group in groups.values():
@@ -53,14 +54,15 @@ def _merge(group: list[Sample], fits: Callable[[Sample], bool]) -> list[Sample]:
 
 
 def _start(s: Sample) -> Sample:
-    return Sample(list(s.images), as_chat(s), {**s.meta, "kind": "chat", "question_types": _types(s)})
+    meta = {**s.meta, "kind": "chat", "question_types": _types(s)}
+    return Sample(list(s.images), as_chat(s), meta, dict(s.media))
 
 
 def _append(conversation: Sample, s: Sample) -> Sample:
-    turns = [{**m, "content": m["content"].replace(IMAGE, "").strip()} for m in as_chat(s)]
+    turns = [{**m, "content": strip_placeholders(m["content"])} for m in as_chat(s)]
     meta = {**conversation.meta, "question_types": conversation.meta["question_types"] + _types(s)}
     meta["records"] = conversation.meta.get("records", 1) + 1
-    return Sample(conversation.images, conversation.messages + turns, meta)
+    return Sample(conversation.images, conversation.messages + turns, meta, conversation.media)
 
 
 def _types(s: Sample) -> list[str]:

@@ -1,10 +1,11 @@
 """What a dataset record becomes, and the rules every format shares.
 
 A record of any format (a line of a JSON file, a tar shard's key, a dataset row) becomes a
-`Sample`: its images, as paths or `ImageRef`s into an archive, and its user/assistant messages,
-with one IMAGE_TOKEN ("<|image|>") per image. `parse_record` reads the JSON record layouts (see
-`picovlm.data.formats`), which JSON files and tar shards both hold; `chat_messages` checks a
-conversation for every format that has one.
+`Sample`: its images, as paths or `ImageRef`s into an archive, its videos and audio clips (paths, in
+`media`), and its user/assistant messages, with one IMAGE_TOKEN ("<|image|>") per image and one
+placeholder of each other modality per item ("<|video|>", "<|audio|>": models/modalities.py).
+`parse_record` reads the JSON record layouts (see `picovlm.data.formats`), which JSON files and tar
+shards both hold; `chat_messages` checks a conversation for every format that has one.
 
 A problem with a record is a `BadRecord` inside a reader, with a `reason` it is counted under;
 `picovlm.data.formats.load_samples` turns it into a `DataError` or a skip (one warning line, a
@@ -22,7 +23,9 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from picovlm.text.tokens import IMAGE as IMAGE_TOKEN
+from picovlm.models.modalities import MEDIA, MODALITIES
+from picovlm.text.tokens import IMAGE as IMAGE_TOKEN  # noqa: F401 (the name data readers and tests use)
+from picovlm.text.tokens import PLACEHOLDERS
 from picovlm.vision.image import MAX_IMAGE_PIXELS, ImageError, load_image
 
 LLAVA_PLACEHOLDER = "<image>"
@@ -109,6 +112,16 @@ class Sample:
     images: list[ImageSource]
     messages: list[dict[str, str]]  # {"role": "user" | "assistant", "content": str}
     meta: dict[str, Any] = field(default_factory=dict)  # kind, source ("file:record"), id, question_types
+    media: dict[str, list[Path]] = field(default_factory=dict)  # "video" / "audio" -> files, in text order
+
+    def inputs(self, name: str) -> list:
+        """The items of modality `name` (images too), in text order."""
+        return self.images if name == "image" else self.media.get(name, [])
+
+    @property
+    def modalities(self) -> str:
+        """What the sample shows, e.g. "video" or "image+audio" ("text" for none): how results are grouped."""
+        return "+".join(name for name in MODALITIES if self.inputs(name)) or "text"
 
     @property
     def image(self) -> ImageSource | None:
@@ -144,22 +157,44 @@ def _image_paths(record: dict, root: Path, check_images: bool) -> list[ImageSour
     return paths
 
 
-def _parse_caption(record: dict, images: list[ImageSource]) -> Sample:
+def _media_paths(record: dict, root: Path, check_images: bool) -> dict[str, list[Path]]:
+    """The files of the "video" and "audio" fields (a name or a list of them), beside "image"."""
+    media = {}
+    for key in MEDIA:
+        value = record.get(key)
+        names = [] if value is None else [value] if isinstance(value, str) else value
+        require(
+            isinstance(names, list) and all(isinstance(n, str) and n for n in names),
+            f"'{key}' must be a non-empty string or a list of them",
+        )
+        if names:
+            media[key] = [root / n for n in names]
+            for path in media[key] if check_images else []:
+                require(path.exists(), f"{key} not found: {path}")
+    return media
+
+
+def _parse_caption(record: dict, images: list[ImageSource], media: dict[str, list[Path]]) -> Sample:
     text = record["text"]
-    require(len(images) == 1, "a caption record needs exactly one image")
+    n = len(images) + sum(len(v) for v in media.values())
+    require(n == 1, "a caption record needs exactly one image (or video, or audio clip)")
     require(isinstance(text, str) and text.strip() != "", "'text' must be a non-empty string")
-    return Sample(images, [{"role": "assistant", "content": text}], {"kind": "caption"})
+    return Sample(images, [{"role": "assistant", "content": text}], {"kind": "caption"}, media)
 
 
-def chat_messages(turns: list[tuple[str, str]], n_images: int, what: str = "turn") -> list[dict[str, str]]:
-    """(role name, text with "<image>" placeholders) turns -> user/assistant messages with IMAGE_TOKEN.
+def chat_messages(
+    turns: list[tuple[str, str]], n_images: int, what: str = "turn", counts: dict[str, int] | None = None
+) -> list[dict[str, str]]:
+    """(role name, text with "<image>" ("<video>", "<audio>") placeholders) turns -> user/assistant
+    messages with IMAGE_TOKEN (and each modality's token); `counts`: videos and audio clips given.
 
     The one place where the rules of a conversation are checked, for every format that has one.
     """
     messages = []
     for k, (name, text) in enumerate(turns):
         require(name in ROLES, f"{what} {k} has unknown role {name!r}")
-        require(IMAGE_TOKEN not in text, f"{what} {k} contains the reserved token {IMAGE_TOKEN}")
+        reserved = next((t for t in PLACEHOLDERS if t in text), None)
+        require(reserved is None, f"{what} {k} contains the reserved token {reserved}")
         role = ROLES[name]
         if role is None:  # a system prompt: dropped
             continue
@@ -169,14 +204,20 @@ def chat_messages(turns: list[tuple[str, str]], n_images: int, what: str = "turn
     require(len(messages) > 0, "conversation has no user or assistant turns")
     require(messages[-1]["role"] == "assistant", "conversation must end with an assistant turn")
 
-    placeholders = sum(m["content"].count(LLAVA_PLACEHOLDER) for m in messages)
-    require(placeholders == n_images, f"{placeholders} <image> placeholder(s) for {n_images} image(s)")
-    for m in messages:
-        m["content"] = m["content"].replace(LLAVA_PLACEHOLDER, IMAGE_TOKEN)
+    given = {"image": n_images, **(counts or {})}
+    for modality in MODALITIES.values():
+        n = given.get(modality.name, 0)
+        placeholders = sum(m["content"].count(modality.placeholder) for m in messages)
+        require(
+            placeholders == n,
+            f"{placeholders} {modality.placeholder} placeholder(s) for {n} {modality.name}(s)",
+        )
+        for m in messages:
+            m["content"] = m["content"].replace(modality.placeholder, modality.token)
     return messages
 
 
-def _parse_conversation(record: dict, images: list[ImageSource]) -> Sample:
+def _parse_conversation(record: dict, images: list[ImageSource], media: dict[str, list[Path]]) -> Sample:
     turns = record["conversations"]
     require(isinstance(turns, list) and len(turns) > 0, "'conversations' must be a non-empty list")
     pairs = []
@@ -187,14 +228,14 @@ def _parse_conversation(record: dict, images: list[ImageSource]) -> Sample:
             f"turn {k} needs string 'from' and 'value'",
         )
         pairs.append((turn["from"], turn["value"]))
-    messages = chat_messages(pairs, len(images))
+    messages = chat_messages(pairs, len(images), counts={k: len(v) for k, v in media.items()})
     meta: dict[str, Any] = {"kind": "chat"}
     if "question_types" in record:
         qtypes, n = record["question_types"], len(messages) // 2
         valid = isinstance(qtypes, list) and all(isinstance(t, str) for t in qtypes) and len(qtypes) == n
         require(valid, f"'question_types' must be a list of {n} strings, one per answer")
         meta["question_types"] = qtypes
-    return Sample(images, messages, meta)
+    return Sample(images, messages, meta, media)
 
 
 def _content_text(content: Any, k: int, root: Path, check_images: bool, url_images: list[ImageSource]) -> str:
@@ -228,7 +269,9 @@ def _content_text(content: Any, k: int, root: Path, check_images: bool, url_imag
     return "\n".join(pieces)
 
 
-def _parse_messages(record: dict, images: list[ImageSource], root: Path, check_images: bool) -> Sample:
+def _parse_messages(
+    record: dict, images: list[ImageSource], media: dict[str, list[Path]], root: Path, check_images: bool
+) -> Sample:
     turns = record["messages"]
     require(isinstance(turns, list) and len(turns) > 0, "'messages' must be a non-empty list")
     pairs, url_images = [], []
@@ -241,7 +284,8 @@ def _parse_messages(record: dict, images: list[ImageSource], root: Path, check_i
         pairs.append((turn["role"], _content_text(turn["content"], k, root, check_images, url_images)))
     require(not (images and url_images), "use image parts with 'images', or image_url parts, not both")
     images = images or url_images
-    return Sample(images, chat_messages(pairs, len(images), what="message"), {"kind": "chat"})
+    counts = {k: len(v) for k, v in media.items()}
+    return Sample(images, chat_messages(pairs, len(images), "message", counts), {"kind": "chat"}, media)
 
 
 def parse_record(record: Any, root: Path, check_images: bool, images: list[ImageSource] | None = None) -> Sample:
@@ -261,12 +305,13 @@ def _parse_record(record: Any, root: Path, check_images: bool, images: list[Imag
     require(kinds or "text" in record, "missing key 'conversations' (or 'messages', or 'text' for a caption)")
     if images is None:
         images = _image_paths(record, root, check_images)
+    media = _media_paths(record, root, check_images)
     if kinds == ["conversations"]:
-        sample = _parse_conversation(record, images)
+        sample = _parse_conversation(record, images, media)
     elif kinds == ["messages"]:
-        sample = _parse_messages(record, images, root, check_images)
+        sample = _parse_messages(record, images, media, root, check_images)
     else:
-        sample = _parse_caption(record, images)
+        sample = _parse_caption(record, images, media)
     if "id" in record:
         sample.meta["id"] = record["id"]
     return sample

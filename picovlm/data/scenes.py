@@ -148,7 +148,7 @@ def _star(cx: float, cy: float, r: float, points: int = 5, inner: float = 0.45) 
     return corners
 
 
-def _draw(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
+def draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
     x, y, r, fill = obj.cx, obj.cy, obj.radius, COLORS[obj.color]
     if obj.shape == "circle":
         draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
@@ -173,7 +173,7 @@ def render_scene(scene: Scene, cfg: SceneConfig) -> Image.Image:
     image = Image.new("RGB", (cfg.image_size, cfg.image_size), scene.background)
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
-        _draw(draw, obj)
+        draw_object(draw, obj)
     if cfg.noise > 0:
         pixels = np.asarray(image, dtype=np.float32)
         pixels += np.random.default_rng(scene.noise_seed).normal(0, cfg.noise * 32, pixels.shape)

@@ -42,13 +42,14 @@ from picovlm.text.tokenizer import Tokenizer
 
 @dataclass
 class Sequence:
-    """One prompt to continue: token ids (image placeholders expanded), its images, how to sample."""
+    """One prompt to continue: token ids (placeholders expanded), its images (and other inputs), how to sample."""
 
     key: Hashable
     ids: list[int]
     pixels: torch.Tensor | None  # [n_images, 3, H, W], or None for text only
     params: SamplingParams
     ignore_stop: bool = False  # stop ids do not end it: exactly params.max_tokens tokens (benchmarks)
+    media: dict[str, torch.Tensor] = field(default_factory=dict)  # videos, audio: `VLM.forward(**media)`
     # set by DecodeBatch.add
     generated: int = field(default=0, init=False)  # tokens sampled so far
     generator: torch.Generator | None = field(default=None, init=False, repr=False)
@@ -111,9 +112,12 @@ class DecodeBatch:
             mask[row, longest - len(s.ids) :] = True
         pixels = [s.pixels for s in seqs if s.pixels is not None and s.pixels.shape[0] > 0]
         pixels = torch.cat(pixels).to(self.device, self.pixel_dtype) if pixels else None
+        names = dict.fromkeys(name for s in seqs for name in s.media)  # each modality's items, row by row
+        media = {name: torch.cat([s.media[name] for s in seqs if name in s.media]).to(self.device) for name in names}
         cache = KVCache(self.model.cfg.lm, len(seqs), longest, self.device, self.dtype)
         padded = any(len(s.ids) < longest for s in seqs)
-        logits = self.model(ids, pixels, key_padding_mask=mask if padded else None, kv_cache=cache)[:, -1]
+        mask_arg = mask if padded else None
+        logits = self.model(ids, pixels, key_padding_mask=mask_arg, kv_cache=cache, **media)[:, -1]
         self._merge(seqs, cache, mask, logits.float())
 
     def _merge(self, seqs: list[Sequence], new: KVCache, new_mask: torch.Tensor, new_logits: torch.Tensor) -> None:
@@ -168,7 +172,7 @@ class DecodeBatch:
     @torch.inference_mode()
     def step(self) -> list[Step]:
         """Sample one token for every row, drop the rows that ended, feed the rest one step."""
-        self.logits[:, self.model.image_token_id] = float("-inf")  # images are inputs only: fed back, one would crash
+        self.logits[:, self.model.placeholder_ids] = float("-inf")  # inputs only: fed back, one would crash
         steps = [self._advance(s, token) for s, token in zip(self.rows, self._sample(), strict=True)]
         self.remove({st.key for st in steps if st.finished})
         if self.rows:

@@ -2,6 +2,7 @@
 
 pipe = Pipeline.load("runs/demo/instruct/model")
 pipe.ask("scene.png", "What colour is the circle?")
+pipe.generate([[{"role": "user", "content": "<|video|>\nWhich way does it move?"}]], [[]], media=[{"video": [clip]}])
 for piece in pipe.stream([{"role": "user", "content": "<|image|>\\nDescribe it."}], [image]): ...
 
 Every answer is decoded by the one engine, `DecodeBatch` (engine/batch.py), that the server's
@@ -18,7 +19,7 @@ from PIL import Image
 
 from picovlm.engine.batch import DecodeBatch, Sequence, Step
 from picovlm.engine.sampling import SamplingParams
-from picovlm.models.processor import VLMProcessor
+from picovlm.models.processor import Media, VLMProcessor
 from picovlm.models.vlm import VLM, load_vlm
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.text.tokens import IMAGE
@@ -38,20 +39,25 @@ class Pipeline:
         return cls(model.to(device=device, dtype=dtype), tokenizer)
 
     def steps(
-        self, batch: list[Messages], images: list[list[Image.Image]], params: SamplingParams | None = None
+        self,
+        batch: list[Messages],
+        images: list[list[Image.Image]],
+        params: SamplingParams | None = None,
+        media: list[Media] | None = None,
     ) -> Iterator[list[Step]]:
         """Decode several conversations together and yield every step: each running row's new token,
         the text now safe to show, and on its last step why it ended (a `Step`, keyed by the row's index
         in `batch`). A row that has ended is absent from later steps. A row whose decoding raised
         raises here (the engine ends that row only, for the server; a caller of the Pipeline asked for
-        every answer)."""
+        every answer). `media[i]`: conversation i's videos and audio clips (decoded: `Modality.load`),
+        by modality, in text order."""
         params = params or SamplingParams()
         encoded = [
-            self.processor.encode_prompt(m, ims, reserve=params.max_tokens)
-            for m, ims in zip(batch, images, strict=True)
+            self.processor.encode_prompt(m, ims, reserve=params.max_tokens, media=md)
+            for m, ims, md in zip(batch, images, media or [{}] * len(batch), strict=True)
         ]
         engine = DecodeBatch(self.model, self.tokenizer)
-        engine.add([Sequence(row, e.ids, e.pixels, params) for row, e in enumerate(encoded)])
+        engine.add([Sequence(row, e.ids, e.pixels, params, media=e.media) for row, e in enumerate(encoded)])
         while len(engine):
             steps = engine.step()
             failed = next((st.error for st in steps if st.error is not None), None)
@@ -60,21 +66,29 @@ class Pipeline:
             yield steps
 
     def generate(
-        self, batch: list[Messages], images: list[list[Image.Image]], params: SamplingParams | None = None
+        self,
+        batch: list[Messages],
+        images: list[list[Image.Image]],
+        params: SamplingParams | None = None,
+        media: list[Media] | None = None,
     ) -> list[str]:
         """Answers to several conversations at once (batched decoding), each cut before a stop string."""
         answers = [""] * len(batch)
-        for steps in self.steps(batch, images, params):
+        for steps in self.steps(batch, images, params, media):
             for step in steps:
                 answers[step.key] += step.text
         return answers
 
     def stream(
-        self, messages: Messages, images: list[Image.Image], params: SamplingParams | None = None
+        self,
+        messages: Messages,
+        images: list[Image.Image],
+        params: SamplingParams | None = None,
+        media: Media | None = None,
     ) -> Iterator[str]:
         """Text pieces of one answer as they are decoded; it ends at a stop id (<|end|>, or the LM's own
         end of turn) or before a stop string, no part of which is ever yielded."""
-        for (step,) in self.steps([messages], [images], params):
+        for (step,) in self.steps([messages], [images], params, [media or {}]):
             if step.text:
                 yield step.text
 

@@ -77,7 +77,13 @@ def generate_answers(
     bar = tqdm(total=len(queries), desc="eval", unit="q", disable=not progress)
     for i in range(0, len(queries), batch_size):
         chunk = queries[i : i + batch_size]
-        answers += client.generate([[q.load_image()] for q in chunk], [q.prompt for q in chunk], max_tokens)
+        images, prompts, media = (
+            [q.load_images() for q in chunk],
+            [q.prompt for q in chunk],
+            [q.load_media() for q in chunk],
+        )
+        extra = (media,) if any(media) else ()  # only when there are some: a client written for images keeps working
+        answers += client.generate(images, prompts, max_tokens, *extra)
         bar.update(len(chunk))
     bar.close()
     return answers

@@ -38,6 +38,7 @@ from picovlm.eval.multiple_choice import MCItem, circular_variants, parse_option
 from picovlm.eval.pope import parse_yes_no, pope_metrics
 from picovlm.eval.vqa import questions_from, score_vqa
 from picovlm.eval.vqav2 import normalize_prediction, score_vqav2
+from picovlm.models.modalities import MODALITIES
 from picovlm.vision.image import load_image
 
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."  # LLaVA's VQAv2/GQA/POPE suffix
@@ -53,15 +54,23 @@ class Query:
     """
 
     key: Any
-    image: Path | bytes | ImageRef
+    image: Path | bytes | ImageRef | None  # None: a question about a video or sound alone
     prompt: str
     record: dict[str, Any]
     reference: Any
+    media: dict[str, list[Path]] = dataclasses.field(default_factory=dict)  # its videos and audio clips
 
     def load_image(self) -> Image.Image:
         if isinstance(self.image, ImageRef):
             return self.image.load()
         return load_image(self.image, name=f"image of {self.key}" if isinstance(self.image, bytes) else None)
+
+    def load_images(self) -> list[Image.Image]:
+        return [] if self.image is None else [self.load_image()]
+
+    def load_media(self) -> dict[str, list[Any]]:
+        """Its videos and audio clips, decoded (`Modality.load`)."""
+        return {name: [MODALITIES[name].load(p) for p in paths] for name, paths in self.media.items()}
 
 
 # ---------------------------------------------------------------------------- reading files
@@ -175,7 +184,8 @@ class EvalTask:
 @dataclass(frozen=True)
 class VQA(EvalTask):
     """Short-answer VQA on a LLaVA-style test file (the demo's score): exact match after
-    normalization, per question type, each question asked on its own; `--images` is where the
+    normalization, per question type (and per modality, where the file has videos or audio: the
+    questions' records may show any of them), each question asked on its own; `--images` is where the
     file's image names are resolved (default: its folder). Its result file is VQAv2-shaped:
     [{"question_id": "<record id>#<turn>", "answer"}]."""
 
@@ -186,7 +196,9 @@ class VQA(EvalTask):
         out = []
         for q in questions_from(load_samples(data, on_error="raise", image_root=images))[:limit]:
             record = {"id": q.id, "type": q.qtype, "question": q.question, "answer": q.answer}
-            out.append(Query(q.id, q.image, q.question + self.prompt_suffix, record, q))
+            if q.media:
+                record["modality"] = q.modality
+            out.append(Query(q.id, q.image, q.question + self.prompt_suffix, record, q, q.media))
         return out
 
     def result_rows(self, queries, answers):

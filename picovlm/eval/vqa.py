@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from picovlm.data.records import DataError, ImageSource, Sample
-from picovlm.text.tokens import IMAGE
+from picovlm.text.tokens import PLACEHOLDERS
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = re.compile(r"[^\w\s]")
@@ -30,42 +30,58 @@ def normalize_answer(text: str) -> str:
 
 @dataclass
 class Question:
-    image: ImageSource
+    image: ImageSource | None  # None: the question is about a video or sound only
     question: str
     answer: str
     qtype: str
     id: str
+    media: dict[str, list[ImageSource]] = field(default_factory=dict)  # its videos, audio clips
+    modality: str = "image"  # what it shows ("video", "image+audio", ...): results are grouped by it
 
 
 def questions_from(samples: Iterable[Sample]) -> list[Question]:
     """Split each multi-turn test conversation into single questions with their types."""
     out = []
     for s in samples:
-        if not s.images:
-            raise DataError(f"{s.meta.get('source', 'a test sample')}: a VQA test conversation needs an image")
+        if not s.images and not s.media:
+            where = s.meta.get("source", "a test sample")
+            raise DataError(f"{where}: a VQA test conversation needs an image (or a video, or an audio clip)")
         qtypes = s.meta.get("question_types") or ["all"] * (len(s.messages) // 2)
         for k in range(0, len(s.messages) - 1, 2):
-            q = s.messages[k]["content"].replace(IMAGE, "").strip()
-            out.append(
-                Question(
-                    s.images[0], q, s.messages[k + 1]["content"], qtypes[k // 2], f"{s.meta.get('id', '')}#{k // 2}"
-                )
-            )
+            q = s.messages[k]["content"]
+            for token in PLACEHOLDERS:
+                q = q.replace(token, "")
+            qid, image = f"{s.meta.get('id', '')}#{k // 2}", s.images[0] if s.images else None
+            answer, qtype = s.messages[k + 1]["content"], qtypes[k // 2]
+            out.append(Question(image, q.strip(), answer, qtype, qid, s.media, s.modalities))
     return out
 
 
 def score_vqa(questions: list[Question], predictions: list[str]) -> dict[str, Any]:
-    """{"accuracy", "n", "by_type": {qtype: {"accuracy", "n"}}, "per_question": [right or not, ...]}."""
-    right: dict[str, list[int]] = defaultdict(list)
-    per_question = []
-    for q, a in zip(questions, predictions, strict=True):
-        ok = normalize_answer(a) == normalize_answer(q.answer)
-        right[q.qtype].append(int(ok))
-        per_question.append(ok)
-    total = [x for v in right.values() for x in v]
+    """{"accuracy", "n", "by_type": {qtype: {"accuracy", "n"}}, "per_question": [right or not, ...]}, and,
+    when the questions show more than images alone, "by_modality": {"video": {"accuracy", "n", "by_type"}, ...}."""
+    per_question = [
+        normalize_answer(a) == normalize_answer(q.answer) for q, a in zip(questions, predictions, strict=True)
+    ]
+    out = {**_accuracy(questions, per_question), "per_question": per_question}
+    modalities = sorted({q.modality for q in questions})
+    if modalities != ["image"]:
+        out["by_modality"] = {
+            m: _accuracy(
+                *zip(*[(q, ok) for q, ok in zip(questions, per_question, strict=True) if q.modality == m], strict=True)
+            )
+            for m in modalities
+        }
+    return out
+
+
+def _accuracy(questions: Iterable[Question], right: Iterable[bool]) -> dict[str, Any]:
+    by_type: dict[str, list[int]] = defaultdict(list)
+    for q, ok in zip(questions, right, strict=True):
+        by_type[q.qtype].append(int(ok))
+    total = [x for v in by_type.values() for x in v]
     return {
         "accuracy": sum(total) / max(1, len(total)),
         "n": len(total),
-        "by_type": {t: {"accuracy": sum(v) / len(v), "n": len(v)} for t, v in sorted(right.items())},
-        "per_question": per_question,
+        "by_type": {t: {"accuracy": sum(v) / len(v), "n": len(v)} for t, v in sorted(by_type.items())},
     }

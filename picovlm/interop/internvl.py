@@ -49,7 +49,7 @@ from picovlm.interop.mapping import (
     vit_state_for_export,
 )
 from picovlm.interop.vlm_folder import read_vlm_folder, save_imported, split_parts, vlm_canonical
-from picovlm.models.vlm import VLM, load_vlm
+from picovlm.models.vlm import VLM, load_vlm, reads
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.text.tokens import IMAGE, IMAGE_END, IMAGE_START, PAD
 from picovlm.vision.hf_tower import read_image_processor
@@ -84,6 +84,8 @@ def shuffle_factor(projector: str) -> int | None:
 
 def internvl_unmappable(cfg: VLMConfig) -> str | None:
     """Why this VLM has no InternVL twin, or None."""
+    if reads(cfg):
+        return f"the model also reads {', '.join(reads(cfg))}; an HF InternVL folder holds an image path only"
     if cfg.vision.kind != "vit":
         return f"vision tower kind {cfg.vision.kind!r}: only our ViT (kind 'vit') is exported"
     if cfg.lm_kind != "gpt":

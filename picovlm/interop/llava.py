@@ -44,7 +44,7 @@ from picovlm.interop.mapping import (
     vit_unmappable,
 )
 from picovlm.interop.vlm_folder import read_vlm_folder, save_imported, split_parts, vlm_canonical
-from picovlm.models.vlm import VLM, load_vlm
+from picovlm.models.vlm import VLM, load_vlm, reads
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.text.tokens import IMAGE
 from picovlm.vision.hf_tower import read_image_processor
@@ -54,6 +54,8 @@ EXPORTABLE_PROJECTORS = ("linear", "mlp2x_gelu", "identity")
 
 def llava_unmappable(cfg: VLMConfig) -> str | None:
     """Why this VLM has no LLaVA twin, or None."""
+    if reads(cfg):
+        return f"the model also reads {', '.join(reads(cfg))}; an HF LLaVA folder holds an image path only"
     if cfg.vision.kind != "vit":
         return f"vision tower kind {cfg.vision.kind!r}: only our ViT (kind 'vit') is exported"
     if cfg.lm_kind != "gpt":

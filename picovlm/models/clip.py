@@ -30,8 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from picovlm.audio.encoder import build_audio_tower
 from picovlm.checkpoint import EVERYTHING_ELSE, load_weights, read_config
-from picovlm.config import CLIPConfig, GPTConfig, VisionConfig, ViTConfig, from_dict
+from picovlm.config import AudioConfig, CLIPConfig, GPTConfig, VisionConfig, ViTConfig, from_dict
 from picovlm.models.gpt import GPT
 from picovlm.models.hf_encoder import HFTextEncoder
 from picovlm.text.padding import pad_right
@@ -101,15 +102,16 @@ def build_text_encoder(layout: str, text: GPTConfig, hf_path: str | Path = "") -
 
 
 class CLIPModel(nn.Module):
-    """`vision` builds the image tower (any kind of the tower registry); `cfg` the text encoder and
-    the shared space, with `cfg.text.vocab_size` the tokenizer's."""
+    """`vision` builds the image tower (any kind of the tower registry), or, an AudioConfig, the audio
+    tower (the `clap` stage: audio/caption pairs, CLAP); `cfg` the text encoder and the shared space,
+    with `cfg.text.vocab_size` the tokenizer's."""
 
-    def __init__(self, vision: VisionConfig, cfg: CLIPConfig):
+    def __init__(self, vision: VisionConfig | AudioConfig, cfg: CLIPConfig):
         super().__init__()
         if cfg.text_layout not in TEXT_LAYOUTS:  # before the tower is built: a typo should not cost its init
             raise ValueError(f"unknown CLIP text layout {cfg.text_layout!r}; known: {', '.join(TEXT_LAYOUTS)}")
         self.vision_cfg, self.cfg = vision, cfg
-        self.tower = build_vision_tower(vision)
+        self.tower = build_audio_tower(vision) if isinstance(vision, AudioConfig) else build_vision_tower(vision)
         self.text = build_text_encoder(cfg.text_layout, cfg.text, cfg.text_hf_path)
         text_width = self.text.n_embd if cfg.text_layout == "hf" else cfg.text.n_embd
         self.image_proj = nn.Linear(self.tower.hidden_size, cfg.embed_dim, bias=False)
@@ -157,14 +159,17 @@ def pooled_image(tower: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def clip_checkpoint_config(model: CLIPModel) -> dict[str, Any]:
-    """What a CLIP checkpoint's config.json says about the model, for `load_clip` to rebuild it."""
-    return {"task": "clip", "vision": dataclasses.asdict(model.vision_cfg), "clip": dataclasses.asdict(model.cfg)}
+    """What a CLIP (or CLAP: an audio tower) checkpoint's config.json says about the model, for
+    `load_clip` to rebuild it."""
+    tower = "audio" if isinstance(model.vision_cfg, AudioConfig) else "vision"
+    task = "clap" if tower == "audio" else "clip"
+    return {"task": task, tower: dataclasses.asdict(model.vision_cfg), "clip": dataclasses.asdict(model.cfg)}
 
 
 def _upgrade(cfg: dict[str, Any]) -> dict[str, Any]:
     """A config.json from before CLIP read its tower from a VisionConfig (it was always a ViT, whose
     parameter names have not changed) and its settings from a CLIPConfig, in today's layout."""
-    if "vision" in cfg:
+    if "vision" in cfg or "audio" in cfg:
         return cfg
     clip = {"text": cfg["text"], "embed_dim": cfg["embed_dim"], "text_layout": cfg.get("text_layout", "gpt")}
     clip["text_hf_path"] = cfg.get("text_hf_path", "")
@@ -172,13 +177,14 @@ def _upgrade(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_clip(path: str | Path) -> tuple[CLIPModel, Tokenizer, str]:
-    """A CLIP-stage checkpoint (eval mode), its tokenizer and its text-encoder layout."""
+    """A CLIP- (or CLAP-) stage checkpoint (eval mode), its tokenizer and its text-encoder layout."""
     path = Path(path)
     cfg = read_config(path)
-    if cfg.get("task") != "clip":
+    if cfg.get("task") not in ("clip", "clap"):
         raise ValueError(f"{path}: a {cfg.get('task')!r} checkpoint, not a CLIP model (use runs/<x>/clip/model)")
     cfg = _upgrade(cfg)
+    tower = from_dict(AudioConfig, cfg["audio"]) if "audio" in cfg else from_dict(VisionConfig, cfg["vision"])
     # a locked "hf" text encoder is not in the checkpoint: it is rebuilt from the folder (or packaged name) stored here
-    model = CLIPModel(from_dict(VisionConfig, cfg["vision"]), from_dict(CLIPConfig, cfg["clip"]))
+    model = CLIPModel(tower, from_dict(CLIPConfig, cfg["clip"]))
     load_weights(model, path)
     return model.eval(), Tokenizer.load(path / "tokenizer.json"), model.text_layout

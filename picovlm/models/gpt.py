@@ -5,7 +5,7 @@ SwiGLU MLP -> block -> GPT. Module names follow HF `LlamaForCausalLM` (q_proj, g
 RoPE uses the same rotate-half convention, so export is a renaming of keys, not a permutation.
 
 The model takes either token ids or ready-made embeddings (`inputs_embeds`): that second door is
-how a VLM feeds image features in (see `picovlm.models.vlm.merge_image_embeds`).
+how a VLM feeds image features in (see `picovlm.models.vlm.merge_embeds`).
 """
 
 from __future__ import annotations

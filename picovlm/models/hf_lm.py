@@ -34,7 +34,7 @@ from picovlm.config import GPTConfig
 from picovlm.models.gpt import KVCache, default_positions
 from picovlm.text.template import read_hf_template
 from picovlm.text.tokenizer import Tokenizer
-from picovlm.text.tokens import IMAGE_MARKERS, SPECIAL_TOKENS
+from picovlm.text.tokens import IMAGE_MARKERS, MEDIA_TOKENS, SPECIAL_TOKENS
 
 
 def _check_folder(path: str | Path) -> Path:
@@ -45,8 +45,8 @@ def _check_folder(path: str | Path) -> Path:
 
 
 def hf_lm_tokenizer(path: str | Path) -> Tokenizer:
-    """The LM folder's own tokenizer (tokenizer.json) with picovlm's special tokens and image markers
-    added, and the folder's chat template if it has one."""
+    """The LM folder's own tokenizer (tokenizer.json) with picovlm's special tokens, image markers and
+    video/audio placeholders added, and the folder's chat template if it has one."""
     from tokenizers import AddedToken
     from tokenizers import Tokenizer as RawTokenizer
 
@@ -56,7 +56,7 @@ def hf_lm_tokenizer(path: str | Path) -> Tokenizer:
         raise FileNotFoundError(f"{file}: no fast tokenizer file; an HF LM folder needs tokenizer.json")
     raw = RawTokenizer.from_file(str(file))
     template = read_hf_template(folder, raw.id_to_token)
-    ours = (*SPECIAL_TOKENS, *IMAGE_MARKERS)
+    ours = (*SPECIAL_TOKENS, *IMAGE_MARKERS, *MEDIA_TOKENS)
     raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ours])
     return Tokenizer(raw, source=str(file), chat_template=template)
 

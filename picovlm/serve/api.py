@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
+from picovlm.models.modalities import MODALITIES
 from picovlm.serve import schema
 from picovlm.serve.config import ServeConfig
 from picovlm.serve.protocol import (
@@ -45,6 +46,7 @@ from picovlm.serve.protocol import (
     completion,
     decode_image,
     decode_json,
+    decode_media,
     new_id,
     parse_chat_request,
     usage,
@@ -65,17 +67,24 @@ class Prepared:
     ids: list[int]
     pixels: torch.Tensor
     params: SamplingParams
+    media: dict[str, torch.Tensor] = field(default_factory=dict)  # videos, audio: `VLM.forward(**media)`
 
 
 def prepare(pipe: Pipeline, req: ChatRequest, limits: Limits) -> Prepared:
-    """Count tokens (refusing what cannot fit before decoding any image), decode the images, encode.
+    """Count tokens (refusing what cannot fit before decoding any input), decode the inputs, encode.
     Each image is preprocessed as soon as it is decoded, so one full-size image is held at a time
-    (eight 36-megapixel PNGs, 1.2 MB of request, took the server from 0.3 to 1.55 GB at once)."""
+    (eight 36-megapixel PNGs, 1.2 MB of request, took the server from 0.3 to 1.55 GB at once); a video
+    is probed only, its sampled frames decoded by `prepare`."""
     max_tokens = _new_tokens(pipe, req)
     proc = pipe.processor
     pixels = [proc.image_processor([decode_image(param, url, limits)]) for param, url in req.image_sources]
+    media: dict[str, list] = {}
+    for modality, param, data in req.media_sources:
+        media.setdefault(modality, []).append(decode_media(modality, param, data, limits))
     try:
-        enc = proc.encode_prompt_ids(req.messages, len(pixels), reserve=max_tokens)
+        counts = {name: len(items) for name, items in media.items()}
+        enc = proc.encode_prompt_ids(req.messages, len(pixels), reserve=max_tokens, counts=counts)
+        tensors = proc.prepare(media)
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature=req.temperature,
@@ -86,7 +95,7 @@ def prepare(pipe: Pipeline, req: ChatRequest, limits: Limits) -> Prepared:
         )
     except ValueError as e:
         raise APIError(400, str(e)) from None
-    return Prepared(enc.ids, torch.cat(pixels) if pixels else proc.image_processor([]), params)
+    return Prepared(enc.ids, torch.cat(pixels) if pixels else proc.image_processor([]), params, tensors)
 
 
 def _new_tokens(pipe: Pipeline, req: ChatRequest) -> int:
@@ -98,6 +107,12 @@ def _new_tokens(pipe: Pipeline, req: ChatRequest) -> int:
         raise APIError(400, str(e), "messages") from None
     context, per_image = pipe.processor.max_len, pipe.processor.tokens_per_placeholder
     n_prompt = len(text_ids) + len(req.image_sources) * (per_image - 1)
+    for modality, param, _ in req.media_sources:  # each becomes its tokens (what the model does not read: refused)
+        if modality not in pipe.processor.media:
+            raise APIError(
+                400, f"this model reads no {MODALITIES[modality].plural}", param, f"{modality}_not_supported"
+            )
+        n_prompt += pipe.processor.tokens_per(modality) - 1
     max_tokens = req.max_tokens if req.max_tokens is not None else context - n_prompt
     if n_prompt + max(max_tokens, 1) > context:
         raise APIError(
@@ -142,6 +157,7 @@ class Answer:
                 prep.params,
                 emit=lambda ev: loop.call_soon_threadsafe(self.events.put_nowait, ev),
                 ignore_eos=req.ignore_eos,
+                media=prep.media,
             )
         except QueueFull as e:
             raise APIError(503, str(e), code="server_overloaded", type="server_error") from None

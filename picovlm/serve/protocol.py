@@ -1,7 +1,9 @@
 """The OpenAI chat-completions format, both ways: a request body -> what picovlm needs, and picovlm's
 answer -> response and stream-chunk objects. Pure functions, no HTTP, so every rule is testable.
 
-Only what a small VLM can honour is accepted: text and image parts, one choice (n=1), sampling by
+Only what a small VLM can honour is accepted: text and image parts (and, for a model that reads
+them, audio as OpenAI's `input_audio` parts and videos as `video_url` parts holding a data URL of an
+.mp4 or .webm, as vLLM takes them, with size and duration limits), one choice (n=1), sampling by
 temperature/top_p (and top_k, an extension), stop strings, a seed. A field we cannot honour with
 a non-default value is refused with a clear error instead of being silently ignored; fields that
 do not change the answer (user, metadata, ...) are ignored.
@@ -30,12 +32,14 @@ import sys
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
-from picovlm.text.tokens import IMAGE, SPECIAL_TOKENS
+from picovlm.audio.wave import AudioError, load_audio
+from picovlm.text.tokens import AUDIO, IMAGE, MEDIA_TOKENS, SPECIAL_TOKENS, VIDEO
+from picovlm.video.decode import VideoError, load_video
 from picovlm.vision.image import MAX_IMAGE_PIXELS, ImageError, ImageTooLarge, load_image
 
 
@@ -65,6 +69,10 @@ class Limits:
     max_body_bytes: int = 32 * 1024 * 1024  # the whole JSON body
     allow_image_urls: bool = False  # fetch http(s) image URLs (off: the server reaches nothing on its own)
     url_timeout_s: float = 10.0
+    max_media: int = 4  # videos and audio clips per request, the whole conversation
+    max_media_bytes: int = 16 * 1024 * 1024  # encoded size of one video or audio clip
+    max_video_seconds: float = 30.0  # read from the packets' timestamps before any frame is decoded
+    max_audio_seconds: float = 30.0  # read from the header before any sample is decoded
     # bounds that follow from the model (`fitted`); None: not checked
     max_prompt_chars: int | None = None  # the messages' text, in characters
     max_json_values: int | None = None  # "," "[" "{" in the body: what decoding it costs, in Python objects
@@ -102,6 +110,8 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     ignore_eos: bool = False  # extension (as in vLLM): decode exactly max_tokens tokens, for benchmarks
+    # (modality, param path, base64 data or data URL) of each video and audio clip, in placeholder order
+    media_sources: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
@@ -164,27 +174,49 @@ def _unicode(text: str, where: str) -> str:
     return text
 
 
-def _text_of(content: Any, param: str, allow_images: bool, images: list[tuple[str, str]]) -> str:
-    """A message's content (a string or a list of parts) as template text with <|image|> placeholders;
-    the image sources are appended to `images`."""
+def _text_of(
+    content: Any, param: str, allow_images: bool, images: list[tuple[str, str]], media: list[tuple[str, str, str]]
+) -> str:
+    """A message's content (a string or a list of parts) as template text with <|image|> (<|video|>,
+    <|audio|>) placeholders; the image sources are appended to `images`, the others' to `media`."""
     if content is None:
         return ""
     if isinstance(content, str):
-        return _part_text({"type": "text", "text": content}, param, allow_images, images)
+        return _part_text({"type": "text", "text": content}, param, allow_images, images, media)
     if not isinstance(content, list):
         raise _bad(f"{param} must be a string or a list of content parts", param)
-    return "\n".join(_part_text(part, f"{param}[{j}]", allow_images, images) for j, part in enumerate(content))
+    return "\n".join(_part_text(part, f"{param}[{j}]", allow_images, images, media) for j, part in enumerate(content))
 
 
-def _part_text(part: Any, where: str, allow_images: bool, images: list[tuple[str, str]]) -> str:
-    """One content part: its text, or <|image|> for an image (whose source goes to `images`)."""
+def _media_part(kind: str, part: dict, where: str, media: list[tuple[str, str, str]]) -> str:
+    """An `input_audio` part ({"data": base64, "format": "wav"}) or a `video_url` part ({"url": a data
+    URL}): its source goes to `media`, its placeholder into the text."""
+    spec = part.get(kind)
+    if kind == "input_audio":
+        data = spec.get("data") if isinstance(spec, dict) else None
+        if not isinstance(data, str):
+            raise _bad(f"{where}.input_audio.data must be a string (base64 audio)", f"{where}.input_audio")
+        media.append(("audio", f"{where}.input_audio", data))
+        return AUDIO
+    url = spec.get("url") if isinstance(spec, dict) else spec
+    if not isinstance(url, str):
+        raise _bad(f"{where}.video_url.url must be a string (a data URL)", f"{where}.video_url")
+    media.append(("video", f"{where}.video_url", url))
+    return VIDEO
+
+
+def _part_text(
+    part: Any, where: str, allow_images: bool, images: list[tuple[str, str]], media: list[tuple[str, str, str]]
+) -> str:
+    """One content part: its text, or <|image|> for an image (whose source goes to `images`), or the
+    placeholder of a video or audio clip (whose source goes to `media`)."""
     kind = part.get("type") if isinstance(part, dict) else None
     if kind == "text":
         text = part.get("text")
         if not isinstance(text, str):
             raise _bad(f"{where}.text must be a string", f"{where}.text")
         _unicode(text, where)
-        for special in SPECIAL_TOKENS:
+        for special in (*SPECIAL_TOKENS, *MEDIA_TOKENS):
             if special in text:
                 raise _bad(f"{where}: text may not contain the special token {special}", where)
         return text
@@ -195,9 +227,14 @@ def _part_text(part: Any, where: str, allow_images: bool, images: list[tuple[str
             raise _bad(f"{where}.image_url.url must be a string (a data URL)", f"{where}.image_url")
         images.append((f"{where}.image_url", url))
         return IMAGE
-    if kind == "image_url":
-        raise _bad(f"{where}: only user messages may contain images", where)
-    raise _bad(f"{where}: unsupported content part type {_show(kind)} (use 'text' or 'image_url')", where)
+    if kind in ("input_audio", "video_url") and allow_images:
+        return _media_part(kind, part, where, media)
+    if kind in ("image_url", "input_audio", "video_url"):
+        raise _bad(f"{where}: only user messages may contain images, videos and audio", where)
+    raise _bad(
+        f"{where}: unsupported content part type {_show(kind)} (use 'text', 'image_url', 'input_audio' or 'video_url')",
+        where,
+    )
 
 
 def parse_chat_request(body: Any, model_name: str, limits: Limits) -> ChatRequest:
@@ -207,7 +244,7 @@ def parse_chat_request(body: Any, model_name: str, limits: Limits) -> ChatReques
         raise _bad("the request body must be a JSON object")
     _check_model(body, model_name)
     _refuse_unsupported(body)
-    messages, images = _conversation(body.get("messages"), limits)
+    messages, images, media = _conversation(body.get("messages"), limits)
     max_tokens = _integer(body, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens", 1)
@@ -234,6 +271,7 @@ def parse_chat_request(body: Any, model_name: str, limits: Limits) -> ChatReques
         stream=stream,
         include_usage=include_usage,
         ignore_eos=ignore_eos,
+        media_sources=media,
     )
 
 
@@ -257,13 +295,17 @@ def _refuse_unsupported(body: dict) -> None:
         raise _bad("only n=1 is supported", "n", "unsupported_parameter")
 
 
-def _conversation(raw: Any, limits: Limits) -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
-    """(user/assistant messages in template form, image sources in placeholder order). picovlm's
-    template has no system turn: system/developer text is put in front of the next user message."""
+def _conversation(
+    raw: Any, limits: Limits
+) -> tuple[list[dict[str, str]], list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """(user/assistant messages in template form, image sources and video/audio sources in placeholder
+    order). picovlm's template has no system turn: system/developer text is put in front of the next
+    user message."""
     if not isinstance(raw, list) or not raw:
         raise _bad("messages must be a non-empty list", "messages")
     messages: list[dict[str, str]] = []
     images: list[tuple[str, str]] = []
+    media: list[tuple[str, str, str]] = []
     system: list[str] = []
     chars = 0
     for i, m in enumerate(raw):
@@ -273,7 +315,7 @@ def _conversation(raw: Any, limits: Limits) -> tuple[list[dict[str, str]], list[
         role = m.get("role")
         if role not in ("system", "developer", "user", "assistant"):
             raise _bad(f"{param}.role must be system, user or assistant, got {_show(role)}", f"{param}.role")
-        text = _text_of(m.get("content"), f"{param}.content", role == "user", images)
+        text = _text_of(m.get("content"), f"{param}.content", role == "user", images, media)
         chars += len(text)
         if limits.max_prompt_chars is not None and chars > limits.max_prompt_chars:
             raise _bad(
@@ -297,7 +339,13 @@ def _conversation(raw: Any, limits: Limits) -> tuple[list[dict[str, str]], list[
             "messages",
             "too_many_images",
         )
-    return messages, images
+    if len(media) > limits.max_media:
+        raise _bad(
+            f"{len(media)} videos and audio clips in the conversation; at most {limits.max_media} are allowed",
+            "messages",
+            "too_many_media",
+        )
+    return messages, images, media
 
 
 def _stop_strings(stop: Any) -> tuple[str, ...]:
@@ -382,6 +430,39 @@ def decode_image(param: str, url: str, limits: Limits) -> Image.Image:
         raise _bad(str(e), param, "image_too_large") from None
     except ImageError as e:
         raise _bad(str(e), param, "invalid_image") from None
+
+
+def media_bytes(modality: str, param: str, data: str, limits: Limits) -> bytes:
+    """The encoded file behind a video's data URL or an audio part's base64, within the size limit."""
+    if data.startswith("data:"):
+        match = _DATA_URL.match(data)
+        if match is None or ";base64" not in match["params"]:
+            raise _bad("a video must be a base64 data URL (data:video/mp4;base64,...)", param, "invalid_media_url")
+        data = match["data"]
+    elif modality == "video":
+        raise _bad(
+            "a video must be a base64 data URL (data:video/mp4;base64,...); URLs are not fetched",
+            param,
+            "invalid_media_url",
+        )
+    if len(data) * 3 // 4 > limits.max_media_bytes:
+        raise _bad(f"the file is larger than {limits.max_media_bytes} bytes", param, "media_too_large")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad("the data is not valid base64", param, "invalid_media") from None
+
+
+def decode_media(modality: str, param: str, data: str, limits: Limits) -> Any:
+    """A video's data URL -> a probed `Video`, an audio part's base64 -> `Audio`; too long, too large
+    or unreadable ones are refused before any frame or sample is decoded."""
+    raw = media_bytes(modality, param, data, limits)
+    try:
+        if modality == "video":
+            return load_video(raw, max_seconds=limits.max_video_seconds, name=param)
+        return load_audio(raw, max_seconds=limits.max_audio_seconds, name=param)
+    except (VideoError, AudioError) as e:
+        raise _bad(str(e), param, f"invalid_{modality}") from None
 
 
 # ---------------------------------------------------------------------------- responses

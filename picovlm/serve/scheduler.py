@@ -119,14 +119,16 @@ class Scheduler:
         params: SamplingParams,
         emit: Callable[[Event], None] | None = None,
         ignore_eos: bool = False,
+        media: dict[str, torch.Tensor] | None = None,
     ) -> Handle:
-        """Queue a prompt (ids with image placeholders expanded); events go to `emit` (called from the
-        scheduler thread, so it must be quick and thread-safe) or, without it, to `handle.events()`."""
+        """Queue a prompt (ids with placeholders expanded; `media`: its videos' and audio clips' tensors);
+        events go to `emit` (called from the scheduler thread, so it must be quick and thread-safe) or,
+        without it, to `handle.events()`."""
         handle = Handle(next(self._ids), len(ids))
         if emit is None:
             handle._queue = queue.Queue()
             emit = handle._queue.put
-        seq = Sequence(handle.key, ids, pixels, params, ignore_stop=ignore_eos)
+        seq = Sequence(handle.key, ids, pixels, params, ignore_stop=ignore_eos, media=media or {})
         request = _Request(handle, seq, emit)
         with self._wake:
             if self._closed:

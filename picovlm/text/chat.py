@@ -8,8 +8,9 @@ assistant content and on its closing <|end|> (so it learns when to stop), 0 ever
 
 Content may not contain special-token strings, since they would be read as template tokens and let a
 message forge turns (e.g. a user typing "<|end|><|assistant|>"). The one exception is <|image|> in
-user content: that is how a prompt says where the image features go. Assistant content may not
-contain <|image|> either: the model never emits images.
+user content (and the other modalities' placeholders, <|video|> and <|audio|>): that is how a prompt
+says where the image (video, audio) features go. Assistant content may not contain them either: the
+model never emits images.
 
 A tokenizer from an HF LM folder may bring that LM's own template (`tok.chat_template`, text/template.py),
 e.g. SmolLM2's `<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n...`; then the conversation is
@@ -20,7 +21,7 @@ forge the LM's turns either.
 """
 
 from picovlm.text.tokenizer import Tokenizer
-from picovlm.text.tokens import IMAGE
+from picovlm.text.tokens import PLACEHOLDERS
 
 Message = dict[str, str]
 
@@ -29,7 +30,7 @@ def _encode_content(tok: Tokenizer, message: Message, index: int) -> tuple[int, 
     """(role marker id, content ids, mask value) of one message, after checking it is well-formed."""
     role = message.get("role")
     if role == "user":
-        marker, allowed, target = tok.user_id, {IMAGE}, 0
+        marker, allowed, target = tok.user_id, set(PLACEHOLDERS), 0
     elif role == "assistant":
         marker, allowed, target = tok.assistant_id, set(), 1
     else:
@@ -49,7 +50,7 @@ def _check_messages(tok: Tokenizer, messages: list[Message]) -> None:
             raise ValueError(f"message {index}: unknown role {role!r} (expected 'user' or 'assistant')")
         content = message["content"]
         for special in tok.special_tokens:
-            if special in content and not (special == IMAGE and role == "user"):
+            if special in content and not (special in PLACEHOLDERS and role == "user"):
                 raise ValueError(f"message {index}: {role} content may not contain the special token {special}")
 
 

@@ -27,6 +27,7 @@ from picovlm.text.tokens import (
     IMAGE_END,
     IMAGE_MARKERS,
     IMAGE_START,
+    MEDIA_TOKENS,
     PAD,
     SPECIAL_TOKENS,
     USER,
@@ -53,7 +54,8 @@ class Tokenizer:
                 raise ValueError(f"{source}: not a picovlm tokenizer (missing special token {token})")
         self._hf, self.source = hf, source
         # the image markers only where the tokenizer has them (one made before they existed has not)
-        self._special = {t: hf.token_to_id(t) for t in (*SPECIAL_TOKENS, *IMAGE_MARKERS) if t in special}
+        optional = (*IMAGE_MARKERS, *MEDIA_TOKENS)
+        self._special = {t: hf.token_to_id(t) for t in (*SPECIAL_TOKENS, *optional) if t in special}
         # longest first, so that a token that begins with another one is matched whole
         self.special_tokens = tuple(sorted(special, key=len, reverse=True))
         self.chat_template = chat_template
@@ -67,9 +69,9 @@ class Tokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2) -> "Tokenizer":
-        """Learn BPE merges from `texts`; the specials take the first ids, in SPECIAL_TOKENS then
-        IMAGE_MARKERS order."""
-        specials = [*SPECIAL_TOKENS, *IMAGE_MARKERS]
+        """Learn BPE merges from `texts`; the specials take the first ids, in SPECIAL_TOKENS, IMAGE_MARKERS
+        then MEDIA_TOKENS order."""
+        specials = [*SPECIAL_TOKENS, *IMAGE_MARKERS, *MEDIA_TOKENS]
         if vocab_size < N_BYTES + len(specials):
             raise ValueError(
                 f"vocab_size {vocab_size} is too small: the byte alphabet and the special tokens "
@@ -193,6 +195,16 @@ class Tokenizer:
                 "markers existed); image_markers needs a tokenizer trained with them"
             )
         return self._special[IMAGE_START], self._special[IMAGE_END]
+
+    def placeholder_id(self, token: str) -> int:
+        """The id of a modality's placeholder (<|video|>, <|audio|>); a tokenizer made before it existed
+        has none, and says so."""
+        if token not in self._special:
+            raise ValueError(
+                f"{self.source}: this tokenizer has no {token} (it was made before that modality existed); "
+                "a model that reads it needs a tokenizer trained with it"
+            )
+        return self._special[token]
 
     @property
     def end_id(self) -> int:

@@ -18,3 +18,9 @@ SPECIAL_TOKENS = (BOS, PAD, IMAGE, USER, ASSISTANT, END)  # every picovlm tokeni
 # tokenizers made since the markers exist have them too (ids right after SPECIAL_TOKENS'); older ones
 # do not, and still load: only `image_markers` needs them
 IMAGE_MARKERS = (IMAGE_START, IMAGE_END)
+# the placeholders of the other modalities (models/modalities.py): tokenizers made since they exist have them
+# (ids right after IMAGE_MARKERS'); older ones load, and only a model that reads videos or audio needs them
+VIDEO = "<|video|>"
+AUDIO = "<|audio|>"
+MEDIA_TOKENS = (VIDEO, AUDIO)
+PLACEHOLDERS = (IMAGE, *MEDIA_TOKENS)  # what user content may contain: where each input's embeddings go

@@ -8,6 +8,7 @@ resume) is the same for all of them: the loop's (`train/loop.py`) and `run_stage
 
   lm    picovlm's GPT on text alone, loss on every token
   clip  the vision tower against a text encoder, contrastively (models/clip.py)
+  clap  the audio tower against a text encoder, the same way, on audio/caption pairs
   vlm   the adapter VLM (models/vlm.py), loss on the assistant's tokens
   vq    the VQ image tokenizer (vq/model.py) on the images alone, loss on their reconstruction
 
@@ -29,8 +30,10 @@ from picovlm.config import GPTConfig, RecipeConfig, StageConfig, from_dict
 from picovlm.data.batches import (
     Batch,
     ImageCache,
+    MediaCache,
     TowerFeatures,
     as_caption,
+    clap_batch,
     clip_batch,
     context_length,
     fit_context,
@@ -43,7 +46,7 @@ from picovlm.data.records import require
 from picovlm.models.clip import CLIP_HF_PARTS, CLIP_PARTS, CLIPModel, clip_checkpoint_config, load_clip
 from picovlm.models.gpt import GPT
 from picovlm.models.processor import VLMProcessor
-from picovlm.models.vlm import VLM, VLM_PARTS, load_vlm, masked_lm_loss, vlm_checkpoint_config
+from picovlm.models.vlm import VLM, load_vlm, masked_lm_loss, media_token_ids, vlm_checkpoint_config
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.vq.model import VQ_PARTS, VQVAE, load_vqvae, vq_checkpoint_config
 
@@ -149,17 +152,54 @@ class CLIPTask(StageTask):
         return load_clip(folder)[0]
 
 
-class VLMTask(StageTask):
-    """The adapter VLM on captions or conversations, loss on the assistant's tokens."""
+class CLAPTask(StageTask):
+    """Contrastive pretraining of the model's audio tower (`VLMConfig.audio`) against the text encoder
+    of `RecipeConfig.clip`, on audio/caption pairs: CLIP's loss and model (models/clip.py), with the
+    audio tower where the image tower was. Its tower part is named as the VLM's, "audio_tower"."""
 
-    parts = VLM_PARTS
+    unit = "clip"
+
+    def __init__(self, recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer):
+        if not recipe.model.audio.kind:
+            raise ValueError(f"stage {stage.name!r}: task 'clap' needs an audio tower (model.audio.kind)")
+        text = dataclasses.replace(recipe.clip.text, vocab_size=tok.vocab_size)
+        self.model = CLIPModel(recipe.model.audio, dataclasses.replace(recipe.clip, text=text))
+        locked_text = recipe.clip.text_layout == "hf"
+        clip_parts = CLIP_HF_PARTS if locked_text else CLIP_PARTS  # its tower part renamed: the VLM's name
+        self.parts = {"audio_tower" if k == "tower" else k: v for k, v in clip_parts.items()}
+        self.pretrained_parts = ("text",) if locked_text else ()
+        self.captions = self.model.captions(tok)
+        self.clips = MediaCache(lambda media: {"audio": self.model.tower.processor(media["audio"])})
+
+    def make_batch(self, samples: list[Sample]) -> Batch:
+        return clap_batch(samples, self.captions, self.clips)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return self.model(batch["mels"], batch["ids"], batch["lengths"])
+
+    def count(self, batch: Batch) -> int:
+        return batch["mels"].shape[0]
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return clip_checkpoint_config(self.model)
+
+    @staticmethod
+    def load(folder: Path) -> nn.Module:
+        return load_clip(folder)[0]
+
+
+class VLMTask(StageTask):
+    """The adapter VLM on captions or conversations, loss on the assistant's tokens; its checkpoint
+    parts are the model's (tower, projector, lm, and those of the video and audio paths it has)."""
 
     def __init__(self, recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer):
         check_isolate_turns(recipe, stage)
         lm = dataclasses.replace(recipe.model.lm, vocab_size=tok.vocab_size)
-        self.model = VLM(dataclasses.replace(recipe.model, lm=lm), tok.image_id)
+        self.model = VLM(dataclasses.replace(recipe.model, lm=lm), tok.image_id, media_token_ids(recipe.model, tok))
+        self.parts = self.model.parts
         self.processor = VLMProcessor.for_model(self.model, tok)
         self.images, self.isolate_turns, self.truncate = ImageCache(), stage.isolate_turns, stage.too_long == "truncate"
+        self.media = MediaCache(self.processor.prepare)  # decoded, sampled videos and spectrograms, once each
         # a tower that does not learn in this stage is run once per image, not once per use (its weights
         # are loaded before the first batch is drawn, so the features are those of the trained tower)
         self.features = None if "tower" in stage.trainable else TowerFeatures(self.model.tower, self.images)
@@ -174,7 +214,7 @@ class VLMTask(StageTask):
         return group_by_image(samples, fits=lambda s: context_length(s, self.processor) <= self.processor.max_len)
 
     def make_batch(self, samples: list[Sample]) -> Batch:
-        return vlm_batch(samples, self.processor, self.images, self.features, self.isolate_turns)
+        return vlm_batch(samples, self.processor, self.images, self.features, self.isolate_turns, self.media)
 
     def checkpoint_config(self) -> dict[str, Any]:
         return vlm_checkpoint_config(self.model)
@@ -219,7 +259,13 @@ def check_isolate_turns(recipe: RecipeConfig, stage: StageConfig) -> None:
         raise ValueError(f"stage {stage.name!r}: isolate_turns needs picovlm's GPT, not an HF LM")
 
 
-STAGE_TASKS: dict[str, type[StageTask]] = {"lm": LMTask, "clip": CLIPTask, "vlm": VLMTask, "vq": VQTask}
+STAGE_TASKS: dict[str, type[StageTask]] = {
+    "lm": LMTask,
+    "clip": CLIPTask,
+    "clap": CLAPTask,
+    "vlm": VLMTask,
+    "vq": VQTask,
+}
 
 
 def build_stage_task(recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer) -> StageTask:

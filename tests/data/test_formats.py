@@ -359,3 +359,45 @@ def test_a_stage_trains_from_sharegpt_and_messages_jsonl(tmp_path, llava_samples
         samples = load_samples(_jsonl(tmp_path, records, name), on_error="raise")
         assert [s.messages for s in samples] == [s.messages for s in llava_samples]
     train_from(tmp_path, ("sharegpt.jsonl", "messages.jsonl"), samples)
+
+
+def test_video_and_audio_fields_beside_image(folder):
+    for name in ("c.mp4", "d.wav", "e.flac"):
+        (folder / name).write_bytes(b"")
+    record = {
+        "id": "mixed",
+        "image": "a.png",
+        "video": "c.mp4",
+        "audio": ["d.wav", "e.flac"],
+        "conversations": _qa("<audio><image>\nIs it loud? <video> and <audio>", "yes"),
+    }
+    (sample,) = load_samples(_jsonl(folder, [record]), on_error="raise")
+    assert sample.images == [folder / "a.png"]
+    assert sample.media == {"video": [folder / "c.mp4"], "audio": [folder / "d.wav", folder / "e.flac"]}
+    assert sample.messages[0]["content"] == "<|audio|><|image|>\nIs it loud? <|video|> and <|audio|>"
+    assert sample.modalities == "image+video+audio" and sample.inputs("audio")[1] == folder / "e.flac"
+    write_llava_json([sample], folder / "out" / "round.json")
+    (again,) = load_samples(folder / "out" / "round.json", on_error="raise")
+    resolved = {k: [p.resolve() for p in v] for k, v in again.media.items()}
+    assert resolved == sample.media and again.messages == sample.messages
+    (caption,) = load_samples(_jsonl(folder, [{"audio": "d.wav", "text": "a beep"}], "c.jsonl"), on_error="raise")
+    assert caption.meta["kind"] == "caption" and caption.modalities == "audio"
+
+
+@pytest.mark.parametrize(
+    ("record", "what"),
+    [
+        ({"video": "c.mp4", "conversations": _qa("What moves?")}, "0 <video> placeholder(s) for 1 video(s)"),
+        ({"conversations": _qa("<audio>\nHow loud?")}, "1 <audio> placeholder(s) for 0 audio(s)"),
+        ({"video": "gone.mp4", "conversations": _qa("<video>\nWhat?")}, "video not found:"),
+        ({"audio": 3, "conversations": _qa("<audio>\nWhat?")}, "'audio' must be a non-empty string or a list of them"),
+        ({"conversations": _qa("<|video|> What?")}, "turn 0 contains the reserved token <|video|>"),
+        ({"video": "c.mp4", "image": "a.png", "text": "two things"}, "a caption record needs exactly one image"),
+    ],
+)
+def test_video_and_audio_problems_name_the_record(folder, record, what):
+    (folder / "c.mp4").write_bytes(b"")
+    path = _jsonl(folder, [GOOD, record])
+    with pytest.raises(DataError) as info:
+        load_samples(path, on_error="raise")
+    assert str(info.value).startswith(f"{path}:2: {what}")

@@ -82,7 +82,7 @@ class ScriptedPipeline:
     def __init__(self, questions, answer_for):
         self.expected, self.answer_for, self.calls = list(questions), answer_for, 0
 
-    def generate(self, batch, images, params):
+    def generate(self, batch, images, params, media=None):
         self.calls += 1
         assert len(batch) == len(images) and params.max_tokens == 16 and params.temperature == 0
         answers = []

@@ -123,3 +123,12 @@ def test_cli_export_and_import(tmp_path, tok, capsys):
     assert main(["export", "--model", str(bad), str(tmp_path / "hf2")]) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]  # (transformers 5 also logs progress bars)
     assert last.startswith("picovlm: error: ") and "pixel_shuffle2' has no LLaVA counterpart" in last
+
+
+def test_a_model_that_reads_videos_or_audio_is_not_exported(tiny_av_run, tmp_path):
+    from picovlm.interop.internvl import export_internvl
+
+    for export, name in ((export_llava, "LLaVA"), (export_internvl, "InternVL")):
+        with pytest.raises(ValueError, match=f"also reads video, audio; an HF {name} folder holds an image path only"):
+            export(tiny_av_run["model"], tmp_path / name)
+        assert not (tmp_path / name).exists()

@@ -17,7 +17,7 @@ from picovlm.models.hf_lm import HFCausalLM, hf_lm_tokenizer
 from picovlm.models.vlm import VLM
 from picovlm.presets import RECIPES
 from picovlm.text.chat import render_prompt
-from picovlm.text.tokens import IMAGE_MARKERS, SPECIAL_TOKENS
+from picovlm.text.tokens import IMAGE_MARKERS, MEDIA_TOKENS, SPECIAL_TOKENS
 from picovlm.train.stages import run_recipe
 from tests.engine.reference import decode_without_cache
 
@@ -32,7 +32,7 @@ def hf_lm(request, tmp_path_factory, write_hf_lm):
 def test_tokenizer_gets_our_special_tokens_and_embeddings_grow(hf_lm):
     folder, n = hf_lm
     tok = hf_lm_tokenizer(folder)
-    assert tok.vocab_size == n + len(SPECIAL_TOKENS) + len(IMAGE_MARKERS)
+    assert tok.vocab_size == n + len(SPECIAL_TOKENS) + len(IMAGE_MARKERS) + len(MEDIA_TOKENS)
     assert tok.encode("<|image|>") == [tok.image_id] and tok.image_id >= n
     assert tok.has_image_markers and min(tok.image_marker_ids) >= n  # image_markers work with an HF LM too
     assert tok.decode(tok.encode("a red circle")) == "a red circle"

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from picovlm.config import GPTConfig, VisionConfig, ViTConfig, VLMConfig
-from picovlm.models.vlm import IGNORE_INDEX, VLM, expand_image_tokens, merge_image_embeds
+from picovlm.models.modalities import Slots, expand_placeholders
+from picovlm.models.vlm import IGNORE_INDEX, VLM, merge_embeds
 
 IMG = 2  # image placeholder id in these tests
 
@@ -17,18 +18,22 @@ def tiny_vlm(projector: str = "pixel_shuffle2", seed: int = 0) -> VLM:
     return VLM(VLMConfig(vision=VisionConfig(vit=vit), projector=projector, lm=lm), image_token_id=IMG)
 
 
+def expand_image_tokens(ids, mask, n_images, tokens_per_image, markers=None):
+    return expand_placeholders(ids, mask, [Slots(IMG, "image", n_images, tokens_per_image)], markers)
+
+
 def test_expand_image_tokens():
     ids = [0, 3, IMG, 10, 11, IMG, 5]
     mask = [0, 0, 1, 1, 1, 0, 1]  # a (wrong) 1 on a placeholder must still become 0
-    out_ids, out_mask = expand_image_tokens(ids, mask, n_images=2, image_token_id=IMG, tokens_per_image=3)
+    out_ids, out_mask = expand_image_tokens(ids, mask, n_images=2, tokens_per_image=3)
     assert out_ids == [0, 3, IMG, IMG, IMG, 10, 11, IMG, IMG, IMG, 5]
     assert out_mask == [0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 1]
-    assert expand_image_tokens([0, 4], [0, 1], 0, IMG, 3) == ([0, 4], [0, 1])
+    assert expand_image_tokens([0, 4], [0, 1], 0, 3) == ([0, 4], [0, 1])
 
 
 def test_expand_image_tokens_between_markers():
     start, end = 40, 41
-    out_ids, out_mask = expand_image_tokens([0, IMG, 10, IMG], [1, 1, 1, 1], 2, IMG, 2, markers=(start, end))
+    out_ids, out_mask = expand_image_tokens([0, IMG, 10, IMG], [1, 1, 1, 1], 2, 2, markers=(start, end))
     assert out_ids == [0, start, IMG, IMG, end, 10, start, IMG, IMG, end]
     assert out_mask == [1, 0, 0, 0, 0, 1, 0, 0, 0, 0]  # no loss on an image's tokens or its markers
 
@@ -36,7 +41,17 @@ def test_expand_image_tokens_between_markers():
 @pytest.mark.parametrize("n_images", [0, 1, 3])
 def test_expand_image_tokens_count_mismatch(n_images):
     with pytest.raises(ValueError, match=f"text has 2 <\\|image\\|> placeholders but {n_images} images"):
-        expand_image_tokens([IMG, 7, IMG], [0, 0, 0], n_images, IMG, 4)
+        expand_image_tokens([IMG, 7, IMG], [0, 0, 0], n_images, 4)
+
+
+def test_expand_several_modalities_each_at_its_own_placeholders():
+    VID, AUD = 5, 6
+    slots = [Slots(IMG, "image", 1, 2), Slots(VID, "video", 1, 3), Slots(AUD, "audio", 2, 1)]
+    out_ids, out_mask = expand_placeholders([0, AUD, VID, 9, IMG, AUD], [1] * 6, slots, markers=(40, 41))
+    assert out_ids == [0, 40, AUD, 41, 40, VID, VID, VID, 41, 9, 40, IMG, IMG, 41, 40, AUD, 41]
+    assert out_mask == [1] + [0] * 8 + [1] + [0] * 7
+    with pytest.raises(ValueError, match=r"text has 1 <\|video\|> placeholders but 2 videos"):
+        expand_placeholders([VID], [0], [Slots(VID, "video", 2, 3)])
 
 
 def test_merge_puts_each_image_at_its_slots():
@@ -49,7 +64,7 @@ def test_merge_puts_each_image_at_its_slots():
     )
     text = torch.randn(2, 9, D)
     images = torch.arange(3 * M * D, dtype=torch.float32).view(3, M, D) + 100
-    out = merge_image_embeds(text, ids, images, IMG)
+    out = merge_embeds(text, ids, images, IMG)
     torch.testing.assert_close(out[0, 1:3], images[0])
     torch.testing.assert_close(out[0, 6:8], images[1])
     torch.testing.assert_close(out[1, 4:6], images[2])
@@ -60,8 +75,8 @@ def test_merge_puts_each_image_at_its_slots():
 
 def test_merge_count_mismatch_raises():
     ids = torch.tensor([[IMG, IMG, IMG, 5]])
-    with pytest.raises(ValueError, match=r"3 image-token slots in the text but 2 images x 2 tokens = 4"):
-        merge_image_embeds(torch.zeros(1, 4, 3), ids, torch.zeros(2, 2, 3), IMG)
+    with pytest.raises(ValueError, match=r"3 placeholder slots \(id 2\) in the text but 2 inputs x 2 tokens = 4"):
+        merge_embeds(torch.zeros(1, 4, 3), ids, torch.zeros(2, 2, 3), IMG)
 
 
 def test_tokens_per_image_and_encode_images():

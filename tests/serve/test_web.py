@@ -89,3 +89,39 @@ def test_chat_page(browser, server, tiny_run, image_url):
     page.click("#reset")
     assert page.query_selector_all(".msg") == []
     page.close()
+
+
+def test_the_page_attaches_videos_and_sounds(browser, tiny_av_run):
+    """Attached an .mp4 and a .flac, the page sends them as a video_url and an input_audio part, shows
+    them as players, and the av model answers."""
+    import base64
+
+    from picovlm.engine.pipeline import Pipeline
+    from picovlm.serve.api import create_app
+    from picovlm.serve.config import ServeConfig
+    from tests.serve.helpers import running
+
+    data = tiny_av_run["data"]
+    video, sound = data / "clips" / "test_000000.mp4", data / "sounds" / "test_000000.flac"
+    with running(create_app(Pipeline.load(tiny_av_run["model"]), ServeConfig(model_name="av"))) as url:
+        page = browser.new_page()
+        requests = []
+        page.on("request", lambda r: requests.append(r.post_data_json) if r.url.endswith("/chat/completions") else None)
+        page.goto(url)
+        page.wait_for_selector("#model:text('av')")
+        page.set_input_files("#file", [str(video), str(sound)])
+        page.wait_for_selector("#attached video")
+        page.wait_for_selector("#attached audio")
+        page.fill("#max_tokens", "3")
+        page.fill("#prompt", "which way?")
+        page.click("#send")
+        done = page.wait_for_selector(".msg.assistant[data-state=done]", timeout=30_000)
+        assert not done.query_selector(".text").inner_text().startswith("Error")
+        parts = {p["type"]: p for p in requests[0]["messages"][0]["content"]}
+        assert (
+            parts["video_url"]["video_url"]["url"]
+            == "data:video/mp4;base64," + base64.b64encode(video.read_bytes()).decode()
+        )
+        assert base64.b64decode(parts["input_audio"]["input_audio"]["data"]) == sound.read_bytes()
+        assert parts["text"]["text"] == "which way?"
+        assert page.query_selector(".msg.user video") and page.query_selector(".msg.user audio")
