@@ -204,9 +204,11 @@ def test_a_row_whose_decoding_raises_ends_alone(model, tok):
         Sequence("seeded", prompt(model, [12]), pixels(1, 2), SamplingParams(max_tokens=6, temperature=1.0, seed=5)),
     ]
     alone = {s.key: tokens(run(DecodeBatch(model, with_stop_ids(tok)), [s])[s.key]) for s in good}
+    nan_temperature = SamplingParams(max_tokens=6, temperature=1.0)
+    nan_temperature.temperature = float("nan")  # SamplingParams refuses it; set after, as a bug in the engine would
     bad = [
         Sequence("nan logits", prompt(model, [13]), pixels(1, 3), argmax),
-        Sequence("nan temperature", [0, 3, 14, 4], None, SamplingParams(max_tokens=6, temperature=float("nan"))),
+        Sequence("nan temperature", [0, 3, 14, 4], None, nan_temperature),
         Sequence("text", prompt(model, [15]), pixels(1, 4), greedy(6)),
     ]
     batch = DecodeBatch(model, with_stop_ids(tok))

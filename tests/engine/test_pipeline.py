@@ -104,5 +104,7 @@ def test_a_model_with_markers_prompts_with_them(tmp_path, tok, old_tok):
 def test_a_failed_row_raises(pipe, asked):
     """The engine ends a failing row alone (for the server); a caller of the Pipeline gets the error."""
     conversations, images = asked
+    broken = dataclasses.replace(PARAMS, temperature=1.0)
+    broken.temperature = float("nan")  # SamplingParams refuses it; set after, so that sampling itself raises
     with pytest.raises(RuntimeError, match="probability tensor"):
-        pipe.generate(conversations, images, dataclasses.replace(PARAMS, temperature=float("nan")))
+        pipe.generate(conversations, images, broken)

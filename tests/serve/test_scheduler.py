@@ -76,7 +76,8 @@ def test_a_request_that_fails_alone_fails_alone(pipe, encoded, image):
     """Admitted with good requests: one whose sampling raises (a NaN temperature) and one whose prefill
     raises (a seed torch refuses). Those two end with "error"; the others get the answers they get alone."""
     good = [SamplingParams(max_tokens=12, temperature=1.0, seed=seed) for seed in range(3)]
-    nan = SamplingParams(max_tokens=12, temperature=float("nan"))
+    nan = SamplingParams(max_tokens=12, temperature=1.0)
+    nan.temperature = float("nan")  # SamplingParams refuses it (the API answers 400); set after, so sampling raises
     huge_seed = SamplingParams(max_tokens=12, temperature=1.0, seed=2**64)
     scheduler = Scheduler(pipe, max_batch=8)
     handles = [scheduler.submit(encoded.ids, encoded.pixels, p) for p in [good[0], nan, good[1], huge_seed, good[2]]]
