@@ -284,6 +284,9 @@ class StageConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     dtype: str = "float32"  # "float32" | "bfloat16" (autocast)
+    # under torchrun (several processes): "ddp" replicates the model, "fsdp" shards the parts that learn
+    # (FSDP2) for models that do not fit one device; batch_size stays the global batch (train/distributed.py)
+    parallel: str = "ddp"
     eval_every: int = 0  # 0 = only at the end
     eval_batches: int = 4
     save_every: int = 0  # 0 = only at the end
@@ -385,6 +388,7 @@ CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "lr_scale": ((lambda v: all(x >= 0 for x in v.values())), "multipliers >= 0"),
         "data_shares": ((lambda v: all(0 <= x <= 1 for x in v.values())), "shares in [0, 1]"),
         "dtype": _one_of("float32", "bfloat16"),
+        "parallel": _one_of("ddp", "fsdp"),
         "on_bad_file": _one_of("fail", "skip"),
         "too_long": _one_of("skip", "truncate"),
     },

@@ -329,6 +329,7 @@ class BatchStream:
             raise ValueError(f"{len(samples)} samples are fewer than one batch of {batch_size}")
         self.samples, self.batch_size, self.make_batch, self.seed = samples, batch_size, make_batch, seed
         self.on_reject = on_reject
+        self.share = slice(0, None, 1)  # of each batch drawn: this rank's samples (`shard`)
         self.epoch, self.cursor = 0, 0
         self.rejected: dict[int, str] = {}  # sample index -> why it was left out
         self._order = self._permutation()
@@ -343,13 +344,21 @@ class BatchStream:
 
     def __next__(self) -> Batch:
         while len(self.rejected) < len(self.samples):
-            picked = [i for i in self._draw() if i not in self.rejected]
+            picked = [i for i in self._draw()[self.share] if i not in self.rejected]
             while picked:
                 try:
                     return self.make_batch([self.samples[i] for i in picked])
                 except UnreadableImage as e:
                     picked = self._reject_users_of(picked, e)
         raise DataError(f"no sample left to train on: all {len(self.samples)} have an unreadable image")
+
+    def shard(self, rank: int, world: int) -> None:
+        """Make batches of the samples `rank::world` of each batch drawn: the `world` ranks of a
+        data-parallel run see disjoint shares of the same global batches (whose order and state stay
+        those of one process: a checkpoint resumes at any number of ranks)."""
+        if world > self.batch_size:
+            raise ValueError(f"a batch of {self.batch_size} cannot be shared by {world} processes")
+        self.share = slice(rank, None, world)
 
     def _draw(self) -> list[int]:
         if self.cursor + self.batch_size > len(self._order):  # drop the ragged tail, start a new epoch
