@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -45,12 +46,15 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 SHARDS = "optimizer_shards"  # inside a checkpoint folder that an FSDP run wrote: the DCP optimizer state
 MODES = ("ddp", "fsdp")
+# methods other than forward that a model calls on a sharded part (the VLM embeds its text with
+# `lm.embed` before it runs `lm`): they gather the part's weights as its forward does
+ENTRY_METHODS = ("embed",)
 
 
 @dataclass
@@ -155,7 +159,9 @@ class Parallel:
             opt.load_state_dict(state["optimizer"])
             return
         osd = get_optimizer_state_dict(model, opt)
-        dcp.load({"optimizer": osd}, checkpoint_id=shards)
+        with warnings.catch_warnings():  # one process reads the shards of many: DCP says it, and it is meant
+            warnings.filterwarnings("ignore", "torch.distributed is disabled")
+            dcp.load({"optimizer": osd}, checkpoint_id=shards)
         set_optimizer_state_dict(model, opt, osd)
 
 
@@ -187,6 +193,9 @@ def shard(module: nn.Module) -> None:
         if not isinstance(block, FSDPModule):
             fully_shard(block)
     fully_shard(module)
+    for name in ENTRY_METHODS:
+        if callable(getattr(module, name, None)):
+            register_fsdp_forward_method(module, name)
 
 
 def _in_module_list(root: nn.Module, name: str) -> bool:
