@@ -260,6 +260,9 @@ class StageConfig:
     # record, or captions kept apart from the conversations, trains at a fraction of the tokens; with
     # isolate_turns each record's turns still train as if asked alone
     group_by_image: bool = False
+    # batches of samples of like length (data/batches.py `by_length`), so little of a batch is padding;
+    # the loss mask is untouched, and a batch's samples are still drawn at random from a window of them
+    group_by_length: bool = False
     # file (as named in `data`) -> the share of its records used, a fixed draw (the same in every run, epoch
     # and resume); files not named are used whole. E.g. {"train_captions.jsonl": 0.5} mixes in half the captions
     data_shares: dict[str, float] = field(default_factory=dict)

@@ -75,6 +75,10 @@ class StageTask(ABC):
         """The records about the same image(s) as one conversation each (`StageConfig.group_by_image`)."""
         raise ValueError(f"group_by_image is for stages of task 'vlm', not {type(self).__name__}")
 
+    def length(self, sample: Sample) -> int:
+        """The tokens a prepared sample takes in a batch (`StageConfig.group_by_length`)."""
+        raise ValueError(f"group_by_length is for stages of task 'vlm', not {type(self).__name__}")
+
     @abstractmethod
     def make_batch(self, samples: list[Sample]) -> Batch: ...
 
@@ -221,6 +225,9 @@ class VLMTask(StageTask):
         """Grouped so that every conversation still fits the LM's context (a group too long for one goes
         on in another about the same image)."""
         return group_by_image(samples, fits=lambda s: context_length(s, self.processor) <= self.processor.max_len)
+
+    def length(self, sample: Sample) -> int:
+        return context_length(sample, self.processor)
 
     def loss_weight(self, batch: Batch) -> int:
         return labelled_targets(batch)

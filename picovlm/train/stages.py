@@ -259,7 +259,8 @@ def data_streams(
         report.reject(sample.meta["source"], BAD_IMAGE, message, sample_record(sample))
 
     train_samples = stage_samples(stage.data, recipe, stage, task, report, stage.batch_size)
-    batches = BatchStream(train_samples, stage.batch_size, task.make_batch, stage.seed, on_reject)
+    lengths = [task.length(s) for s in train_samples] if stage.group_by_length else None
+    batches = BatchStream(train_samples, stage.batch_size, task.make_batch, stage.seed, on_reject, lengths)
     if not stage.val_data:
         return batches, None
     val_samples = stage_samples(stage.val_data, recipe, stage, task, report, 1)
