@@ -25,6 +25,10 @@ train_memory_ratio_vs_hf: picovlm's peak over HF's (the higher of the two stages
 mfu_vs_matmul: picovlm's achieved FLOP/s in the instruct step (pixels), against a 2048^2 float32
 matmul's FLOP/s timed in the same run. FLOPs are those torch's FlopCounterMode counts in the step's
 forward and backward, times the share of tokens that are not padding (the useful work).
+
+Length grouping (`StageConfig.group_by_length`): picovlm's instruct step over an epoch of batches
+drawn at random and one of batches of like length, the same samples, lengths spread wider:
+padding share and useful (not padding) tokens/s of each; key length_grouped_useful_tokens_per_s_gain.
 Ends with one JSON line.
 """
 
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -43,6 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from picovlm.config import GPTConfig, VisionConfig, ViTConfig, VLMConfig  # noqa: E402
+from picovlm.data.batches import BatchStream  # noqa: E402
 from picovlm.interop.llava import to_llava  # noqa: E402
 from picovlm.models.vlm import VLM  # noqa: E402
 from picovlm.text.padding import IGNORE_INDEX  # noqa: E402
@@ -70,12 +76,14 @@ def build(size: str, hf: bool = True) -> tuple[VLM, object, Tokenizer]:
     return model.train(), to_llava(model, tok).train() if hf else None, tok
 
 
-def make_batch(model: VLM, tok: Tokenizer, size: str) -> dict[str, torch.Tensor]:
-    """ids [B, T] = image tokens, a prompt, an answer (labelled), then padding; pixels; labels."""
+def make_batch(model: VLM, tok: Tokenizer, size: str, lengths: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """ids [B, T] = image tokens, a prompt, an answer (labelled), then padding; pixels; labels. Rows of
+    text `lengths` (default: the size's batch of them, drawn)."""
     _, _, batch, (short, long) = SIZES[size]
     g = torch.Generator().manual_seed(1)
     n_img = model.tokens_per_image
-    lengths = torch.randint(short, long + 1, (batch,), generator=g)
+    lengths = torch.tensor(lengths) if lengths is not None else torch.randint(short, long + 1, (batch,), generator=g)
+    batch = len(lengths)
     T = n_img + 2 + int(lengths.max())
     ids = torch.full((batch, T), tok.pad_id)
     labels = torch.full((batch, T), IGNORE_INDEX)
@@ -121,6 +129,41 @@ def steppers(model: VLM, hf: object, batch: dict, stage: str) -> dict[str, calla
         theirs = trainable(list(hf.named_parameters()), tuple(x for p in STAGES[stage] for x in HF_PARTS[p]))
         opt_hf = torch.optim.AdamW(theirs, lr=1e-4)
         out["hf"] = lambda: step(hf(input_ids=ids, pixel_values=pixels, labels=labels).loss, opt_hf)
+    return out
+
+
+def length_grouping(model: VLM, tok: Tokenizer, size: str, n_batches: int = 16) -> dict:
+    """picovlm's instruct step over one epoch of batches drawn at random and one of batches of like
+    length (`BatchStream` with `lengths`, as `group_by_length` draws them), the same samples in both,
+    whose text lengths spread wider (up to 3x the benchmark batch's longest): padding share and useful
+    tokens/s (each batch of one timed beside a batch of the other, in turn)."""
+    _, _, batch, (short, long) = SIZES[size]
+    draw = random.Random(2)
+    lengths = [draw.randint(short, 3 * long) for _ in range(batch * n_batches)]
+    streams = {
+        "random": BatchStream(list(range(len(lengths))), batch, lambda idx: idx, seed=0),
+        "by_length": BatchStream(list(range(len(lengths))), batch, lambda idx: idx, seed=0, lengths=lengths),
+    }
+    batches = {
+        k: [make_batch(model, tok, size, [lengths[i] for i in next(s)]) for _ in range(n_batches)]
+        for k, s in streams.items()
+    }
+    opt = torch.optim.AdamW(trainable(list(model.named_parameters()), ("projector.", "lm.")), lr=1e-4)
+    seconds = dict.fromkeys(batches, 0.0)
+    for k in range(-1, n_batches):  # k = -1: a warm-up step of each
+        for name, bs in batches.items():
+            b = bs[max(k, 0)]
+            t0 = time.perf_counter()
+            model(b["ids"], b["pixels"], labels=b["labels"]).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            seconds[name] += (time.perf_counter() - t0) if k >= 0 else 0.0
+    out = {}
+    for name, bs in batches.items():
+        useful, total = sum(b["useful"] for b in bs), sum(b["ids"].numel() for b in bs)
+        out[f"{name}_padding_share"] = 1 - useful / total
+        out[f"{name}_useful_tokens_per_s"] = useful / seconds[name]
+    out["useful_tokens_per_s_gain"] = out["by_length_useful_tokens_per_s"] / out["random_useful_tokens_per_s"]
     return out
 
 
@@ -218,6 +261,8 @@ def run(size: str, reps: int, threads: int) -> dict:
             "mfu_vs_matmul": flops / t["picovlm"] / matmul,
         }
     results["stages"] = stages
+    results["length_grouping"] = length_grouping(model, tok, size)
+    results["length_grouped_useful_tokens_per_s_gain"] = results["length_grouping"]["useful_tokens_per_s_gain"]
     results["train_speedup_vs_hf"] = min(s["speedup_vs_hf"] for s in stages.values())
     results["train_speedup_vs_hf_as_run"] = min(s["speedup_vs_hf_as_run"] for s in stages.values())
     results["train_memory_ratio_vs_hf"] = max(s["memory_ratio_vs_hf"] for s in stages.values())
@@ -259,6 +304,12 @@ def main() -> None:
         f"{args.threads} thread(s), matmul {r['matmul_gflops']:.1f} GFLOP/s, same loss as HF: {r['same_loss_as_hf']}"
     )
     print(table(r))
+    g = r["length_grouping"]
+    print(
+        f"instruct, batches of like length (group_by_length) vs at random: padding {g['by_length_padding_share']:.0%}"
+        f" vs {g['random_padding_share']:.0%}, useful tokens/s {g['by_length_useful_tokens_per_s']:.0f} vs "
+        f"{g['random_useful_tokens_per_s']:.0f} ({g['useful_tokens_per_s_gain']:.2f}x)"
+    )
     print(json.dumps(r))
 
 

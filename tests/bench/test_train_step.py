@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "train_step.py"
-KEYS = ("train_speedup_vs_hf", "train_speedup_vs_hf_as_run", "train_memory_ratio_vs_hf", "mfu_vs_matmul")
+KEYS = (
+    "train_speedup_vs_hf",
+    "train_speedup_vs_hf_as_run",
+    "train_memory_ratio_vs_hf",
+    "mfu_vs_matmul",
+    "length_grouped_useful_tokens_per_s_gain",
+)
 
 
 def test_quick_run_ends_with_the_json_keys():
@@ -21,3 +27,5 @@ def test_quick_run_ends_with_the_json_keys():
         assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, key
     assert set(result["stages"]) == {"align", "instruct"}
     assert 0 < result["useful_tokens"] < math.prod(result["batch"])  # rows are padded: not every token counts
+    grouping = result["length_grouping"]
+    assert grouping["by_length_padding_share"] < grouping["random_padding_share"]
