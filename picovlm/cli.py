@@ -52,6 +52,7 @@ from picovlm.models.modalities import MODALITIES
 from picovlm.presets import DATA_PRESETS, PRESETS, RECIPES, VQ_RECIPES
 from picovlm.serve.config import ServeConfig
 from picovlm.serve.protocol import Limits
+from picovlm.train.distributed import shutdown
 from picovlm.train.loop import Interrupted
 from picovlm.train.stages import run_recipe
 from picovlm.vision.image import load_image
@@ -138,9 +139,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; the recipe has {', '.join(names)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    done = run_recipe(recipe, args.out, only=only, resume=args.resume, rejects=args.rejects)
-    for name, path in done.items():
-        print(f"{name}: {path}")
+    try:
+        done = run_recipe(recipe, args.out, only=only, resume=args.resume, rejects=args.rejects)
+    finally:
+        shutdown()  # under torchrun: leave the process group
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone says it
+        for name, path in done.items():
+            print(f"{name}: {path}")
     return 0
 
 

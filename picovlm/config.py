@@ -260,6 +260,9 @@ class StageConfig:
     # record, or captions kept apart from the conversations, trains at a fraction of the tokens; with
     # isolate_turns each record's turns still train as if asked alone
     group_by_image: bool = False
+    # batches of samples of like length (data/batches.py `by_length`), so little of a batch is padding;
+    # the loss mask is untouched, and a batch's samples are still drawn at random from a window of them
+    group_by_length: bool = False
     # file (as named in `data`) -> the share of its records used, a fixed draw (the same in every run, epoch
     # and resume); files not named are used whole. E.g. {"train_captions.jsonl": 0.5} mixes in half the captions
     data_shares: dict[str, float] = field(default_factory=dict)
@@ -284,6 +287,9 @@ class StageConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     dtype: str = "float32"  # "float32" | "bfloat16" (autocast)
+    # under torchrun (several processes): "ddp" replicates the model, "fsdp" shards the parts that learn
+    # (FSDP2) for models that do not fit one device; batch_size stays the global batch (train/distributed.py)
+    parallel: str = "ddp"
     eval_every: int = 0  # 0 = only at the end
     eval_batches: int = 4
     save_every: int = 0  # 0 = only at the end
@@ -385,6 +391,7 @@ CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "lr_scale": ((lambda v: all(x >= 0 for x in v.values())), "multipliers >= 0"),
         "data_shares": ((lambda v: all(0 <= x <= 1 for x in v.values())), "shares in [0, 1]"),
         "dtype": _one_of("float32", "bfloat16"),
+        "parallel": _one_of("ddp", "fsdp"),
         "on_bad_file": _one_of("fail", "skip"),
         "too_long": _one_of("skip", "truncate"),
     },

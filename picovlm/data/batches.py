@@ -308,6 +308,22 @@ def clap_batch(samples: list[Sample], captions: Captions, clips: MediaCache) -> 
     return {"mels": clips("audio", [s.inputs("audio")[0] for s in samples]), "ids": ids, "lengths": lengths}
 
 
+def by_length(order: list[int], lengths: list[int], batch_size: int, rng: random.Random, window: int = 64) -> list[int]:
+    """`order` rearranged so that each run of `batch_size` holds samples of like length, and padding to
+    the longest of a batch wastes little: each window of `window` batches of the shuffled order is
+    sorted by length and cut into batches, and the batches (of all windows) are shuffled, so that
+    batch lengths do not rise and fall in a pattern. The samples that fill no whole batch come last
+    (`BatchStream` drops them, as it drops the ragged tail of a plain epoch)."""
+    span = batch_size * window
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
+        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+    whole = [b for b in batches if len(b) == batch_size]
+    rng.shuffle(whole)
+    return [i for b in whole for i in b] + [i for b in batches if len(b) < batch_size for i in b]
+
+
 class BatchStream:
     """Endless batches of `batch_size` samples; each epoch is a new seeded permutation.
 
@@ -324,32 +340,45 @@ class BatchStream:
         make_batch: Callable[[list[Sample]], Batch],
         seed: int = 0,
         on_reject: Callable[[Sample, str], None] | None = None,
+        lengths: list[int] | None = None,
     ):
+        """`lengths` (each sample's tokens), when given, makes batches of samples of like length."""
         if len(samples) < batch_size:
             raise ValueError(f"{len(samples)} samples are fewer than one batch of {batch_size}")
         self.samples, self.batch_size, self.make_batch, self.seed = samples, batch_size, make_batch, seed
+        self.lengths = lengths
         self.on_reject = on_reject
+        self.share = slice(0, None, 1)  # of each batch drawn: this rank's samples (`shard`)
         self.epoch, self.cursor = 0, 0
         self.rejected: dict[int, str] = {}  # sample index -> why it was left out
         self._order = self._permutation()
 
     def _permutation(self) -> list[int]:
         order = list(range(len(self.samples)))
-        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        return order
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        rng.shuffle(order)
+        return order if self.lengths is None else by_length(order, self.lengths, self.batch_size, rng)
 
     def __iter__(self) -> BatchStream:
         return self
 
     def __next__(self) -> Batch:
         while len(self.rejected) < len(self.samples):
-            picked = [i for i in self._draw() if i not in self.rejected]
+            picked = [i for i in self._draw()[self.share] if i not in self.rejected]
             while picked:
                 try:
                     return self.make_batch([self.samples[i] for i in picked])
                 except UnreadableImage as e:
                     picked = self._reject_users_of(picked, e)
         raise DataError(f"no sample left to train on: all {len(self.samples)} have an unreadable image")
+
+    def shard(self, rank: int, world: int) -> None:
+        """Make batches of the samples `rank::world` of each batch drawn: the `world` ranks of a
+        data-parallel run see disjoint shares of the same global batches (whose order and state stay
+        those of one process: a checkpoint resumes at any number of ranks)."""
+        if world > self.batch_size:
+            raise ValueError(f"a batch of {self.batch_size} cannot be shared by {world} processes")
+        self.share = slice(rank, None, world)
 
     def _draw(self) -> list[int]:
         if self.cursor + self.batch_size > len(self._order):  # drop the ragged tail, start a new epoch

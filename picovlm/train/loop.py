@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from picovlm.checkpoint import part_of
 from picovlm.config import StageConfig
 from picovlm.data.batches import Batch, BatchStream
 from picovlm.interop.lora import is_adapter_param
+from picovlm.train.distributed import Parallel, part_modules, setup
 from picovlm.train.optim import lr_at, make_optimizer
 from picovlm.train.plot import plot_losses
 from picovlm.train.stage_tasks import StageTask
@@ -122,39 +124,46 @@ def train(
     device: str | torch.device = "cpu",
     stop_at: int | None = None,
     progress: bool = True,
+    parallel: Parallel | None = None,
 ) -> History:
     """Run `stage.steps` optimizer steps (or stop early, after step `stop_at`), checkpointing through
     `save`, which receives the trainer state to store beside the weights; `resume` is such a state.
     `make_val` makes the validation batches, evaluated every `stage.eval_every` steps and at the end.
-    Ctrl-C saves after the current step and raises `Interrupted`."""
-    device = torch.device(device)
+    Ctrl-C saves after the current step and raises `Interrupted`. Under torchrun (`parallel`, by
+    default joined here) each rank trains on its share of every batch (train/distributed.py)."""
+    par = parallel or setup(device)
+    device = par.device
     task.model.to(device).train()
     freeze(task, stage.trainable)
+    par.wrap(task.model, stage.parallel, part_modules(task.model, task.parts, stage.trainable))
     opt = make_optimizer(task.model, stage, task.parts)
-    history, start = restore(resume, opt, batches) if resume is not None else (History(), 0)
+    batches.shard(par.rank, par.world)
+    history, start = restore(resume, opt, batches, task.model, par) if resume is not None else (History(), 0)
     out_dir.mkdir(parents=True, exist_ok=True)
-    trim_log(out_dir, start)
+    if par.main:
+        trim_log(out_dir, start)
     end = stage.steps if stop_at is None else min(stop_at, stage.steps)
-    bar = tqdm(range(start, end), desc=stage.name, disable=not progress, dynamic_ncols=True, leave=True)
+    bar = tqdm(range(start, end), desc=stage.name, disable=not (progress and par.main), dynamic_ncols=True, leave=True)
     t0, work = time.perf_counter(), 0
     with StopOnSigint() as stop:
         for step in bar:
             lr = set_lr(opt, step, stage)
-            loss, units = optimizer_step(task, opt, batches, stage, device)
+            loss, units = optimizer_step(task, opt, batches, stage, device, par)
+            loss, units, stopping = par.agree(loss, units, stop.requested)
             done, work = step + 1, work + units
             history.train.append((done, loss))
             rate = work / max(1e-9, time.perf_counter() - t0)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", **{f"{task.unit}/s": f"{rate:.0f}"})
-            if every(stage.log_every, done) or done == end or stop.requested:
+            if par.main and (every(stage.log_every, done) or done == end or stopping):
                 log(out_dir, stage, "train", done, loss=loss, lr=lr, rate=rate)
             if make_val is not None and (every(stage.eval_every, done) or done == stage.steps):
-                validate(task, make_val, stage, device, history, done, out_dir)
-            if every(stage.save_every, done) or done == end or stop.requested:
-                save(trainer_state(done, opt, batches, history))
-            if stop.requested:
+                validate(task, make_val, stage, device, history, done, out_dir, par.main)
+            if every(stage.save_every, done) or done == end or stopping:
+                par.save(save, trainer_state(done, opt, batches, history), task.model, opt, out_dir)
+            if stopping:
                 bar.close()
                 raise Interrupted(done)
-    if history.train:
+    if history.train and par.main:
         plot_losses(history, out_dir / "loss.png", title=f"{stage.name} loss")
     return history
 
@@ -173,15 +182,22 @@ def set_lr(opt: torch.optim.Optimizer, step: int, stage: StageConfig) -> float:
 
 
 def optimizer_step(
-    task: StageTask, opt: torch.optim.Optimizer, batches: BatchStream, stage: StageConfig, device: torch.device
+    task: StageTask,
+    opt: torch.optim.Optimizer,
+    batches: BatchStream,
+    stage: StageConfig,
+    device: torch.device,
+    par: Parallel | None = None,
 ) -> tuple[float, int]:
-    """One optimizer step over `stage.grad_accum` batches: (the summed loss, the units of work done)."""
-    loss_sum, work = 0.0, 0
-    for _ in range(stage.grad_accum):
+    """One optimizer step over `stage.grad_accum` batches: (the summed loss, the units of work done);
+    under torchrun this rank's share of them, gradients all-reduced on the last micro-step only."""
+    loss_sum, work, par = 0.0, 0, par or Parallel(device=device)
+    for k in range(stage.grad_accum):
         batch = to_device(next(batches), device)
-        with autocast(stage, device):
-            loss = task.loss(batch) / stage.grad_accum
-        loss.backward()
+        with par.micro_step(task, last=k == stage.grad_accum - 1):
+            with autocast(stage, device):
+                loss = par.scale(task.loss(batch), partial(task.loss_weight, batch)) / stage.grad_accum
+            loss.backward()
         loss_sum += loss.item()
         work += task.count(batch)
     if stage.grad_clip > 0:
@@ -199,12 +215,15 @@ def validate(
     history: History,
     step: int,
     out_dir: Path,
+    main: bool = True,
 ) -> None:
-    """Evaluate, and record the validation loss in the history, the log and the progress output."""
+    """Evaluate, and record the validation loss in the history, and (on the `main` rank, which alone
+    writes) in the log and the progress output. Every rank evaluates the same batches."""
     val = evaluate(task, make_val, stage, device)
     history.val.append((step, val))
-    log(out_dir, stage, "val", step, loss=val)
-    tqdm.write(f"{stage.name} step {step}: val loss {val:.4f}")
+    if main:
+        log(out_dir, stage, "val", step, loss=val)
+        tqdm.write(f"{stage.name} step {step}: val loss {val:.4f}")
 
 
 def log(out_dir: Path, stage: StageConfig, kind: str, step: int | None = None, **values: Any) -> None:
@@ -244,9 +263,11 @@ def trainer_state(step: int, opt: torch.optim.Optimizer, batches: BatchStream, h
     }
 
 
-def restore(state: dict[str, Any], opt: torch.optim.Optimizer, batches: BatchStream) -> tuple[History, int]:
+def restore(
+    state: dict[str, Any], opt: torch.optim.Optimizer, batches: BatchStream, model: torch.nn.Module, par: Parallel
+) -> tuple[History, int]:
     """Put a `trainer_state` back; returns the history so far and the step to go on from."""
-    opt.load_state_dict(state["optimizer"])
+    par.load_optimizer(model, opt, state)
     batches.load_state_dict(state["data"])
     torch.set_rng_state(state["torch_rng"])
     random.setstate(_to_tuple(state["python_rng"]))

@@ -47,6 +47,7 @@ from picovlm.models.clip import CLIP_HF_PARTS, CLIP_PARTS, CLIPModel, clip_check
 from picovlm.models.gpt import GPT
 from picovlm.models.processor import VLMProcessor
 from picovlm.models.vlm import VLM, load_vlm, masked_lm_loss, media_token_ids, vlm_checkpoint_config
+from picovlm.text.padding import IGNORE_INDEX
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.vq.model import VQ_PARTS, VQVAE, load_vqvae, vq_checkpoint_config
 
@@ -74,6 +75,10 @@ class StageTask(ABC):
         """The records about the same image(s) as one conversation each (`StageConfig.group_by_image`)."""
         raise ValueError(f"group_by_image is for stages of task 'vlm', not {type(self).__name__}")
 
+    def length(self, sample: Sample) -> int:
+        """The tokens a prepared sample takes in a batch (`StageConfig.group_by_length`)."""
+        raise ValueError(f"group_by_length is for stages of task 'vlm', not {type(self).__name__}")
+
     @abstractmethod
     def make_batch(self, samples: list[Sample]) -> Batch: ...
 
@@ -84,6 +89,11 @@ class StageTask(ABC):
     def count(self, batch: Batch) -> int:
         """Units of work in a batch (`unit`), for throughput."""
         return batch["ids"].numel()
+
+    def loss_weight(self, batch: Batch) -> int:
+        """What `loss` is the mean over (here: the samples), so that ranks that each see a share of a
+        batch weigh their losses as one process would (train/distributed.py)."""
+        return len(next(iter(batch.values())))
 
     @abstractmethod
     def checkpoint_config(self) -> dict[str, Any]:
@@ -109,6 +119,9 @@ class LMTask(StageTask):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         return masked_lm_loss(self.model(batch["ids"]), batch["labels"])
+
+    def loss_weight(self, batch: Batch) -> int:
+        return labelled_targets(batch)
 
     def checkpoint_config(self) -> dict[str, Any]:
         return {"task": "lm", "model": dataclasses.asdict(self.cfg)}
@@ -213,6 +226,12 @@ class VLMTask(StageTask):
         on in another about the same image)."""
         return group_by_image(samples, fits=lambda s: context_length(s, self.processor) <= self.processor.max_len)
 
+    def length(self, sample: Sample) -> int:
+        return context_length(sample, self.processor)
+
+    def loss_weight(self, batch: Batch) -> int:
+        return labelled_targets(batch)
+
     def make_batch(self, samples: list[Sample]) -> Batch:
         return vlm_batch(samples, self.processor, self.images, self.features, self.isolate_turns, self.media)
 
@@ -251,6 +270,11 @@ class VQTask(StageTask):
     @staticmethod
     def load(folder: Path) -> nn.Module:
         return load_vqvae(folder)
+
+
+def labelled_targets(batch: Batch) -> int:
+    """The next-token targets that `masked_lm_loss` averages over."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 def check_isolate_turns(recipe: RecipeConfig, stage: StageConfig) -> None:

@@ -46,6 +46,7 @@ from picovlm.data.report import DataReport
 from picovlm.interop.lora import add_lora, load_lora, merged_state_dict, save_lora
 from picovlm.models.vlm import VLM
 from picovlm.text.tokenizer import Tokenizer
+from picovlm.train.distributed import SHARDS, Parallel, setup
 from picovlm.train.loop import History, Interrupted, log, train
 from picovlm.train.stage_tasks import StageTask, build_stage_task
 
@@ -109,6 +110,20 @@ def train_tokenizer(recipe: RecipeConfig, path: Path, stages: list[StageConfig] 
     return tok
 
 
+def run_tokenizer(recipe: RecipeConfig, path: Path, stages: list[StageConfig]) -> Tokenizer:
+    """The run's tokenizer, saved at `path`: the one there, else an HF LM's own vocabulary (+ our
+    special tokens), else one trained on the data of `stages`."""
+    if path.exists():
+        return Tokenizer.load(path)
+    if recipe.model.lm_kind == "hf":
+        from picovlm.models.hf_lm import hf_lm_tokenizer
+
+        tok = hf_lm_tokenizer(recipe.model.lm_hf_path)
+        tok.save(path)
+        return tok
+    return train_tokenizer(recipe, path, stages)
+
+
 def check_inputs(recipe: RecipeConfig, stages: list[StageConfig], out_dir: Path) -> None:
     """Before the first step of the first stage: every file the `stages` read is there, and every part
     they start from (`init`) comes from a checkpoint in `out_dir` or from a stage run before them, so a
@@ -155,6 +170,9 @@ def check_stage(stage: StageConfig) -> None:
         raise ConfigError(f"stage {stage.name!r}: {e}") from None
     if stage.lora:
         check_lora(stage)
+    if stage.parallel == "fsdp" and (stage.lora or stage.optimizer == "muon"):
+        why = "LoRA merges whole matrices" if stage.lora else "Muon orthogonalizes whole matrices"
+        raise ValueError(f"stage {stage.name!r}: parallel 'fsdp' shards the weights, and {why}; use 'ddp'")
 
 
 def check_lora(stage: StageConfig) -> None:
@@ -192,7 +210,10 @@ def resume_from(task: StageTask, stage: StageConfig, ckpt: Path) -> dict[str, An
     for part, file in part_files(ckpt).items():
         if not (stage.lora and part == "lm"):  # a LoRA stage stores its LM merged: the base comes from init
             load_part(task.model, task.parts, part, file)
-    return load_trainer_state(ckpt)
+    state = load_trainer_state(ckpt)
+    if (ckpt / SHARDS).is_dir():  # written by an FSDP run: the optimizer state is there, sharded
+        state[SHARDS] = str(ckpt / SHARDS)
+    return state
 
 
 def attach_lora(model: VLM, stage: StageConfig, ckpt: Path, resumed: bool) -> None:
@@ -238,7 +259,8 @@ def data_streams(
         report.reject(sample.meta["source"], BAD_IMAGE, message, sample_record(sample))
 
     train_samples = stage_samples(stage.data, recipe, stage, task, report, stage.batch_size)
-    batches = BatchStream(train_samples, stage.batch_size, task.make_batch, stage.seed, on_reject)
+    lengths = [task.length(s) for s in train_samples] if stage.group_by_length else None
+    batches = BatchStream(train_samples, stage.batch_size, task.make_batch, stage.seed, on_reject, lengths)
     if not stage.val_data:
         return batches, None
     val_samples = stage_samples(stage.val_data, recipe, stage, task, report, 1)
@@ -254,7 +276,15 @@ def checkpoint_writer(
     config = {**task.checkpoint_config(), "stage": dataclasses.asdict(stage)}
     rebuilt = tuple(p for p in task.pretrained_parts if p not in stage.trainable)
 
-    def save(trainer_state: dict[str, Any]) -> None:
+    def save(
+        trainer_state: dict[str, Any],
+        weights: dict[str, torch.Tensor] | None = None,
+        add_files: Callable[[Path], None] | None = None,
+    ) -> None:
+        """`weights`, when given, instead of the model's own (FSDP gathers them); `add_files(folder)`
+        puts more files in the folder before it is published (FSDP's optimizer shards)."""
+        if weights is None and stage.lora:
+            weights = merged_state_dict(task.model)
         save_checkpoint(
             ckpt,
             task.model,
@@ -263,12 +293,19 @@ def checkpoint_writer(
             inherited,
             tokenizer_file,
             trainer_state=trainer_state,
-            state_dict=merged_state_dict(task.model) if stage.lora else None,
-            write_files=(lambda folder: save_lora(task.model, folder / ADAPTER_DIR)) if stage.lora else None,
+            state_dict=weights,
+            write_files=lambda folder: _add_files(folder, add_files, task.model if stage.lora else None),
             rebuilt=rebuilt,
         )
 
     return save
+
+
+def _add_files(folder: Path, add_files: Callable[[Path], None] | None, lora_model: VLM | None) -> None:
+    if lora_model is not None:
+        save_lora(lora_model, folder / ADAPTER_DIR)
+    if add_files is not None:
+        add_files(folder)
 
 
 def run_stage(
@@ -282,16 +319,21 @@ def run_stage(
     rejects: Path | None = None,
 ) -> tuple[Path, History]:
     """Train one stage (stopping early after step `stop_at`); returns its checkpoint folder and losses.
-    The records its data leaves out are appended to `rejects` (JSONL), when given."""
+    The records its data leaves out are appended to `rejects` (JSONL), when given. Under torchrun every
+    rank runs this, with the same seed (so the same initial weights); rank 0 writes."""
     check_stage(stage)  # before anything is built or loaded
+    par = setup(recipe.device)
     torch.manual_seed(stage.seed)
     task = build_stage_task(recipe, stage, tok)
     ckpt = checkpoint_dir(out_dir, stage.name)
     inherited = init_parts(task, stage, out_dir)
+    if resume and par.main:
+        recover_checkpoint(ckpt)  # once, before any rank reads the checkpoint
+    par.barrier()
     state = resume_from(task, stage, ckpt) if resume else None
     if stage.lora:
         attach_lora(task.model, stage, ckpt, resumed=state is not None)
-    report = DataReport(stage.name, rejects)
+    report = DataReport(stage.name, rejects if par.main else None, quiet=not par.main)
     batches, make_val = data_streams(recipe, stage, task, report)
     save = checkpoint_writer(task, stage, ckpt, inherited, out_dir / "tokenizer.json")
     try:
@@ -306,18 +348,21 @@ def run_stage(
             device=recipe.device,
             stop_at=stop_at,
             progress=progress,
+            parallel=par,
         )
     except Interrupted as e:
-        summarize(report, stage, out_dir)
+        summarize(report, stage, out_dir, par)
         raise Interrupted(
             e.step, f"{stage.name} stopped after step {e.step} of {stage.steps}, saved to {ckpt}"
         ) from None
-    summarize(report, stage, out_dir)
+    summarize(report, stage, out_dir, par)
     return ckpt, history
 
 
-def summarize(report: DataReport, stage: StageConfig, out_dir: Path) -> None:
-    """The stage's data summary, printed and written to its log.jsonl."""
+def summarize(report: DataReport, stage: StageConfig, out_dir: Path, par: Parallel | None = None) -> None:
+    """The stage's data summary, printed and written to its log.jsonl (by rank 0 alone, under torchrun)."""
+    if par is not None and not par.main:
+        return
     tqdm.write(report.summary())
     log(stage_dir(out_dir, stage.name), stage, "data", **report.as_dict())
 
@@ -337,20 +382,15 @@ def run_recipe(
     out_dir = Path(out_dir)
     stages = [s for s in recipe.stages if not only or s.name in only]
     check_inputs(recipe, stages, out_dir)
+    par = setup(recipe.device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if rejects is not None:
+    if rejects is not None and par.main:
         Path(rejects).parent.mkdir(parents=True, exist_ok=True)
         Path(rejects).write_text("")
     tok_path = out_dir / "tokenizer.json"
-    if tok_path.exists():
-        tok = Tokenizer.load(tok_path)
-    elif recipe.model.lm_kind == "hf":  # a pretrained LM brings its own vocabulary (+ our special tokens)
-        from picovlm.models.hf_lm import hf_lm_tokenizer
-
-        tok = hf_lm_tokenizer(recipe.model.lm_hf_path)
-        tok.save(tok_path)
-    else:
-        tok = train_tokenizer(recipe, tok_path, stages)
+    tok = run_tokenizer(recipe, tok_path, stages) if par.main else None
+    par.barrier()  # the other ranks read the tokenizer rank 0 wrote
+    tok = tok if tok is not None else Tokenizer.load(tok_path)
     done = {}
     for stage in stages:
         done[stage.name], _ = run_stage(recipe, stage, out_dir, tok, resume, progress=progress, rejects=rejects)

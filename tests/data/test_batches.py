@@ -1,5 +1,6 @@
 """Samples -> batches: labels only on assistant tokens, image order, resumable streams."""
 
+import random
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,48 @@ def test_stream_is_deterministic_and_resumable():
     assert [next(c)["x"].tolist() for _ in range(3)] == first[4:]
     other = BatchStream(samples, 3, lambda s: {"x": torch.tensor(s)}, seed=2)
     assert [next(other)["x"].tolist() for _ in range(3)] != first[:3]
+
+
+def _padding(stream: BatchStream, n: int) -> float:
+    """The share of padding in `n` batches of rows `[1] * length`, right-padded to the longest."""
+    pad = total = 0
+    for _ in range(n):
+        rows = next(stream)["rows"]
+        longest = max(map(len, rows))
+        pad, total = pad + sum(longest - len(r) for r in rows), total + longest * len(rows)
+    return pad / total
+
+
+def test_batches_by_length_waste_less_padding_and_keep_every_sample():
+    lengths = [random.Random(i).randint(5, 200) for i in range(103)]
+    samples = [[1] * n for n in lengths]
+    make = lambda s: {"rows": s, "x": torch.tensor([len(r) for r in s])}  # noqa: E731
+    grouped = BatchStream(samples, 4, make, seed=3, lengths=lengths)
+    seen = [len(r) for _ in range(25) for r in next(grouped)["rows"]]  # one epoch: 25 batches, 3 dropped
+    assert sorted(seen) != seen and len(seen) == 100  # batches in a shuffled order ...
+    assert len(set(map(id, (samples[i] for i in grouped._order[:100])))) == 100  # ... each sample once
+    plain, grouped = BatchStream(samples, 4, make, seed=3), BatchStream(samples, 4, make, seed=3, lengths=lengths)
+    assert _padding(grouped, 25) < 0.05 < 0.3 < _padding(plain, 25)
+    again = BatchStream(samples, 4, make, seed=3, lengths=lengths)
+    for _ in range(7):
+        next(again)
+    resumed = BatchStream(samples, 4, make, seed=3, lengths=lengths)
+    resumed.load_state_dict(again.state_dict())
+    assert next(resumed)["x"].tolist() == next(again)["x"].tolist()
+
+
+def test_shards_of_a_batch_are_disjoint_and_make_the_whole_batch():
+    samples = list(range(20))
+    whole = BatchStream(samples, 6, lambda s: {"x": torch.tensor(s)}, seed=5)
+    ranks = [BatchStream(samples, 6, lambda s: {"x": torch.tensor(s)}, seed=5) for _ in range(3)]
+    for r, stream in enumerate(ranks):
+        stream.shard(r, 3)
+    for _ in range(5):  # across an epoch boundary
+        shares = [next(s)["x"].tolist() for s in ranks]
+        assert sorted(sum(shares, [])) == sorted(next(whole)["x"].tolist())
+        assert all(len(share) == 2 for share in shares)
+    with pytest.raises(ValueError, match="cannot be shared by 7"):
+        whole.shard(0, 7)
 
 
 def test_too_few_samples_for_a_batch():

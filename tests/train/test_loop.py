@@ -197,3 +197,26 @@ def test_isolated_turns_train_and_are_refused_for_an_hf_lm(recipe, tokenizer, tm
         build_stage_task(hf, stage, tok)
     with pytest.raises(ValueError, match=r"^stage 'instruct': isolate_turns: must be a share in \[0, 1\], got 2\.0$"):
         run_stage(recipe, dataclasses.replace(stage, isolate_turns=2.0), tmp_path, tok, progress=False)
+
+
+def test_length_grouped_batches_pad_less_and_keep_their_labels(recipe, tokenizer):
+    from picovlm.data.report import DataReport
+    from picovlm.train.stages import data_streams
+
+    tok, _ = tokenizer
+    files = tuple(f for s in recipe.stages if s.name in ("align", "instruct") for f in s.data)  # captions and chats
+    stage = solo_stage(recipe, data=files, batch_size=4, group_by_length=True)
+    task = build_stage_task(recipe, stage, tok)
+    grouped, _ = data_streams(recipe, stage, task, DataReport(quiet=True))
+    plain, _ = data_streams(recipe, dataclasses.replace(stage, group_by_length=False), task, DataReport(quiet=True))
+
+    def padding(stream, n=12) -> float:
+        batches = [next(stream)["ids"] for _ in range(n)]
+        return sum(int((b == tok.pad_id).sum()) for b in batches) / sum(b.numel() for b in batches)
+
+    assert padding(grouped) < padding(plain)
+    batch = next(grouped)
+    drawn = [grouped.samples[i] for i in grouped._order[grouped.cursor - 4 : grouped.cursor]]
+    expected = task.make_batch(drawn)  # the batch of these samples as ever: the loss mask is untouched
+    assert all(torch.equal(batch[k], expected[k]) for k in ("ids", "labels"))
+    assert (batch["labels"] != -100).any()
