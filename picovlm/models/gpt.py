@@ -166,6 +166,7 @@ class GPT(nn.Module):
         position_ids: torch.Tensor | None = None,
         return_hidden: bool = False,
         segment_ids: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Logits [B, T, vocab] for `ids` [B, T] or `inputs_embeds` [B, T, D] (with `return_hidden`,
         the final normed hidden states [B, T, D] instead: a text encoder's output).
@@ -174,6 +175,9 @@ class GPT(nn.Module):
         With a kv_cache, the new tokens are appended after `kv_cache.pos` positions.
         segment_ids: long [B, T] (training, no cache): a token sees the earlier tokens of its own
         segment and of segment 0, a shared prefix (see `isolated_turns`).
+        last_only: the output at the last position only ([B, 1, ...]): what a prefill needs. The head of
+        a 49k vocabulary over a whole prompt costs about a quarter of a 135M LM's prefill, and its
+        logits [B, T, vocab] hundreds of MB.
         """
         x = self.tok_emb(ids) if inputs_embeds is None else inputs_embeds
         B, T, _ = x.shape
@@ -192,7 +196,7 @@ class GPT(nn.Module):
             x = block(x, cos, sin, attn_mask, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
-        x = self.norm(x)
+        x = self.norm(x[:, -1:] if last_only else x)
         return x if return_hidden else self.lm_head(x)
 
 
