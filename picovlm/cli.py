@@ -41,10 +41,11 @@ from picovlm.data.scenes import build_dataset
 from picovlm.demo import run_demo
 from picovlm.demo_av import run_av_demo
 from picovlm.engine.pipeline import Pipeline
+from picovlm.engine.quantize import QUANTIZE_CHOICES
 from picovlm.engine.sampling import SamplingParams
 from picovlm.engine.session import ChatSession
 from picovlm.eval.benchmarks import scene_config_of, write_eval_sets
-from picovlm.eval.clients import placeholders
+from picovlm.eval.clients import PipelineClient, placeholders
 from picovlm.eval.harness import BATCH_SIZE, markdown_table, run_eval, score_files
 from picovlm.eval.reconstruction import run_reconstruction
 from picovlm.eval.tasks import GENERATION_TASKS, TASK_NAMES
@@ -157,11 +158,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # only the options given: a task refuses one it does not have (--circular means nothing to vqav2)
     given = {"circular": args.circular or None, "prompt_suffix": args.prompt_suffix}
     options = {k: v for k, v in given.items() if v is not None}
+    if args.quantize and args.model is None:
+        raise ValueError("--quantize applies to --model (a local checkpoint), not to --endpoint")
+    client = PipelineClient(Pipeline.load(args.model, quantize=args.quantize)) if args.quantize else None
     results = run_eval(
         args.task,
         args.data,
         out,
         model=args.model,
+        client=client,
         endpoint=args.endpoint,
         endpoint_model=args.endpoint_model,
         images=args.images,
@@ -231,7 +236,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     media = {m: [MODALITIES[m].load(getattr(args, m))] for m in ("video", "audio") if getattr(args, m)}
     if not images and not media:
         raise ValueError("generate needs --image, --video or --audio")
-    pipe = Pipeline.load(args.model)
+    pipe = Pipeline.load(args.model, quantize=args.quantize)
     _stream(pipe, [{"role": "user", "content": f"{placeholders(images, media)}\n{args.prompt}"}], images, params, media)
     return 0
 
@@ -246,7 +251,7 @@ ATTACH = {"/image": "image", "/video": "video", "/audio": "audio"}  # chat comma
 def cmd_chat(args: argparse.Namespace) -> int:
     """A multi-turn conversation: the whole history (messages and images) goes into every prompt."""
     params = _sampling(args)  # first, so a bad value fails before the model loads
-    session = ChatSession(Pipeline.load(args.model), params)
+    session = ChatSession(Pipeline.load(args.model, quantize=args.quantize), params)
     for modality in ATTACH.values():
         if getattr(args, modality):
             session.attach(getattr(args, modality), modality)
@@ -310,7 +315,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_server(args.model, cfg)
+    run_server(args.model, cfg, quantize=args.quantize)
     return 0
 
 
@@ -381,6 +386,15 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+
+
+def _add_quantize_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        help="int8: the LM's and projector's Linear layers in dynamic int8 (CPU only; bench/generate.py "
+        "measures the speed-up, `picovlm eval --quantize int8` the accuracy cost)",
+    )
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -522,6 +536,7 @@ def _eval_parser(sub: Subparsers) -> None:
         help=f"questions decoded together (default: {BATCH_SIZE})",
     )
     _add_eval_output_args(p)
+    _add_quantize_arg(p)
     p.set_defaults(run=cmd_eval)
 
 
@@ -593,6 +608,7 @@ def _generate_parser(sub: Subparsers) -> None:
     p.add_argument("--audio", metavar="FILE", type=Path, help="sound file (.wav, .flac), for a model that reads audio")
     p.add_argument("--prompt", metavar="TEXT", required=True, help="the question or instruction")
     _add_sampling_args(p)
+    _add_quantize_arg(p)
     p.set_defaults(run=cmd_generate)
 
 
@@ -607,6 +623,7 @@ def _chat_parser(sub: Subparsers) -> None:
     p.add_argument("--video", metavar="FILE", type=Path, help="a video (.mp4, .webm) for the first message")
     p.add_argument("--audio", metavar="FILE", type=Path, help="a sound file (.wav, .flac) for the first message")
     _add_sampling_args(p)
+    _add_quantize_arg(p)
     p.set_defaults(run=cmd_chat)
 
 
@@ -645,6 +662,7 @@ def _serve_parser(sub: Subparsers) -> None:
         type=_positive_int,
         help="torch CPU threads (default: torch's choice; 1 is often fastest for small models on a busy CPU)",
     )
+    _add_quantize_arg(p)
     p.set_defaults(run=cmd_serve)
 
 

@@ -98,12 +98,16 @@ def test_dump_config_round_trips(tmp_path, capsys):
                 "--threads",
             ],
         ),  # fmt: skip
-        ("eval", ["--model", "--data", "--limit", "--batch-size", "--out"]),
+        ("eval", ["--model", "--data", "--limit", "--batch-size", "--out", "--quantize"]),
         (
             "generate",
-            ["--model", "--image", "--prompt", "--max-tokens", "--temperature", "--top-k", "--top-p", "--seed"],
+            ["--model", "--image", "--prompt", "--max-tokens", "--temperature", "--top-p", "--seed", "--quantize"],
         ),
-        ("chat", ["--model", "--image", "--max-tokens", "--temperature", "/image", "/save", "/reset", "/quit"]),
+        (
+            "chat",
+            ["--model", "--image", "--max-tokens", "--temperature", "/image", "/save", "/reset", "/quit", "--quantize"],
+        ),
+        ("serve", ["--model", "--max-batch", "--threads", "--quantize"]),
         ("demo", ["--out", "--data", "--preset"]),
     ],
 )

@@ -117,7 +117,7 @@ class DecodeBatch:
         cache = KVCache(self.model.cfg.lm, len(seqs), longest, self.device, self.dtype)
         padded = any(len(s.ids) < longest for s in seqs)
         mask_arg = mask if padded else None
-        logits = self.model(ids, pixels, key_padding_mask=mask_arg, kv_cache=cache, **media)[:, -1]
+        logits = self.model(ids, pixels, key_padding_mask=mask_arg, kv_cache=cache, last_only=True, **media)[:, -1]
         self._merge(seqs, cache, mask, logits.float())
 
     def _merge(self, seqs: list[Sequence], new: KVCache, new_mask: torch.Tensor, new_logits: torch.Tensor) -> None:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from picovlm.engine.batch import DecodeBatch, Sequence, Step
+from picovlm.engine.quantize import quantize_model
 from picovlm.engine.sampling import SamplingParams
 from picovlm.models.processor import Media, VLMProcessor
 from picovlm.models.vlm import VLM, load_vlm
@@ -34,9 +35,14 @@ class Pipeline:
         self.processor = VLMProcessor.for_model(model, tokenizer)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Pipeline:
+    def load(
+        cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32, quantize: str | None = None
+    ) -> Pipeline:
+        """`quantize="int8"`: the Linear layers of the LM and projector in dynamic int8 (CPU only; see
+        `picovlm.engine.quantize`)."""
         model, tokenizer = load_vlm(path)
-        return cls(model.to(device=device, dtype=dtype), tokenizer)
+        model = model.to(device=device, dtype=dtype)
+        return cls(quantize_model(model, quantize) if quantize else model, tokenizer)
 
     def steps(
         self,

@@ -141,6 +141,7 @@ class HFCausalLM(nn.Module):
         position_ids: torch.Tensor | None = None,
         return_hidden: bool = False,
         segment_ids: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Same contract as `GPT.forward`: logits, or the last hidden states with `return_hidden`.
         `segment_ids` (isolated turns) are refused: HF models take no attention mask of that shape."""
@@ -164,11 +165,14 @@ class HFCausalLM(nn.Module):
             past_key_values=None if kv_cache is None else _hf_cache(kv_cache),
             use_cache=kv_cache is not None,
             output_hidden_states=return_hidden,
+            logits_to_keep=1 if last_only else 0,
         )
         if kv_cache is not None:
             _copy_new_positions(out.past_key_values, kv_cache)
             kv_cache.advance(T)
-        return out.hidden_states[-1] if return_hidden else out.logits
+        if return_hidden:
+            return out.hidden_states[-1][:, -1:] if last_only else out.hidden_states[-1]
+        return out.logits
 
 
 def _hf_cache(kv_cache: KVCache):

@@ -176,11 +176,13 @@ class VLM(nn.Module):
         features: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
+        last_only: bool = False,
         **media: torch.Tensor,
     ) -> torch.Tensor:
         """Logits, or (with `labels`, IGNORE_INDEX where no loss) the mean next-token loss.
         `position_ids` and `segment_ids` come from `isolated_turns` (picovlm's GPT only); `media` holds
-        the other modalities' batch tensors by name (`video=`, `audio=`)."""
+        the other modalities' batch tensors by name (`video=`, `audio=`); `last_only`: logits of the
+        last position only (a prefill's, see `GPT.forward`)."""
         embeds = self.embed(ids, pixels, features, **media)
         logits = self.lm(
             inputs_embeds=embeds,
@@ -188,6 +190,7 @@ class VLM(nn.Module):
             kv_cache=kv_cache,
             position_ids=position_ids,
             segment_ids=segment_ids,
+            last_only=last_only,
         )
         if labels is None:
             return logits
