@@ -113,13 +113,14 @@ class DrawingJudge:
 
 
 def train_judge(scene_cfg: SceneConfig, steps: int = 600, batch_size: int = 32, seed: int = 0,
-                lr: float = 3e-3) -> DrawingJudge:  # fmt: skip
+                lr: float = 3e-3, width: int = 32) -> DrawingJudge:  # fmt: skip
     """Train on fresh scenes from the built-in generator (its own stream, not the dataset's splits,
-    so the dataset's test images stay held out). A plain loop: the judge is a fixed-size classifier
-    over generated batches, with nothing of the stage loop's data, checkpoints or parts to share."""
+    so the dataset's test images stay held out); the judge knows the shapes and colours of
+    `scene_cfg` only, so a drawing of any other is judged wrong. A plain loop: the judge is a
+    fixed-size classifier over generated batches, with nothing of the stage loop's data, checkpoints or parts to share."""
     torch.manual_seed(seed)
     rng = random.Random(f"judge/{seed}")
-    cfg = JudgeConfig(grid=scene_cfg.grid)
+    cfg = JudgeConfig(scene_cfg.grid, list(scene_cfg.shapes), list(scene_cfg.colors), width)
     net = JudgeNet(cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
