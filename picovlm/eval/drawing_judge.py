@@ -117,7 +117,8 @@ def train_judge(scene_cfg: SceneConfig, steps: int = 600, batch_size: int = 32, 
     """Train on fresh scenes from the built-in generator (its own stream, not the dataset's splits,
     so the dataset's test images stay held out); the judge knows the shapes and colours of
     `scene_cfg` only, so a drawing of any other is judged wrong. A plain loop: the judge is a
-    fixed-size classifier over generated batches, with nothing of the stage loop's data, checkpoints or parts to share."""
+    fixed-size classifier over generated batches, with none of the stage loop's data, checkpoints
+    or parts to share."""
     torch.manual_seed(seed)
     rng = random.Random(f"judge/{seed}")
     cfg = JudgeConfig(scene_cfg.grid, list(scene_cfg.shapes), list(scene_cfg.colors), width)
