@@ -10,7 +10,9 @@ generator's caption grammar, plus relations like "a red circle above a blue squa
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,9 +20,10 @@ import scipy.linalg
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from picovlm.data.scenes import COLORS, SHAPES, Scene, cell_name
+from picovlm.data.scenes import COLORS, SHAPES, Scene, SceneConfig, cell_name, split_scenes
 from picovlm.eval.drawing_judge import DrawingJudge
 from picovlm.eval.embedder import ClipEmbedder
+from picovlm.vision.image import load_image
 
 RELATIONS = {"above": (-1, 0), "below": (1, 0), "to the left of": (0, -1), "to the right of": (0, 1)}
 _PLACES = sorted({cell_name(r, c, 3) for r in range(3) for c in range(3)}, key=len, reverse=True)
@@ -192,3 +195,35 @@ def judge_drawings(
         if reference_images is not None:
             out["fid_clip"] = fid_clip(clip, images, reference_images)
     return out
+
+
+def dataset_test_split(data_dir: str | Path, limit: int | None = None) -> tuple[list[Image.Image], list[Scene]]:
+    """A built-in dataset's real test images with their scenes, replayed from its scene_config.json
+    (the files do not store the scenes; `split_scenes` draws them as `build_dataset` did)."""
+    data_dir = Path(data_dir)
+    path = data_dir / "scene_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (is {data_dir} a dataset made by `picovlm data`?)")
+    meta = json.loads(path.read_text())
+    n = meta["counts"]["test"] if limit is None else min(limit, meta["counts"]["test"])
+    scenes = [s for s, _, _ in split_scenes(SceneConfig(**meta["config"]), n, meta["seed"], "test")]
+    images = [load_image(data_dir / "images" / f"test_{i:06d}.png") for i in range(n)]
+    return images, scenes
+
+
+def load_drawings(path: str | Path) -> tuple[list[Image.Image], list[dict | str]]:
+    """A JSON list of drawings, each {"image": PNG path relative to the file, and "prompt" and/or a
+    scene's or intent's "objects"}: the images and what each was asked to show."""
+    path = Path(path)
+    images, scenes = [], []
+    for k, record in enumerate(json.loads(path.read_text())):
+        if not isinstance(record, dict) or "image" not in record:
+            raise ValueError(f"{path}:{k}: a drawing needs an 'image' path and a 'prompt' or 'objects'")
+        images.append(load_image(path.parent / record["image"]))
+        scene = {key: v for key, v in record.items() if key != "image"}
+        try:
+            as_intent(scene)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{k}: {e}") from None
+        scenes.append(scene)
+    return images, scenes
