@@ -1,3 +1,4 @@
+import json
 import random
 
 import numpy as np
@@ -7,7 +8,8 @@ from PIL import Image
 
 from picovlm.config import CLIPConfig, GPTConfig, VisionConfig, ViTConfig
 from picovlm.data.scenes import SceneConfig, render_scene, sample_scene, scene_captions, split_scenes
-from picovlm.eval.drawing import as_intent, frechet_distance, judge_drawings, parse_prompt
+from picovlm.eval.benchmarks import scene_config_of
+from picovlm.eval.drawing import as_intent, dataset_test_split, frechet_distance, judge_drawings, parse_prompt
 from picovlm.eval.drawing_judge import DrawingJudge, train_judge
 from picovlm.eval.embedder import ClipEmbedder
 from picovlm.models.clip import CLIPModel
@@ -118,3 +120,18 @@ def test_clip_score_and_fid_clip(tok, test_split, judge):
     assert matched["fid_clip"] == pytest.approx(0, abs=1e-4) and mismatched["fid_clip"] == pytest.approx(0, abs=1e-4)
     blank = [Image.new("RGB", (32, 32), (k * 20, k * 20, k * 20)) for k in range(6)]
     assert judge_drawings(blank, scenes, judge, clip=clip, reference_images=images)["fid_clip"] > 0.01
+
+
+def test_dataset_test_split_replays_the_scenes_the_files_were_drawn_from(tiny_data):
+    images, scenes = dataset_test_split(tiny_data)
+    assert len(images) == len(scenes) == 16
+    first_captions = {}
+    for line in (tiny_data / "test_captions.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        first_captions.setdefault(record["image"], record["text"])
+    key = lambda o: (o["shape"], o["color"], o["place"])  # noqa: E731
+    for k, scene in enumerate(scenes):
+        caption = first_captions[f"images/test_{k:06d}.png"]
+        want = sorted(map(key, as_intent(scene)["objects"]))
+        assert sorted(map(key, parse_prompt(caption)["objects"])) == want, caption
+    assert np.array_equal(np.asarray(images[3]), np.asarray(render_scene(scenes[3], scene_config_of(tiny_data))))
