@@ -46,6 +46,9 @@ from picovlm.engine.sampling import SamplingParams
 from picovlm.engine.session import ChatSession
 from picovlm.eval.benchmarks import scene_config_of, write_eval_sets
 from picovlm.eval.clients import PipelineClient, placeholders
+from picovlm.eval.drawing import dataset_test_split, judge_drawings, load_drawings
+from picovlm.eval.drawing_judge import DrawingJudge, train_judge
+from picovlm.eval.embedder import ClipEmbedder
 from picovlm.eval.harness import BATCH_SIZE, markdown_table, run_eval, score_files
 from picovlm.eval.reconstruction import run_reconstruction
 from picovlm.eval.tasks import GENERATION_TASKS, TASK_NAMES
@@ -327,6 +330,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
         run_av_demo(out, data, args.preset, seed=args.seed)
     else:
         run_demo(out, data, args.preset, seed=args.seed)
+    return 0
+
+
+# ---------------------------------------------------------------------------- judge: drawn images
+
+
+def cmd_judge_train(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    judge = train_judge(scene_config_of(args.data), steps=args.steps, seed=args.seed)
+    judge.save(args.out)
+    images, scenes = dataset_test_split(args.data)
+    print(f"saved the judge to {args.out}; on the {len(images)} real test images of {args.data}:")
+    print(json.dumps(judge_drawings(images, scenes, judge)))
+    return 0
+
+
+def cmd_judge_score(args: argparse.Namespace) -> int:
+    images, scenes = load_drawings(args.drawings)
+    clip = ClipEmbedder.load(args.clip) if args.clip else None
+    reference = dataset_test_split(args.reference)[0] if args.reference else None
+    print(json.dumps(judge_drawings(images, scenes, DrawingJudge.load(args.judge), clip, reference)))
     return 0
 
 
@@ -705,6 +730,32 @@ def _vq_parser(sub: Subparsers) -> None:
         add(commands)
 
 
+def _judge_parser(sub: Subparsers) -> None:
+    judge = sub.add_parser(
+        "judge",
+        help="judge drawn images: per-attribute accuracy, CLIP score, FID in CLIP space",
+        description="A small CNN that reads a scene image back into shapes and colours per grid cell "
+        "(picovlm/eval/drawing_judge.py), to check drawn images against their prompts (picovlm/eval/drawing.py).",
+    )
+    commands = judge.add_subparsers(dest="judge_command", required=True, metavar="COMMAND")
+    p = commands.add_parser("train", help="train the judge on a built-in dataset's scenes; report it on its test split")
+    p.add_argument("--data", metavar="DIR", type=Path, required=True, help="a dataset made by `picovlm data`")
+    p.add_argument("--out", metavar="DIR", type=Path, required=True, help="where the judge is saved")
+    p.add_argument("--steps", metavar="N", type=_positive_int, default=600, help="training steps (default 600)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(run=cmd_judge_train)
+    p = commands.add_parser("score", help="score drawn images against their prompts")
+    p.add_argument("--judge", metavar="DIR", type=Path, required=True, help="a judge from `picovlm judge train`")
+    p.add_argument(
+        "--drawings", metavar="FILE", type=Path, required=True,
+        help='a JSON list of {"image": PNG path relative to FILE, "prompt": text or "objects": [...]}',
+    )  # fmt: skip
+    p.add_argument("--clip", metavar="DIR", type=Path, help="a CLIP checkpoint: adds clip_score (and fid_clip)")
+    p.add_argument("--reference", metavar="DIR", type=Path, help="a dataset whose real test images fid_clip compares")
+    p.set_defaults(run=cmd_judge_score)
+
+
 def _vq_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR", type=Path, required=True, help="a vq checkpoint, e.g. runs/vq/vq/model")
 
@@ -792,6 +843,7 @@ COMMANDS = (  # in the order `picovlm --help` lists them
     _serve_parser,
     _demo_parser,
     _vq_parser,
+    _judge_parser,
     _export_parser,
     _import_parser,
 )

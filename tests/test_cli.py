@@ -430,3 +430,20 @@ def test_generate_about_a_video_or_a_sound(tiny_av_run, capsys):
     assert "generate needs --image, --video or --audio" in capsys.readouterr().err
     assert main([*args, "--video", str(sound)]) == 1  # a sound is no video: one line, no traceback
     assert "test_000000.flac: no video stream" in capsys.readouterr().err
+
+
+def test_judge_train_and_score(tiny_data, tmp_path, capsys):
+    judge = tmp_path / "judge"
+    assert main(["judge", "train", "--data", str(tiny_data), "--out", str(judge), "--steps", "5"]) == 0
+    trained = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert trained["n"] == 16 and set(trained) >= {"shape", "color", "count", "position"}
+    captions = [json.loads(line) for line in (tiny_data / "test_captions.jsonl").read_text().splitlines()]
+    drawings = tmp_path / "drawings.json"
+    records = [{"image": str(tiny_data / c["image"]), "prompt": c["text"]} for c in captions[:4]]
+    drawings.write_text(json.dumps(records))
+    assert main(["judge", "score", "--judge", str(judge), "--drawings", str(drawings)]) == 0
+    scored = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert scored["n"] == 4 and "clip_score" not in scored
+    drawings.write_text(json.dumps([*records, {"image": records[0]["image"], "prompt": "nothing here"}]))
+    assert main(["judge", "score", "--judge", str(judge), "--drawings", str(drawings)]) != 0
+    assert "drawings.json:4: prompt names no shape" in capsys.readouterr().err

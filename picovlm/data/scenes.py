@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -316,6 +316,17 @@ def llava_record(sample_id: str, image: str, qas: list[QA]) -> dict:
     return {"id": sample_id, "image": image, "conversations": conversations, "question_types": [qa.qtype for qa in qas]}
 
 
+def split_scenes(cfg: SceneConfig, n: int, seed: int, split: str) -> Iterator[tuple[Scene, list[QA], list[str]]]:
+    """The scenes of a split in order, with their questions and captions, exactly as `build_dataset`
+    draws them (it reads this), so a split's scene metadata can be replayed from (cfg, seed) without
+    the files storing it, e.g. to label held-out images for the drawing judge."""
+    rng = random.Random(split_seed(seed, split))
+    for _ in range(n):
+        scene = sample_scene(rng, cfg)
+        qas = scene_questions(scene, rng, cfg)
+        yield scene, qas, scene_captions(scene, rng, cfg.captions_per_image)
+
+
 def build_dataset(
     out_dir: str | Path, cfg: SceneConfig, n_train: int, n_val: int, n_test: int, seed: int = 0
 ) -> dict[str, Path]:
@@ -329,15 +340,13 @@ def build_dataset(
     (out / "images").mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
-        rng = random.Random(split_seed(seed, split))
         records, caption_lines = [], []
-        for i in range(n):
+        for i, (scene, qas, captions) in enumerate(split_scenes(cfg, n, seed, split)):
             sample_id = f"{split}_{i:06d}"
             image = f"images/{sample_id}.png"
-            scene = sample_scene(rng, cfg)
             render_scene(scene, cfg).save(out / image, compress_level=1)
-            records.append(llava_record(sample_id, image, scene_questions(scene, rng, cfg)))
-            for caption in scene_captions(scene, rng, cfg.captions_per_image):
+            records.append(llava_record(sample_id, image, qas))
+            for caption in captions:
                 caption_lines.append(json.dumps({"image": image, "text": caption}) + "\n")
         paths[split] = out / f"{split}.json"
         # One record per line: readable, fast (the C encoder does not indent) and loader errors get
