@@ -34,7 +34,8 @@ class NativeProcessor:
         """Each <|image|> in `ids` replaced by the span of the next image's `codes` (mask 0: an input)."""
         image_id = self.tokenizer.image_id
         if sum(i == image_id for i in ids) != len(codes) or self.other_inputs & set(ids):
-            raise ValueError(f"{len(codes)} images for {ids.count(image_id)} <|image|> placeholders (and no other inputs)")
+            placeholders = ids.count(image_id)
+            raise ValueError(f"{len(codes)} images for {placeholders} <|image|> placeholders (and no other inputs)")
         out_ids, out_mask, next_image = [], [], iter(codes)
         for i, m in zip(ids, mask, strict=True):
             span = self.vocab.span(next(next_image)) if i == image_id else [i]
@@ -71,5 +72,6 @@ class NativeProcessor:
         prompt = render_prompt(self.tokenizer, messages)
         ids, mask = self.expand(prompt, [0] * len(prompt), self.encode_images(images))
         if len(ids) + reserve > self.max_len:
-            raise ValueError(f"prompt is {len(ids)} tokens; with {reserve} new tokens it exceeds the context of {self.max_len}")
+            what = f"prompt is {len(ids)} tokens; with {reserve} new tokens"
+            raise ValueError(f"{what} it exceeds the context of {self.max_len}")
         return Encoded(ids, mask, None)

@@ -44,7 +44,6 @@ from picovlm.data.batches import (
     text_batch,
     vlm_batch,
 )
-from picovlm.text.padding import IGNORE_INDEX, pad_right
 from picovlm.data.formats import Sample
 from picovlm.data.grouping import group_by_image
 from picovlm.data.records import TOO_LONG, BadRecord, require
@@ -62,6 +61,7 @@ from picovlm.native.model import (
     placeholder_ids,
 )
 from picovlm.native.processor import NativeProcessor
+from picovlm.text.padding import IGNORE_INDEX, pad_right
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.vq.model import VQ_PARTS, VQVAE, load_vqvae, vq_checkpoint_config
 
