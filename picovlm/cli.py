@@ -244,6 +244,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_draw(args: argparse.Namespace) -> int:
+    params = _sampling(args)
+    pipe = Pipeline.load(args.model)
+    [image] = pipe.draw([args.prompt], params, guidance=args.guidance)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(args.out)
+    print(f"wrote {args.out} ({image.size[0]}x{image.size[1]})")
+    return 0
+
+
 CHAT_HELP = (
     "/image PATH adds an image to your next message (/video PATH a video, /audio PATH a sound file), "
     "/save FILE.json writes the conversation (LLaVA format), /reset clears it, /quit exits"
@@ -637,6 +647,20 @@ def _generate_parser(sub: Subparsers) -> None:
     p.set_defaults(run=cmd_generate)
 
 
+def _draw_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "draw",
+        help="draw an image from a caption (a native model)",
+        description="Draw one image from a caption with a native model's checkpoint; writes a PNG.",
+    )
+    p.add_argument("prompt", help='what to draw, e.g. "a red circle above a blue square"')
+    p.add_argument("--model", metavar="DIR", type=Path, required=True, help="a native model's checkpoint folder")
+    p.add_argument("-o", "--out", metavar="FILE", type=Path, default=Path("out.png"), help="PNG to write")
+    p.add_argument("--guidance", metavar="S", type=float, default=0.0, help="classifier-free guidance (0 = off)")
+    _add_sampling_args(p)
+    p.set_defaults(run=cmd_draw)
+
+
 def _chat_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "chat",
@@ -840,6 +864,7 @@ COMMANDS = (  # in the order `picovlm --help` lists them
     _eval_data_parser,
     _generate_parser,
     _chat_parser,
+    _draw_parser,
     _serve_parser,
     _demo_parser,
     _vq_parser,

@@ -236,6 +236,7 @@ class StageConfig:
 
     name: str = "instruct"
     # "lm" (text pretraining) | "clip" (contrastive tower pretraining) | "vlm" | "vq" (the VQ image tokenizer)
+    # | "native" (one GPT over text and image codes: reads and draws images)
     task: str = "vlm"
     # files or folders relative to the recipe's data_dir: .json, .jsonl, .tar shards, .parquet/.arrow/
     # save_to_disk folders (the_cauldron); "FORMAT:name" names the format (see picovlm.data.formats)
@@ -339,6 +340,24 @@ class VQConfig:
 
 
 @dataclass
+class NativeConfig:
+    """The native model of a `native` stage (picovlm/native/): picovlm's GPT over one vocabulary of text
+    ids and image codes (the codes of the stage's frozen VQ tokenizer, after the text ids)."""
+
+    lm: GPTConfig = field(default_factory=lambda: GPTConfig(max_seq_len=192))  # vocab_size: set from the vocabulary
+    # a learned embedding added to every image-code token (one vector for all codes), telling the model
+    # which modality a token is without it having to learn that from the id alone
+    modality_embed: bool = True
+    # learned row and column embeddings added to each code of an image span (its grid position): the
+    # code above a code is `columns` tokens back, which 1D RoPE alone does not make easy to find
+    pos2d: bool = True
+    text_weight: float = 1.0  # loss weight of text targets (answers, captions, <|end|>)
+    image_weight: float = 1.0  # loss weight of image targets (codes and <|image_end|>)
+    draw_share: float = 0.5  # share of the caption records trained as caption -> image (a fixed draw)
+    prompt_drop: float = 0.1  # share of caption -> image samples whose caption is dropped (guidance)
+
+
+@dataclass
 class RecipeConfig:
     """A full run: the model, the data it is trained on, and the stages in order."""
 
@@ -351,6 +370,7 @@ class RecipeConfig:
     tokenizer_vocab: int = 512
     clip: CLIPConfig = field(default_factory=CLIPConfig)  # the `clip` stage's text encoder
     vq: VQConfig = field(default_factory=VQConfig)  # the `vq` stage's image tokenizer
+    native: NativeConfig = field(default_factory=NativeConfig)  # the `native` stage's model
     device: str = "cpu"
 
 
@@ -402,6 +422,10 @@ CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "codebook_size": _at_least(2),
         **dict.fromkeys(("commitment", "dead_below", "l1_weight"), AT_LEAST_0),
         "ema_decay": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
+    },
+    "NativeConfig": {
+        **dict.fromkeys(("text_weight", "image_weight"), AT_LEAST_0),
+        **dict.fromkeys(("draw_share", "prompt_drop"), SHARE),
     },
     "RecipeConfig": {"stages": ((lambda v: len(v) > 0), "a non-empty list of stages"), "tokenizer_vocab": AT_LEAST_1},
 }

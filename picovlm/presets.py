@@ -15,6 +15,7 @@ from picovlm.config import (
     AudioConfig,
     CLIPConfig,
     GPTConfig,
+    NativeConfig,
     RecipeConfig,
     StageConfig,
     VideoConfig,
@@ -335,6 +336,52 @@ def tiny_av_recipe(data_dir: str) -> RecipeConfig:
     )
 
 
+def native_stages(vq: StageConfig, native: StageConfig) -> list[StageConfig]:
+    """The two stages of a native model on a dataset laid out like `build_dataset`'s: the VQ tokenizer
+    on the images, then the model (its tokenizer frozen) on conversations and captions, read or drawn."""
+    return [
+        vq_stage(vq),
+        dataclasses.replace(
+            native,
+            name="native",
+            task="native",
+            data=("train.json", "train_captions.jsonl"),
+            val_data=("val.json", "val_captions.jsonl"),
+            trainable=("lm",),
+            init={"vq": "vq"},
+        ),
+    ]
+
+
+def native_recipe(data_dir: str = "data/demo") -> RecipeConfig:
+    """`picovlm demo --preset native`: the VQ tokenizer at 8x8 codes (64 tokens an image, docs/vq.md)
+    and a native model on the demo data, sized for 1-2 CPU cores and under 15 minutes (docs/native.md)."""
+    lm = GPTConfig(n_layer=4, n_head=4, n_kv_head=4, n_embd=128, mlp_hidden=384, max_seq_len=160, qk_norm=True)
+    return RecipeConfig(
+        stages=native_stages(
+            vq=StageConfig(steps=600, batch_size=32, lr=3e-3, warmup=0.05),
+            native=StageConfig(steps=1500, batch_size=16, lr=2e-3, optimizer="muon", muon_lr=0.01, log_every=50),
+        ),
+        data_dir=data_dir,
+        tokenizer_vocab=512,
+        vq=VQConfig(image_size=64, downsample=8, channels=64, res_blocks=2, code_dim=16, codebook_size=512),
+        native=NativeConfig(lm=lm),
+    )
+
+
+def tiny_native_recipe(data_dir: str) -> RecipeConfig:
+    """Seconds to run, on the tiny preset's 32 px data: for tests of the plumbing, not of learning."""
+    recipe = tiny_vq_recipe(data_dir)
+    lm = GPTConfig(n_layer=1, n_head=2, n_kv_head=1, n_embd=32, mlp_hidden=64, max_seq_len=128)
+    tiny = StageConfig(steps=3, batch_size=8, lr=1e-3)
+    return dataclasses.replace(
+        recipe,
+        stages=native_stages(tiny, tiny),
+        vq=dataclasses.replace(recipe.vq, downsample=8),
+        native=NativeConfig(lm=lm),
+    )
+
+
 @dataclass
 class Preset:
     """What a preset name means to `picovlm data`, `train` and `demo`: the dataset to build, the recipe
@@ -358,6 +405,9 @@ PRESETS = {
     # videos and audio: scored per modality and question type, with the single-frame baseline (demo_av.py)
     "av": Preset(av_data, av_recipe),
     "tiny-av": Preset(tiny_av_data, tiny_av_recipe),
+    # a VQ tokenizer and one GPT that reads and draws images (demo_native.py); all 3000 test questions
+    "native": Preset(demo_data, native_recipe),
+    "tiny-native": Preset(tiny_data, tiny_native_recipe),
 }
 DATA_PRESETS = {name: p.data for name, p in PRESETS.items()}  # the datasets alone (`picovlm data --preset`)
 RECIPES = {name: p.recipe for name, p in PRESETS.items()}  # the recipes alone (`picovlm train --preset`)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -38,6 +39,15 @@ from picovlm.models.gpt import KVCache
 from picovlm.models.vlm import VLM
 from picovlm.text.stream import TextStream
 from picovlm.text.tokenizer import Tokenizer
+
+
+class DecodeHook(Protocol):
+    """Constrains a model's next-token logits from each row's tokens so far, and gives the extra input
+    of each step's forward (native/constraint.py's `ImageSpans` is one)."""
+
+    def constrain(self, histories: list[list[int]], logits: torch.Tensor) -> torch.Tensor: ...
+
+    def span_index(self, histories: list[list[int]]) -> torch.Tensor: ...
 
 
 @dataclass
@@ -52,6 +62,7 @@ class Sequence:
     media: dict[str, torch.Tensor] = field(default_factory=dict)  # videos, audio: `VLM.forward(**media)`
     # set by DecodeBatch.add
     generated: int = field(default=0, init=False)  # tokens sampled so far
+    tokens: list[int] = field(default_factory=list, init=False)  # those tokens (what a decode hook reads)
     generator: torch.Generator | None = field(default=None, init=False, repr=False)
     text: TextStream | None = field(default=None, init=False, repr=False)
 
@@ -72,12 +83,16 @@ class Step:
 class DecodeBatch:
     """The running sequences of one model and their shared, right-aligned KV cache."""
 
-    def __init__(self, model: VLM, tokenizer: Tokenizer):
+    def __init__(self, model: VLM, tokenizer: Tokenizer, hook: DecodeHook | None = None):
+        """`hook`: what constrains each step's logits (default: the model's `decode_hook`, if it has one:
+        a native model's image spans)."""
         self.model, self.tokenizer = model, tokenizer
+        self.hook = hook if hook is not None else getattr(model, "decode_hook", None)
         self.stop_ids = set(tokenizer.stop_ids)
         self.device = next(model.parameters()).device
         self.dtype = next(model.lm.parameters()).dtype  # of the KV cache
-        self.pixel_dtype = next(model.tower.parameters()).dtype
+        tower = getattr(model, "tower", None)  # a native model has none: its images are tokens
+        self.pixel_dtype = next(tower.parameters()).dtype if tower is not None else self.dtype
         self.capacity = model.cfg.lm.max_seq_len
         self.rows: list[Sequence] = []
         self.cache: KVCache | None = None
@@ -101,7 +116,7 @@ class DecodeBatch:
             if len(s.ids) + s.params.max_tokens > self.capacity:
                 raise ValueError(f"{len(s.ids)} prompt + {s.params.max_tokens} new tokens exceed {self.capacity}")
         for s in seqs:
-            s.generated, s.text = 0, TextStream(self.tokenizer, s.params.stop)
+            s.generated, s.tokens, s.text = 0, [], TextStream(self.tokenizer, s.params.stop)
             if s.params.seed is not None:
                 s.generator = torch.Generator(device=self.device).manual_seed(s.params.seed)
         longest = max(len(s.ids) for s in seqs)
@@ -173,14 +188,21 @@ class DecodeBatch:
     def step(self) -> list[Step]:
         """Sample one token for every row, drop the rows that ended, feed the rest one step."""
         self.logits[:, self.model.placeholder_ids] = float("-inf")  # inputs only: fed back, one would crash
+        if self.hook is not None:
+            self.logits = self.hook.constrain(self._histories(), self.logits)
         steps = [self._advance(s, token) for s, token in zip(self.rows, self._sample(), strict=True)]
         self.remove({st.key for st in steps if st.finished})
         if self.rows:
             fed = torch.tensor([[st.token] for st in steps if not st.finished], dtype=torch.long, device=self.device)
             self.mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.bool, device=self.device)], 1)
             mask = self.mask if self.padded else None
-            self.logits = self.model(fed, key_padding_mask=mask, kv_cache=self.cache)[:, -1].float()
+            extra = {} if self.hook is None else {"span_index": self.hook.span_index(self._histories()).to(self.device)}
+            self.logits = self.model(fed, key_padding_mask=mask, kv_cache=self.cache, **extra)[:, -1].float()
         return steps
+
+    def _histories(self) -> list[list[int]]:
+        """Every running row's tokens so far: its prompt, then what it generated."""
+        return [s.ids + s.tokens for s in self.rows]
 
     def _sample(self) -> list[int | Exception]:
         """The next token of every row, one `sample_next` call per group of rows: all greedy rows, each
@@ -220,9 +242,11 @@ class DecodeBatch:
         if isinstance(token, Exception):
             return Step(s.key, None, "", "error", token)
         s.generated += 1
+        s.tokens.append(token)
         try:
             at_stop_id = token in self.stop_ids and not s.ignore_stop
-            text = "" if at_stop_id else s.text.push(token)  # the stop token itself is not text
+            # neither the stop token nor a token past the text vocabulary (a native model's image code) is text
+            text = "" if at_stop_id or token >= self.tokenizer.vocab_size else s.text.push(token)
             if not (at_stop_id or s.text.stopped or s.generated >= s.params.max_tokens):
                 return Step(s.key, token, text, None)
             text += s.text.close()

@@ -2,6 +2,7 @@
 
 pipe = Pipeline.load("runs/demo/instruct/model")
 pipe.ask("scene.png", "What colour is the circle?")
+pipe.draw(["a red circle above a blue square"])   # a native model's checkpoint: PIL images
 pipe.generate([[{"role": "user", "content": "<|video|>\nWhich way does it move?"}]], [[]], media=[{"video": [clip]}])
 for piece in pipe.stream([{"role": "user", "content": "<|image|>\\nDescribe it."}], [image]): ...
 
@@ -17,11 +18,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from picovlm.checkpoint import read_config
 from picovlm.engine.batch import DecodeBatch, Sequence, Step
+from picovlm.engine.draw import draw
 from picovlm.engine.quantize import quantize_model
 from picovlm.engine.sampling import SamplingParams
 from picovlm.models.processor import Media, VLMProcessor
 from picovlm.models.vlm import VLM, load_vlm
+from picovlm.native.model import NativeModel, load_native
+from picovlm.native.processor import NativeProcessor
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.text.tokens import IMAGE
 from picovlm.vision.image import load_image
@@ -30,19 +35,34 @@ Messages = list[dict[str, str]]
 
 
 class Pipeline:
-    def __init__(self, model: VLM, tokenizer: Tokenizer):
+    def __init__(self, model: VLM | NativeModel, tokenizer: Tokenizer):
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.processor = VLMProcessor.for_model(model, tokenizer)
+        native = isinstance(model, NativeModel)
+        self.processor = NativeProcessor(tokenizer, model) if native else VLMProcessor.for_model(model, tokenizer)
 
     @classmethod
     def load(
         cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32, quantize: str | None = None
     ) -> Pipeline:
-        """`quantize="int8"`: the Linear layers of the LM and projector in dynamic int8 (CPU only; see
-        `picovlm.engine.quantize`)."""
-        model, tokenizer = load_vlm(path)
+        """An adapter VLM's checkpoint, or a native model's (which also draws: `draw`). `quantize="int8"`:
+        the Linear layers of the LM and projector in dynamic int8 (CPU only; see `picovlm.engine.quantize`)."""
+        native = read_config(Path(path)).get("task") == "native"
+        model, tokenizer = load_native(path) if native else load_vlm(path)
         model = model.to(device=device, dtype=dtype)
         return cls(quantize_model(model, quantize) if quantize else model, tokenizer)
+
+    @property
+    def draws(self) -> bool:
+        """Whether the model can draw images (a native model)."""
+        return isinstance(self.model, NativeModel)
+
+    def draw(
+        self, prompts: list[str], params: SamplingParams | None = None, guidance: float = 0.0
+    ) -> list[Image.Image]:
+        """One image per caption (engine/draw.py); only a native model draws."""
+        if not self.draws:
+            raise ValueError("this model does not draw images (a native model's checkpoint does)")
+        return draw(self.model, self.tokenizer, prompts, params, guidance)
 
     def steps(
         self,

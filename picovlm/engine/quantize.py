@@ -28,8 +28,10 @@ def quantize_model(model: VLM, mode: str) -> VLM:
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name in ("lm", "projector"):
-            part = getattr(model, name)
+        for name in ("lm", "projector"):  # a native model has no projector
+            part = getattr(model, name, None)
+            if part is None:
+                continue
             skip = {"lm_head"} if name == "lm" and getattr(part.cfg, "tie_embeddings", False) else set()
             spec = {n for n, m in part.named_modules() if isinstance(m, torch.nn.Linear) and n not in skip}
             setattr(model, name, torch.ao.quantization.quantize_dynamic(part, spec, dtype=torch.qint8))

@@ -11,6 +11,7 @@ resume) is the same for all of them: the loop's (`train/loop.py`) and `run_stage
   clap  the audio tower against a text encoder, the same way, on audio/caption pairs
   vlm   the adapter VLM (models/vlm.py), loss on the assistant's tokens
   vq    the VQ image tokenizer (vq/model.py) on the images alone, loss on their reconstruction
+  native  one GPT over text and image codes (native/model.py): reads images, answers, draws
 
 A new kind of stage is a `StageTask` subclass added to `STAGE_TASKS`.
 """
@@ -18,6 +19,7 @@ A new kind of stage is a `StageTask` subclass added to `STAGE_TASKS`.
 from __future__ import annotations
 
 import dataclasses
+import random
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -33,21 +35,33 @@ from picovlm.data.batches import (
     MediaCache,
     TowerFeatures,
     as_caption,
+    as_chat,
     clap_batch,
     clip_batch,
     context_length,
     fit_context,
+    stable_draw,
     text_batch,
     vlm_batch,
 )
 from picovlm.data.formats import Sample
 from picovlm.data.grouping import group_by_image
-from picovlm.data.records import require
+from picovlm.data.records import TOO_LONG, BadRecord, require
 from picovlm.models.clip import CLIP_HF_PARTS, CLIP_PARTS, CLIPModel, clip_checkpoint_config, load_clip
 from picovlm.models.gpt import GPT
 from picovlm.models.processor import VLMProcessor
 from picovlm.models.vlm import VLM, load_vlm, masked_lm_loss, media_token_ids, vlm_checkpoint_config
-from picovlm.text.padding import IGNORE_INDEX
+from picovlm.native.model import (
+    NATIVE_PARTS,
+    NativeModel,
+    load_native,
+    native_checkpoint_config,
+    native_loss,
+    native_vocab,
+    placeholder_ids,
+)
+from picovlm.native.processor import NativeProcessor
+from picovlm.text.padding import IGNORE_INDEX, pad_right
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.vq.model import VQ_PARTS, VQVAE, load_vqvae, vq_checkpoint_config
 
@@ -272,6 +286,69 @@ class VQTask(StageTask):
         return load_vqvae(folder)
 
 
+class NativeTask(StageTask):
+    """The native model on mixed tasks from one stage's data: a conversation about an image (image +
+    question -> answer), a caption record either read (image -> caption) or drawn (caption -> image,
+    for a fixed `NativeConfig.draw_share` of them), a share of the drawn ones with the caption dropped
+    (`prompt_drop`: the unconditional prompt of guidance). Its VQ tokenizer comes from a vq stage
+    (`init={"vq": ...}`) and stays frozen; each image is encoded once, when a batch first needs it."""
+
+    parts = NATIVE_PARTS
+
+    def __init__(self, recipe: RecipeConfig, stage: StageConfig, tok: Tokenizer):
+        if "vq" not in stage.init or "vq" in stage.trainable:
+            raise ValueError(f"stage {stage.name!r}: a native stage starts its frozen 'vq' from a vq stage (init.vq)")
+        vq, self.cfg, self.tok = VQVAE(recipe.vq), recipe.native, tok
+        self.model = NativeModel(self.cfg, native_vocab(tok, vq), vq, placeholder_ids(tok))
+        self.processor, self.images, self.codes = NativeProcessor(tok, self.model), ImageCache(), {}
+
+    def prepare(self, sample: Sample) -> Sample:
+        """One image, no other input, and short enough for the context; a caption record is marked
+        to be drawn or read."""
+        require(len(sample.images) == 1 and not sample.media, "a native stage trains on records of one image")
+        draw = sample.meta.get("kind") == "caption" and stable_draw(sample) < self.cfg.draw_share
+        sample = Sample(sample.images, sample.messages, {**sample.meta, "draw": draw}, sample.media)
+        n = self.model.vocab.tokens_per_image
+        try:
+            self.encode(sample, torch.zeros(n, dtype=torch.long), drop=False)
+        except ValueError as e:
+            raise BadRecord(str(e), TOO_LONG) from None
+        return sample
+
+    def encode(self, sample: Sample, codes: torch.Tensor, drop: bool) -> tuple[list[int], list[int]]:
+        if sample.meta["draw"]:
+            return self.processor.encode_drawing("" if drop else sample.messages[-1]["content"], codes)
+        return self.processor.encode_conversation(as_chat(sample), [codes])
+
+    @torch.no_grad()
+    def image_codes(self, samples: list[Sample]) -> list[torch.Tensor]:
+        """Each sample's image as codes, encoded (in one batch) only the first time it is seen."""
+        new = list(dict.fromkeys(s.images[0] for s in samples if s.images[0] not in self.codes))
+        if new:
+            encoded = self.processor.image_tokenizer.encode([self.images(p) for p in new])
+            self.codes.update(zip(new, encoded, strict=True))
+        return [self.codes[s.images[0]] for s in samples]
+
+    def make_batch(self, samples: list[Sample]) -> Batch:
+        rows = [
+            self.encode(s, codes, drop=s.meta["draw"] and random.random() < self.cfg.prompt_drop)
+            for s, codes in zip(samples, self.image_codes(samples), strict=True)
+        ]
+        ids = pad_right([r[0] for r in rows], self.tok.pad_id)
+        mask = pad_right([r[1] for r in rows], 0)
+        return {"ids": ids, "labels": ids.masked_fill(mask == 0, IGNORE_INDEX)}
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return native_loss(self.model(batch["ids"]), batch["labels"], self.model.vocab, self.cfg)
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return native_checkpoint_config(self.model)
+
+    @staticmethod
+    def load(folder: Path) -> nn.Module:
+        return load_native(folder)[0]
+
+
 def labelled_targets(batch: Batch) -> int:
     """The next-token targets that `masked_lm_loss` averages over."""
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
@@ -289,6 +366,7 @@ STAGE_TASKS: dict[str, type[StageTask]] = {
     "clap": CLAPTask,
     "vlm": VLMTask,
     "vq": VQTask,
+    "native": NativeTask,
 }
 
 

@@ -33,7 +33,7 @@ def test_every_stage_checkpoint_loads_by_the_task_it_names(tiny_run, stage, kind
 
 def test_unknown_task_is_a_one_line_error(tiny_data, tok):
     recipe = RECIPES["tiny"](str(tiny_data))
-    with pytest.raises(ValueError, match=r"^stage 'x': unknown task 'vae'; known: lm, clip, clap, vlm, vq$"):
+    with pytest.raises(ValueError, match=r"^stage 'x': unknown task 'vae'; known: lm, clip, clap, vlm, vq, native$"):
         build_stage_task(recipe, StageConfig(name="x", task="vae"), tok)
 
 
