@@ -100,12 +100,14 @@ class NativeModel(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         span_index: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """Logits [B, T, vocab.size]. `pixels` is there for the engine's call and must be None: images
-        come in as code tokens (`NativeProcessor`)."""
+        """Logits [B, T, vocab.size] ([B, 1, ...] with `last_only`, what a prefill needs). `pixels` is
+        there for the engine's call and must be None: images come in as code tokens (`NativeProcessor`)."""
         if pixels is not None:
             raise ValueError("a native model reads images as code tokens, not pixels")
-        return self.lm(inputs_embeds=self.embed(ids, span_index), key_padding_mask=key_padding_mask, kv_cache=kv_cache)
+        x = self.embed(ids, span_index)
+        return self.lm(inputs_embeds=x, key_padding_mask=key_padding_mask, kv_cache=kv_cache, last_only=last_only)
 
 
 def native_loss(logits: torch.Tensor, labels: torch.Tensor, vocab: NativeVocab, cfg: NativeConfig) -> torch.Tensor:
