@@ -364,8 +364,9 @@ def native_stages(vq: StageConfig, native: StageConfig) -> list[StageConfig]:
 
 
 def native_recipe(data_dir: str = "data/demo") -> RecipeConfig:
-    """`picovlm demo --preset native`: the VQ tokenizer at 8x8 codes (64 tokens an image, docs/vq.md)
-    and a native model on the demo data, sized for 1-2 CPU cores and under 15 minutes (docs/native.md)."""
+    """`picovlm train --preset native`: the VQ tokenizer at 8x8 codes (64 tokens an image, docs/vq.md)
+    and a native model on the demo data (its 1500 native steps took about 20 minutes at one thread: not yet
+    fitted to the 15-minute target, docs/native.md)."""
     lm = GPTConfig(n_layer=4, n_head=4, n_kv_head=4, n_embd=128, mlp_hidden=384, max_seq_len=160, qk_norm=True)
     return RecipeConfig(
         stages=native_stages(
