@@ -61,10 +61,14 @@ class Sequence:
     ignore_stop: bool = False  # stop ids do not end it: exactly params.max_tokens tokens (benchmarks)
     media: dict[str, torch.Tensor] = field(default_factory=dict)  # videos, audio: `VLM.forward(**media)`
     # set by DecodeBatch.add
-    generated: int = field(default=0, init=False)  # tokens sampled so far
-    tokens: list[int] = field(default_factory=list, init=False)  # those tokens (what a decode hook reads)
+    tokens: list[int] = field(default_factory=list, init=False)  # tokens sampled so far (what a decode hook reads)
     generator: torch.Generator | None = field(default=None, init=False, repr=False)
     text: TextStream | None = field(default=None, init=False, repr=False)
+
+    @property
+    def generated(self) -> int:
+        """How many tokens were sampled so far."""
+        return len(self.tokens)
 
 
 @dataclass
@@ -116,7 +120,7 @@ class DecodeBatch:
             if len(s.ids) + s.params.max_tokens > self.capacity:
                 raise ValueError(f"{len(s.ids)} prompt + {s.params.max_tokens} new tokens exceed {self.capacity}")
         for s in seqs:
-            s.generated, s.tokens, s.text = 0, [], TextStream(self.tokenizer, s.params.stop)
+            s.tokens, s.text = [], TextStream(self.tokenizer, s.params.stop)
             if s.params.seed is not None:
                 s.generator = torch.Generator(device=self.device).manual_seed(s.params.seed)
         longest = max(len(s.ids) for s in seqs)
@@ -241,7 +245,6 @@ class DecodeBatch:
         its draw or its text raised)."""
         if isinstance(token, Exception):
             return Step(s.key, None, "", "error", token)
-        s.generated += 1
         s.tokens.append(token)
         try:
             at_stop_id = token in self.stop_ids and not s.ignore_stop
