@@ -43,7 +43,7 @@ from picovlm.demo_av import run_av_demo
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.quantize import QUANTIZE_CHOICES
 from picovlm.engine.sampling import SamplingParams
-from picovlm.engine.session import ChatSession
+from picovlm.engine.session import DEFAULT_SAVE_DIR, ChatSession, Drawn
 from picovlm.eval.benchmarks import scene_config_of, write_eval_sets
 from picovlm.eval.clients import PipelineClient, placeholders
 from picovlm.eval.drawing import dataset_test_split, judge_drawings, load_drawings
@@ -256,6 +256,7 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
 CHAT_HELP = (
     "/image PATH adds an image to your next message (/video PATH a video, /audio PATH a sound file), "
+    "/draw CAPTION draws an image (a native model), "
     "/save FILE.json writes the conversation (LLaVA format), /reset clears it, /quit exits"
 )
 ATTACH = {"/image": "image", "/video": "video", "/audio": "audio"}  # chat command -> modality
@@ -264,7 +265,7 @@ ATTACH = {"/image": "image", "/video": "video", "/audio": "audio"}  # chat comma
 def cmd_chat(args: argparse.Namespace) -> int:
     """A multi-turn conversation: the whole history (messages and images) goes into every prompt."""
     params = _sampling(args)  # first, so a bad value fails before the model loads
-    session = ChatSession(Pipeline.load(args.model, quantize=args.quantize), params)
+    session = ChatSession(Pipeline.load(args.model, quantize=args.quantize), params, args.save_dir)
     for modality in ATTACH.values():
         if getattr(args, modality):
             session.attach(getattr(args, modality), modality)
@@ -278,10 +279,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if line.partition(" ")[0] == "/quit":
             return 0
         if line:
-            _chat_line(session, line)
+            _chat_line(session, line, args.guidance)
 
 
-def _chat_line(session: ChatSession, line: str) -> None:
+def _drawn(drawn: Drawn) -> str:
+    return f"[image drawn: {drawn.path}]"
+
+
+def _chat_line(session: ChatSession, line: str, guidance: float = 0.0) -> None:
     """One line of the chat: a /command, or a message answered as it is decoded. A bad path, or a
     conversation that outgrew the context, is one error line and the chat goes on."""
     command, _, arg = line.partition(" ")
@@ -295,13 +300,17 @@ def _chat_line(session: ChatSession, line: str) -> None:
             print(f"({ATTACH[command]} added to your next message; {n} in the conversation)")
         elif command == "/save":
             print(f"(saved to {session.save(arg or '(no file given)')})")
+        elif command == "/draw":
+            if not arg:
+                raise ValueError("/draw needs a caption: /draw CAPTION")
+            print(f"picovlm> {_drawn(session.draw(arg, guidance))}")
         elif command.startswith("/"):
             raise ValueError(f"unknown command {command}; {CHAT_HELP}")
         else:
             print("picovlm> ", end="", flush=True)
             answering = True
-            for piece in session.send(line):
-                print(piece, end="", flush=True)
+            for part in session.send(line):
+                print(part if isinstance(part, str) else _drawn(part), end="", flush=True)
             print()
     except (ValueError, OSError) as e:
         lead, hint = ("\n", " (/reset starts over)") if answering else ("", "")
@@ -671,6 +680,14 @@ def _chat_parser(sub: Subparsers) -> None:
     p.add_argument("--image", metavar="FILE", type=Path, help="an image for the first message")
     p.add_argument("--video", metavar="FILE", type=Path, help="a video (.mp4, .webm) for the first message")
     p.add_argument("--audio", metavar="FILE", type=Path, help="a sound file (.wav, .flac) for the first message")
+    p.add_argument(
+        "--save-dir",
+        metavar="DIR",
+        type=Path,
+        default=DEFAULT_SAVE_DIR,
+        help=f"where the images a native model draws are saved (default: {DEFAULT_SAVE_DIR})",
+    )
+    p.add_argument("--guidance", metavar="S", type=float, default=0.0, help="classifier-free guidance of /draw")
     _add_sampling_args(p)
     _add_quantize_arg(p)
     p.set_defaults(run=cmd_chat)

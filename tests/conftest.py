@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from picovlm.data.scenes import build_dataset
-from picovlm.presets import DATA_PRESETS, RECIPES
+from picovlm.presets import DATA_PRESETS, RECIPES, tiny_native_recipe
 from picovlm.text.tokenizer import Tokenizer
 from picovlm.train.stages import run_recipe
 
@@ -145,6 +145,14 @@ def _write_hf_encoder(folder):
 def hf_encoder(tmp_path_factory) -> Path:
     """A tiny random HF BertModel folder with its tokenizer: the kind of folder all-MiniLM-L6-v2 comes in."""
     return _write_hf_encoder(tmp_path_factory.mktemp("hf_encoder"))
+
+
+@pytest.fixture(scope="session")
+def tiny_native_run(tiny_data, tmp_path_factory) -> dict[str, Path]:
+    """{"data", "model"}: a tiny vq + native run on `tiny_data` (seconds), once per session: a native
+    checkpoint that draws (badly)."""
+    done = run_recipe(tiny_native_recipe(str(tiny_data)), tmp_path_factory.mktemp("native_run"), progress=False)
+    return {"data": tiny_data, "model": done["native"]}
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import picovlm
 from picovlm.checkpoint import load_trainer_state, read_config
@@ -22,6 +23,7 @@ from picovlm.engine.sampling import SamplingParams
 from picovlm.presets import tiny_recipe
 from picovlm.text.tokens import IMAGE
 from picovlm.vision.image import load_image
+from tests.native.helpers import drawing_pipeline
 
 
 def test_data_train_eval_generate(tmp_path, capsys):
@@ -322,14 +324,14 @@ def _script(monkeypatch, lines):
 
 
 def _record_streams(monkeypatch):
-    """Spy on Pipeline.stream: what each turn sent (messages, number of images)."""
-    calls, real = [], Pipeline.stream
+    """Spy on Pipeline.stream_parts (what a chat turn calls): what each turn sent (messages, number of images)."""
+    calls, real = [], Pipeline.stream_parts
 
-    def stream(self, messages, images, params=None, media=None):
+    def stream_parts(self, messages, images, params=None, media=None):
         calls.append(([dict(m) for m in messages], len(images)))
         return real(self, messages, images, params, media)
 
-    monkeypatch.setattr(Pipeline, "stream", stream)
+    monkeypatch.setattr(Pipeline, "stream_parts", stream_parts)
     return calls
 
 
@@ -362,6 +364,33 @@ def test_chat_keeps_history_and_images(tiny_run, monkeypatch, capsys):
     assert second[0][1]["role"] == "assistant"
     assert second[0][2] == {"role": "user", "content": "and the shape?"}
     assert after_reset == ([{"role": "user", "content": "how many?"}], 0)
+
+
+def test_chat_shows_and_saves_what_a_native_model_draws(tiny_native_run, tmp_path, monkeypatch, capsys):
+    """An image span in the answer and /draw: each saved as a PNG, its path printed where it was drawn,
+    and the drawing is in the history the next turn sends."""
+    pipe = drawing_pipeline(tiny_native_run["model"])
+    monkeypatch.setattr(Pipeline, "load", lambda path, **kw: pipe)
+    calls = _record_streams(monkeypatch)
+    _script(monkeypatch, ["draw a red circle", "/draw two blue squares", "and now?", "/draw"])
+    model, saved = str(tiny_native_run["model"]), tmp_path / "drawn"
+    assert main(["chat", "--model", model, "--max-tokens", "20", "--save-dir", str(saved)]) == 0
+    out, err = capsys.readouterr()
+    first, second, third = (saved / f"drawn_00{n}.png" for n in (1, 2, 3))
+    assert f"picovlm> [image drawn: {first}]" in out and f"picovlm> [image drawn: {second}]\n" in out
+    assert f"picovlm> [image drawn: {third}]" in out and not (saved / "drawn_004.png").exists()
+    assert all(Image.open(p).size == (32, 32) for p in (first, second, third))
+    messages, n_images = calls[-1]
+    assert n_images == 2 and messages[1]["content"].startswith(IMAGE) and messages[3]["content"] == IMAGE
+    assert messages[2] == {"role": "user", "content": "two blue squares"}
+    assert err.count("picovlm: error:") == 1 and "/draw needs a caption" in err
+
+
+def test_chat_draw_needs_a_native_model(tiny_run, tmp_path, monkeypatch, capsys):
+    _script(monkeypatch, ["/draw a red circle"])
+    assert main(["chat", "--model", str(tiny_run["model"]), "--save-dir", str(tmp_path / "d")]) == 0
+    assert "picovlm: error: this model does not draw images" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
 
 
 def test_chat_image_flag_and_eof(tiny_run, monkeypatch, capsys):

@@ -5,6 +5,7 @@ pipe.ask("scene.png", "What colour is the circle?")
 pipe.draw(["a red circle above a blue square"])   # a native model's checkpoint: PIL images
 pipe.generate([[{"role": "user", "content": "<|video|>\nWhich way does it move?"}]], [[]], media=[{"video": [clip]}])
 for piece in pipe.stream([{"role": "user", "content": "<|image|>\\nDescribe it."}], [image]): ...
+for part in pipe.stream_parts(messages, images): ...   # text pieces, and the images a native model draws
 
 Every answer is decoded by the one engine, `DecodeBatch` (engine/batch.py), that the server's
 scheduler runs too: same tokens, same text, same stop rules, whichever way an answer is asked for.
@@ -21,6 +22,7 @@ from PIL import Image
 from picovlm.checkpoint import read_config
 from picovlm.engine.batch import DecodeBatch, Sequence, Step
 from picovlm.engine.draw import draw
+from picovlm.engine.parts import AnswerParts, Part
 from picovlm.engine.quantize import quantize_model
 from picovlm.engine.sampling import SamplingParams
 from picovlm.models.processor import Media, VLMProcessor
@@ -117,6 +119,19 @@ class Pipeline:
         for (step,) in self.steps([messages], [images], params, [media or {}]):
             if step.text:
                 yield step.text
+
+    def stream_parts(
+        self,
+        messages: Messages,
+        images: list[Image.Image],
+        params: SamplingParams | None = None,
+        media: Media | None = None,
+    ) -> Iterator[Part]:
+        """`stream`, with each image a native model draws in its answer (engine/parts.py) as a PIL
+        image where it was drawn; an adapter VLM's parts are its text pieces."""
+        parts = AnswerParts(self.model)
+        for (step,) in self.steps([messages], [images], params, [media or {}]):
+            yield from parts.push(step)
 
     def ask(self, image: str | Path | Image.Image, question: str, params: SamplingParams | None = None) -> str:
         """One question about one image."""

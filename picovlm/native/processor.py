@@ -69,7 +69,7 @@ class NativeProcessor:
         """A generation prompt (what `Pipeline` asks of a processor); `reserve` tokens kept for the answer."""
         if media and any(media.values()):
             raise ValueError("a native model reads images only")
-        prompt = render_prompt(self.tokenizer, messages)
+        prompt = render_prompt(self.tokenizer, messages, drawn_images=True)  # what it drew: images of answers
         ids, mask = self.expand(prompt, [0] * len(prompt), self.encode_images(images))
         if len(ids) + reserve > self.max_len:
             what = f"prompt is {len(ids)} tokens; with {reserve} new tokens"

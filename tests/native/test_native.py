@@ -3,34 +3,19 @@ loop and its checkpoint, drawing with the KV cache against recomputing, and `pic
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from PIL import Image
 
 from picovlm.cli import main
-from picovlm.data.scenes import build_dataset
 from picovlm.engine.draw import draw_codes, draw_codes_recomputed
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
 from picovlm.native.constraint import ImageSpans
 from picovlm.native.vocab import NativeVocab
-from picovlm.presets import tiny_data, tiny_native_recipe
 from picovlm.train.stage_tasks import load_stage_model
-from picovlm.train.stages import run_recipe
 
 VOCAB = NativeVocab(text_vocab=10, codebook_size=6, rows=2, columns=2, image_start=3, image_end=4)
-
-
-@pytest.fixture(scope="module")
-def native_run(tmp_path_factory) -> dict[str, Path]:
-    """A tiny vq + native run (seconds): the native checkpoint and the data."""
-    root = tmp_path_factory.mktemp("native")
-    d = tiny_data()
-    build_dataset(root / "data", d.scenes, d.n_train, d.n_val, d.n_test, d.seed)
-    done = run_recipe(tiny_native_recipe(str(root / "data")), root / "run", progress=False)
-    return {"model": done["native"], "data": root / "data"}
 
 
 def test_vocab_offsets_round_trip():
@@ -60,19 +45,19 @@ def test_constraint_yields_grid_length_codes_then_image_end():
     assert torch.isinf(outside[0, VOCAB.text_vocab :]).all() and torch.isinf(outside[0, VOCAB.image_end])
 
 
-def test_native_stage_checkpoint_reloads(native_run):
-    model = load_stage_model(native_run["model"])
-    pipe = Pipeline.load(native_run["model"])
+def test_native_stage_checkpoint_reloads(tiny_native_run):
+    model = load_stage_model(tiny_native_run["model"])
+    pipe = Pipeline.load(tiny_native_run["model"])
     assert type(model) is type(pipe.model) and pipe.draws
     for a, b in zip(model.state_dict().values(), pipe.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    answer = pipe.ask(native_run["data"] / "images/test_000000.png", "What colour is it?")
+    answer = pipe.ask(tiny_native_run["data"] / "images/test_000000.png", "What colour is it?")
     assert isinstance(answer, str)
 
 
 @pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(temperature=1.0, seed=3)])
-def test_kv_cache_drawing_equals_recompute(native_run, params):
-    pipe = Pipeline.load(native_run["model"])
+def test_kv_cache_drawing_equals_recompute(tiny_native_run, params):
+    pipe = Pipeline.load(tiny_native_run["model"])
     prompts = ["a small red circle at the top", "two blue squares"]
     cached = draw_codes(pipe.model, pipe.tokenizer, prompts, params)
     assert cached.shape == (2, pipe.model.vocab.tokens_per_image)
@@ -80,18 +65,21 @@ def test_kv_cache_drawing_equals_recompute(native_run, params):
         assert torch.equal(cached[row], draw_codes_recomputed(pipe.model, pipe.tokenizer, prompt, params))
 
 
-def test_guided_drawing_is_an_image(native_run):
-    [image] = Pipeline.load(native_run["model"]).draw(["a red circle"], guidance=2.0)
+def test_guided_drawing_is_an_image(tiny_native_run):
+    [image] = Pipeline.load(tiny_native_run["model"]).draw(["a red circle"], guidance=2.0)
     assert image.size == (32, 32)
 
 
-def test_draw_cli_writes_png(native_run, tmp_path, capsys):
+def test_draw_cli_writes_png(tiny_native_run, tmp_path, capsys):
     out = tmp_path / "out.png"
-    assert main(["draw", "a red circle above a blue square", "--model", str(native_run["model"]), "-o", str(out)]) == 0
+    assert (
+        main(["draw", "a red circle above a blue square", "--model", str(tiny_native_run["model"]), "-o", str(out)])
+        == 0
+    )
     assert Image.open(out).size == (32, 32) and "wrote" in capsys.readouterr().out
 
 
-def test_draw_refuses_an_adapter_model(native_run, tmp_path, capsys):
-    vq = native_run["model"].parent.parent / "vq" / "model"
+def test_draw_refuses_an_adapter_model(tiny_native_run, tmp_path, capsys):
+    vq = tiny_native_run["model"].parent.parent / "vq" / "model"
     assert main(["draw", "x", "--model", str(vq), "-o", str(tmp_path / "o.png")]) == 1
     assert "picovlm: error:" in capsys.readouterr().err

@@ -96,3 +96,18 @@ def test_bad_role_raises(tok, message):
 def test_special_strings_in_content_raise(tok, role, content):
     with pytest.raises(ValueError, match=f"message 0: {role} content may not contain"):
         render_conversation(tok, [{"role": role, "content": content}])
+
+
+def test_a_native_models_answers_may_hold_what_it_drew(tok):
+    """`drawn_images`: <|image|> in an answer (where a native model drew), and nothing else special."""
+    messages = [
+        {"role": "user", "content": "draw"},
+        {"role": "assistant", "content": IMAGE},
+        {"role": "user", "content": "ok"},
+    ]
+    ids = render_prompt(tok, messages, drawn_images=True)
+    assert ids.count(tok.image_id) == 1
+    with pytest.raises(ValueError, match="message 1: assistant content may not contain"):
+        render_prompt(tok, messages)
+    with pytest.raises(ValueError, match="may not contain the special token <|end|>"):
+        render_prompt(tok, [{"role": "user", "content": "x"}, {"role": "assistant", "content": END}, *messages], True)
