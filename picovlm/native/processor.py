@@ -25,6 +25,12 @@ class NativeProcessor:
         self.image_tokenizer = model.image_tokenizer
         self.max_len = model.cfg.lm.max_seq_len
         self.other_inputs = set(model.placeholder_ids) - {tokenizer.image_id}
+        self.media: dict = {}  # no other modality: images only (the server asks)
+
+    @property
+    def tokens_per_placeholder(self) -> int:
+        """How many ids one <|image|> becomes: its span (the codes and the two markers)."""
+        return self.vocab.tokens_per_image + 2
 
     def encode_images(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
         """Each image's code ids (the frozen VQ tokenizer's encoder)."""
@@ -69,8 +75,13 @@ class NativeProcessor:
         """A generation prompt (what `Pipeline` asks of a processor); `reserve` tokens kept for the answer."""
         if media and any(media.values()):
             raise ValueError("a native model reads images only")
-        prompt = render_prompt(self.tokenizer, messages, drawn_images=True)  # what it drew: images of answers
-        ids, mask = self.expand(prompt, [0] * len(prompt), self.encode_images(images))
+        return self.encode_prompt_codes(messages, self.encode_images(images), reserve)
+
+    def encode_prompt_codes(self, messages: list[dict], codes: list[torch.Tensor], reserve: int = 0) -> Encoded:
+        """`encode_prompt` of images given as their codes (the server encodes each image as soon as it
+        is decoded). <|image|> may be in answers too: where the model drew an image."""
+        prompt = render_prompt(self.tokenizer, messages, drawn_images=True)
+        ids, mask = self.expand(prompt, [0] * len(prompt), codes)
         if len(ids) + reserve > self.max_len:
             what = f"prompt is {len(ids)} tokens; with {reserve} new tokens"
             raise ValueError(f"{what} it exceeds the context of {self.max_len}")

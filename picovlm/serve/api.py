@@ -44,9 +44,11 @@ from picovlm.serve.protocol import (
     Limits,
     chunk,
     completion,
+    content_of,
     decode_image,
     decode_json,
     decode_media,
+    image_part,
     new_id,
     parse_chat_request,
     usage,
@@ -65,7 +67,7 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no 
 @dataclass
 class Prepared:
     ids: list[int]
-    pixels: torch.Tensor
+    pixels: torch.Tensor | None  # None: a native model (its images are in `ids`, as codes)
     params: SamplingParams
     media: dict[str, torch.Tensor] = field(default_factory=dict)  # videos, audio: `VLM.forward(**media)`
 
@@ -76,6 +78,8 @@ def prepare(pipe: Pipeline, req: ChatRequest, limits: Limits) -> Prepared:
     (eight 36-megapixel PNGs, 1.2 MB of request, took the server from 0.3 to 1.55 GB at once); a video
     is probed only, its sampled frames decoded by `prepare`."""
     max_tokens = _new_tokens(pipe, req)
+    if pipe.draws:
+        return _prepare_native(pipe, req, limits, max_tokens)
     proc = pipe.processor
     pixels = [proc.image_processor([decode_image(param, url, limits)]) for param, url in req.image_sources]
     media: dict[str, list] = {}
@@ -85,24 +89,41 @@ def prepare(pipe: Pipeline, req: ChatRequest, limits: Limits) -> Prepared:
         counts = {name: len(items) for name, items in media.items()}
         enc = proc.encode_prompt_ids(req.messages, len(pixels), reserve=max_tokens, counts=counts)
         tensors = proc.prepare(media)
-        params = SamplingParams(
-            max_tokens=max_tokens,
-            temperature=req.temperature,
-            top_k=req.top_k,
-            top_p=req.top_p,
-            stop=req.stop,
-            seed=req.seed,
-        )
+        params = _sampling(req, max_tokens)
     except ValueError as e:
         raise APIError(400, str(e)) from None
     return Prepared(enc.ids, torch.cat(pixels) if pixels else proc.image_processor([]), params, tensors)
+
+
+def _prepare_native(pipe: Pipeline, req: ChatRequest, limits: Limits, max_tokens: int) -> Prepared:
+    """`prepare` for a native model: each image (the user's, or one it drew earlier in the
+    conversation) becomes its codes as soon as it is decoded; no pixels reach the model."""
+    proc = pipe.processor
+    codes = [proc.encode_images([decode_image(param, url, limits)])[0] for param, url in req.image_sources]
+    try:
+        enc = proc.encode_prompt_codes(req.messages, codes, reserve=max_tokens)
+        params = _sampling(req, max_tokens)
+    except ValueError as e:
+        raise APIError(400, str(e)) from None
+    return Prepared(enc.ids, None, params)
+
+
+def _sampling(req: ChatRequest, max_tokens: int) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        top_k=req.top_k,
+        top_p=req.top_p,
+        stop=req.stop,
+        seed=req.seed,
+    )
 
 
 def _new_tokens(pipe: Pipeline, req: ChatRequest) -> int:
     """How many tokens the answer may have: max_tokens, or what the context leaves; refused if the
     prompt (each image counted as its tokens) and that many new tokens do not fit."""
     try:
-        text_ids = render_prompt(pipe.tokenizer, req.messages)
+        text_ids = render_prompt(pipe.tokenizer, req.messages, drawn_images=pipe.draws)
     except ValueError as e:
         raise APIError(400, str(e), "messages") from None
     context, per_image = pipe.processor.max_len, pipe.processor.tokens_per_placeholder
@@ -180,19 +201,21 @@ class Answer:
 
     async def whole(self) -> dict:
         """The `chat.completion` object, once the answer is complete."""
-        pieces, last = [], Event()
+        parts, last = [], Event()
         async for ready in self.ready():
-            pieces += [e.text for e in ready]
+            parts += [p for e in ready for p in (e.text, e.image) if p is not None]
             last = ready[-1]
         if last.error is not None:
             raise APIError(500, f"generation failed: {last.error}", type="server_error")
-        text = "".join(pieces)
+        content = content_of(parts)  # text, or text and image parts where the model drew
         return completion(
-            self.id, self.model_name, text, last.finish_reason, self.handle.prompt_tokens, last.completion_tokens
+            self.id, self.model_name, content, last.finish_reason, self.handle.prompt_tokens, last.completion_tokens
         )
 
     async def stream(self) -> AsyncIterator[str]:
-        """Server-sent `chat.completion.chunk`s: the role, the text pieces, the finish (and usage), [DONE]."""
+        """Server-sent `chat.completion.chunk`s: the role, the text pieces, the finish (and usage), [DONE].
+        An image a native model drew comes whole, in the chunk of the step that closed its span, as a
+        delta whose content is a list of one image part (text deltas stay strings)."""
         yield self._chunk({"role": "assistant", "content": ""})
         async for ready in self.ready():
             failed = next((e for e in ready if e.error is not None), None)
@@ -204,6 +227,8 @@ class Answer:
 
     def _chunks(self, event: Event) -> str:
         out = self._chunk({"content": event.text}) if event.text else ""
+        if event.image is not None:
+            out += self._chunk({"content": [image_part(event.image)]})
         if event.finish_reason is not None:
             out += self._chunk({}, event.finish_reason)
             if self.include_usage:
@@ -267,7 +292,8 @@ class Routes:
         """Validate, tokenize and decode the images off the event loop, submit, then answer."""
         self.check_key(request)
         limits = self.limits
-        req = parse_chat_request(await _read_json(request, limits), self.cfg.model_name, limits)
+        body = await _read_json(request, limits)
+        req = parse_chat_request(body, self.cfg.model_name, limits, drawn_images=self.pipe.draws)
         prep = await asyncio.get_running_loop().run_in_executor(self.pool, prepare, self.pipe, req, limits)
         answer = Answer(self.scheduler, prep, req, self.cfg.model_name)
         if not req.stream:

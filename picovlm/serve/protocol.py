@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import io
 import json
 import math
 import re
@@ -174,18 +175,23 @@ def _unicode(text: str, where: str) -> str:
     return text
 
 
+USER_PARTS = frozenset({"image_url", "input_audio", "video_url"})  # what user messages may hold besides text
+DRAWN_PARTS = frozenset({"image_url"})  # what a native model's answers may hold: the images it drew
+
+
 def _text_of(
-    content: Any, param: str, allow_images: bool, images: list[tuple[str, str]], media: list[tuple[str, str, str]]
+    content: Any, param: str, kinds: frozenset[str], images: list[tuple[str, str]], media: list[tuple[str, str, str]]
 ) -> str:
-    """A message's content (a string or a list of parts) as template text with <|image|> (<|video|>,
-    <|audio|>) placeholders; the image sources are appended to `images`, the others' to `media`."""
+    """A message's content (a string or a list of parts; `kinds`: the part types other than text it may
+    have) as template text with <|image|> (<|video|>, <|audio|>) placeholders; the image sources are
+    appended to `images`, the others' to `media`."""
     if content is None:
         return ""
     if isinstance(content, str):
-        return _part_text({"type": "text", "text": content}, param, allow_images, images, media)
+        return _part_text({"type": "text", "text": content}, param, kinds, images, media)
     if not isinstance(content, list):
         raise _bad(f"{param} must be a string or a list of content parts", param)
-    return "\n".join(_part_text(part, f"{param}[{j}]", allow_images, images, media) for j, part in enumerate(content))
+    return "\n".join(_part_text(part, f"{param}[{j}]", kinds, images, media) for j, part in enumerate(content))
 
 
 def _media_part(kind: str, part: dict, where: str, media: list[tuple[str, str, str]]) -> str:
@@ -206,7 +212,7 @@ def _media_part(kind: str, part: dict, where: str, media: list[tuple[str, str, s
 
 
 def _part_text(
-    part: Any, where: str, allow_images: bool, images: list[tuple[str, str]], media: list[tuple[str, str, str]]
+    part: Any, where: str, kinds: frozenset[str], images: list[tuple[str, str]], media: list[tuple[str, str, str]]
 ) -> str:
     """One content part: its text, or <|image|> for an image (whose source goes to `images`), or the
     placeholder of a video or audio clip (whose source goes to `media`)."""
@@ -220,31 +226,37 @@ def _part_text(
             if special in text:
                 raise _bad(f"{where}: text may not contain the special token {special}", where)
         return text
-    if kind == "image_url" and allow_images:
+    if kind == "image_url" and kind in kinds:
         spec = part.get("image_url")
         url = spec.get("url") if isinstance(spec, dict) else spec
         if not isinstance(url, str):
             raise _bad(f"{where}.image_url.url must be a string (a data URL)", f"{where}.image_url")
         images.append((f"{where}.image_url", url))
         return IMAGE
-    if kind in ("input_audio", "video_url") and allow_images:
+    if kind in ("input_audio", "video_url") and kind in kinds:
         return _media_part(kind, part, where, media)
-    if kind in ("image_url", "input_audio", "video_url"):
-        raise _bad(f"{where}: only user messages may contain images, videos and audio", where)
+    if kind in USER_PARTS:
+        raise _bad(
+            f"{where}: only user messages may contain images, videos and audio (and a drawing model's answers, "
+            "the images it drew)",
+            where,
+        )
     raise _bad(
         f"{where}: unsupported content part type {_show(kind)} (use 'text', 'image_url', 'input_audio' or 'video_url')",
         where,
     )
 
 
-def parse_chat_request(body: Any, model_name: str, limits: Limits) -> ChatRequest:
+def parse_chat_request(body: Any, model_name: str, limits: Limits, drawn_images: bool = False) -> ChatRequest:
     """Validate a decoded JSON body; raise APIError saying which field is wrong and why.
-    The checks run in a fixed order, so a body with several problems always names the same one."""
+    The checks run in a fixed order, so a body with several problems always names the same one.
+    `drawn_images`: the model draws (a native model), so assistant messages may hold image parts, the
+    images it drew, sent back with the conversation (decoded and counted as the user's are)."""
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object")
     _check_model(body, model_name)
     _refuse_unsupported(body)
-    messages, images, media = _conversation(body.get("messages"), limits)
+    messages, images, media = _conversation(body.get("messages"), limits, DRAWN_PARTS if drawn_images else frozenset())
     max_tokens = _integer(body, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens", 1)
@@ -296,7 +308,7 @@ def _refuse_unsupported(body: dict) -> None:
 
 
 def _conversation(
-    raw: Any, limits: Limits
+    raw: Any, limits: Limits, answer_parts: frozenset[str] = frozenset()
 ) -> tuple[list[dict[str, str]], list[tuple[str, str]], list[tuple[str, str, str]]]:
     """(user/assistant messages in template form, image sources and video/audio sources in placeholder
     order). picovlm's template has no system turn: system/developer text is put in front of the next
@@ -315,7 +327,8 @@ def _conversation(
         role = m.get("role")
         if role not in ("system", "developer", "user", "assistant"):
             raise _bad(f"{param}.role must be system, user or assistant, got {_show(role)}", f"{param}.role")
-        text = _text_of(m.get("content"), f"{param}.content", role == "user", images, media)
+        kinds = USER_PARTS if role == "user" else answer_parts if role == "assistant" else frozenset()
+        text = _text_of(m.get("content"), f"{param}.content", kinds, images, media)
         chars += len(text)
         if limits.max_prompt_chars is not None and chars > limits.max_prompt_chars:
             raise _bad(
@@ -480,7 +493,40 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
-def completion(cid: str, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict:
+def image_part(image: Image.Image) -> dict:
+    """A drawn image as an OpenAI content part: a PNG in a base64 data URL (what requests send too)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()},
+    }
+
+
+def content_of(parts: list[str | Image.Image]) -> str | list[dict]:
+    """An answer's content: its text, or, when the model drew, a list of parts (text parts, the image
+    parts where it drew them), the way a user message with images is written."""
+    if all(isinstance(p, str) for p in parts):
+        return "".join(parts)
+    out: list[dict] = []
+    for part in parts:
+        if isinstance(part, Image.Image):
+            out.append(image_part(part))
+        elif out and out[-1]["type"] == "text":
+            out[-1]["text"] += part
+        elif part:
+            out.append({"type": "text", "text": part})
+    return out
+
+
+def completion(
+    cid: str,
+    model: str,
+    content: str | list[dict],
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> dict:
     return {
         "id": cid,
         "object": "chat.completion",
@@ -489,7 +535,7 @@ def completion(cid: str, model: str, text: str, finish_reason: str, prompt_token
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": {"role": "assistant", "content": content},
                 "finish_reason": finish_reason,
                 "logprobs": None,
             }

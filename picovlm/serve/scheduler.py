@@ -14,7 +14,10 @@ thread starts over with an empty batch.
 
 Text is produced here, not in the handlers: the engine turns each row's tokens into text pieces
 (`TextStream`: detokenization, and stop strings held back until they are settled), and a stop string
-ends the row at once, which frees its slot for the next request.
+ends the row at once, which frees its slot for the next request. So are a native model's drawings: an
+image span in a row's answer becomes an image (engine/parts.py, the VQ decoder, on this thread, which
+owns the model) on the event of the step that closes it; a span that fails to decode fails its
+request alone.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+from PIL import Image
 
-from picovlm.engine.batch import DecodeBatch, Sequence
+from picovlm.engine.batch import DecodeBatch, Sequence, Step
+from picovlm.engine.parts import AnswerParts
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.sampling import SamplingParams
 
@@ -42,7 +47,8 @@ class QueueFull(RuntimeError):
 
 @dataclass
 class Event:
-    """What a request receives: a piece of text, and on the last event why it ended.
+    """What a request receives: a piece of text, the image that step drew (after the text), and on the
+    last event why it ended.
 
     finish_reason is "stop" (end of answer or a stop string), "length" (max_tokens), or "error".
     """
@@ -51,6 +57,7 @@ class Event:
     finish_reason: str | None = None
     completion_tokens: int = 0
     error: str | None = None
+    image: Image.Image | None = None
 
 
 @dataclass
@@ -85,6 +92,7 @@ class _Request:
     handle: Handle
     seq: Sequence
     emit: Callable[[Event], None]
+    parts: AnswerParts
     done: bool = False  # its last event was sent
 
     def deliver(self, event: Event) -> None:
@@ -129,7 +137,7 @@ class Scheduler:
             handle._queue = queue.Queue()
             emit = handle._queue.put
         seq = Sequence(handle.key, ids, pixels, params, ignore_stop=ignore_eos, media=media or {})
-        request = _Request(handle, seq, emit)
+        request = _Request(handle, seq, emit, AnswerParts(self.pipe.model))
         with self._wake:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
@@ -200,16 +208,27 @@ class Scheduler:
         self.stats["steps"] += 1
         self.stats["tokens"] += len(steps)
         for step in steps:
-            r = self._running[step.key]
-            if step.error is not None:
-                log.warning("request %s failed alone", step.key, exc_info=step.error)
-                del self._running[step.key]
-                self._finish(r, _failure(step.error, r.seq.generated))
-            elif step.finished:
-                del self._running[step.key]  # before telling the client, so it never sees its slot still taken
-                self._finish(r, Event(step.text, step.finished, r.seq.generated))
-            elif step.text:
-                r.deliver(Event(step.text, None, r.seq.generated))
+            self._deliver(self._running[step.key], step)
+
+    def _deliver(self, r: _Request, step: Step) -> None:
+        """Turn a row's step into its event: text, an image it finished drawing, its end or its failure."""
+        error, image = step.error, None
+        if error is None:
+            try:
+                image = next((p for p in r.parts.push(step) if isinstance(p, Image.Image)), None)
+            except Exception as e:  # a span that does not decode: this request fails, alone
+                error = e
+                if not step.finished:
+                    self.batch.remove({step.key})
+        if error is not None:
+            log.warning("request %s failed alone", step.key, exc_info=error)
+            del self._running[step.key]
+            self._finish(r, _failure(error, r.seq.generated))
+        elif step.finished:
+            del self._running[step.key]  # before telling the client, so it never sees its slot still taken
+            self._finish(r, Event(step.text, step.finished, r.seq.generated, image=image))
+        elif step.text or image is not None:
+            r.deliver(Event(step.text, None, r.seq.generated, image=image))
 
     def _admit(self, admitted: list[_Request]) -> None:
         """Prefill the admitted requests together; if that fails, each alone, so that only a request

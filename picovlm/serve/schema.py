@@ -94,7 +94,10 @@ class ErrorResponse(BaseModel):
 
 class AnswerMessage(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: str | list[TextPart | ImagePart] = Field(
+        description="the answer's text; a list of parts when a native model drew: text parts, and image parts "
+        "(PNG data URLs) where it drew"
+    )
 
 
 class Choice(BaseModel):
