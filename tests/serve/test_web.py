@@ -125,3 +125,32 @@ def test_the_page_attaches_videos_and_sounds(browser, tiny_av_run):
         assert base64.b64decode(parts["input_audio"]["input_audio"]["data"]) == sound.read_bytes()
         assert parts["text"]["text"] == "which way?"
         assert page.query_selector(".msg.user video") and page.query_selector(".msg.user audio")
+
+
+def test_the_page_shows_a_drawn_image(browser, tiny_native_run):
+    """A native model's drawing arrives as an image part of the stream; the page shows it as an <img>
+    where it was drawn, and sends it back with the conversation."""
+    from picovlm.serve.api import create_app
+    from picovlm.serve.config import ServeConfig
+    from tests.native.helpers import drawing_pipeline
+    from tests.serve.helpers import running
+
+    with running(create_app(drawing_pipeline(tiny_native_run["model"]), ServeConfig(model_name="native"))) as url:
+        page = browser.new_page()
+        requests = []
+        page.on("request", lambda r: requests.append(r.post_data_json) if r.url.endswith("/chat/completions") else None)
+        page.goto(url)
+        page.wait_for_selector("#model:text('native')")
+        page.fill("#max_tokens", "20")
+        page.fill("#prompt", "draw a red circle")
+        page.click("#send")
+        done = page.wait_for_selector(".msg.assistant[data-state=done]", timeout=20_000)
+        img = done.query_selector("img")
+        assert img.get_attribute("src").startswith("data:image/png;base64,")
+        assert img.evaluate("i => i.complete && i.naturalWidth") == 32
+        page.fill("#prompt", "and now?")
+        page.click("#send")
+        page.wait_for_function("document.querySelectorAll('.msg.assistant[data-state=done]').length == 2")
+        answer = requests[1]["messages"][1]["content"]
+        assert answer[0] == {"type": "image_url", "image_url": {"url": img.get_attribute("src")}}
+        page.close()
