@@ -1,7 +1,8 @@
 """Scaling curves: cost per token of picovlm and of HF transformers on the same weights, as the prompt,
 the image count and the batch grow, and a training step's as its batch and length grow.
 
-    python bench/scaling.py                    # demo shape, 1 thread: a few minutes; PNGs in bench/results/
+    python bench/scaling.py                    # demo shape, 1 thread: ~2 min; PNGs in bench/results/
+    python bench/scaling.py --size 135m        # SmolLM2-135M-shaped LM, fewer points, no training sweep
     python bench/scaling.py --quick --out DIR  # tiny shapes, seconds (what tests/bench runs)
 
 Inference: bench/generate.py's demo-shape checkpoint (random, seeded) exported as hf-internvl and loaded
@@ -31,21 +32,26 @@ import train_step as ts  # noqa: E402
 from scaling_plot import plot  # noqa: E402
 
 WORDS = "a red cat on the left of a blue square".split()
-FULL = {"size": "demo", "train": "demo", "contexts": [32, 64, 128, 256, 480], "images": [1, 2, 4]}
-FULL |= {"batches": [1, 2, 4, 8], "train_batches": [1, 2, 4, 8], "train_lengths": [16, 64, 160], "tokens": 16}
-QUICK = {"size": "tiny", "train": "quick", "contexts": [24, 48], "images": [1, 2], "batches": [1, 2]}
-QUICK |= {"train_batches": [1, 2], "train_lengths": [8, 16], "tokens": 3}
+# size (bench/generate.py's) -> its points; "train": bench/train_step.py's size, None for no training sweep
+PRESETS = {
+    "demo": {"contexts": [32, 64, 128, 256, 480], "images": [1, 2, 4], "batches": [1, 2, 4, 8], "tokens": 24,
+             "reps": 7, "train": "demo", "train_batches": [1, 2, 4, 8], "train_lengths": [16, 64, 160]},
+    "135m": {"contexts": [80, 160, 320], "images": [1, 4], "batches": [1, 4], "tokens": 8, "reps": 3, "train": None},
+    "tiny": {"contexts": [24, 48], "images": [1, 2], "batches": [1, 2], "tokens": 3, "reps": 1, "train": "quick",
+             "train_batches": [1, 2], "train_lengths": [8, 16]},
+}  # fmt: skip
 XLABELS = {"length": "prompt tokens (batch 1, 1 image)", "images": "images (batch 1)", "batch": "batch (1 image a row)"}
 PHASES = ("prefill", "decode")
 
 
 def text_for(pipe, target: int) -> str:
-    """Words for a one-image prompt of about `target` tokens (corrected twice by what it encodes to)."""
-    n = 1
-    for _ in range(3):
-        text = " ".join((WORDS * (target // len(WORDS) + 2))[:n])
-        n = max(1, n + target - len(gen.make_cell(pipe, 1, 1, text).ours[0].ids))
-    return " ".join((WORDS * (target // len(WORDS) + 2))[:n])
+    """Words for a one-image prompt of at most `target` tokens (or one word): the prompt's tokens are its
+    text's plus a fixed overhead (template, image), and the text grows a word at a time."""
+    overhead = len(gen.make_cell(pipe, 1, 1, WORDS[0]).ours[0].ids) - len(pipe.tokenizer.encode(WORDS[0]))
+    words = WORDS[:1]
+    while overhead + len(pipe.tokenizer.encode(" ".join(words + [WORDS[len(words) % len(WORDS)]]))) <= target:
+        words.append(WORDS[len(words) % len(WORDS)])
+    return " ".join(words)
 
 
 def infer_point(pipe, hf, sweep: str, batch: int, n_images: int, text: str, args) -> dict:
@@ -87,6 +93,8 @@ def train_point(model, hf, tok, sweep: str, batch: int, length: int, args) -> di
 
 
 def train_sweeps(args) -> list[dict]:
+    if args.train is None:
+        return []
     model, hf, tok = ts.build(args.train)
     mid = args.train_lengths[len(args.train_lengths) // 2]
     rows = [train_point(model, hf, tok, "train_batch", b, mid, args) for b in args.train_batches]
@@ -109,15 +117,19 @@ def _curves(points: list[dict], key: str) -> dict[str, list]:
     return {"picovlm": [p[key] for p in points], "HF transformers": [p[f"hf_{key}"] for p in points]}
 
 
-def figures(rows: list[dict], train: list[dict], out: Path, title: str) -> list[Path]:
-    """scaling_{length,images,batch}.png (prefill and decode panels) and scaling_train.png."""
+def figures(size: str, rows: list[dict], train: list[dict], out: Path, title: str) -> list[Path]:
+    """scaling_SIZE_{length,images,batch}.png (prefill and decode panels) and scaling_SIZE_train.png."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for sweep, xlabel in XLABELS.items():
         pts = [r for r in rows if r["sweep"] == sweep]
         xs = [p["x"] for p in pts]
         panels = [(xlabel, f"{ph} ms per token", xs, _curves(pts, f"{ph}_ms_per_token")) for ph in PHASES]
-        paths.append(plot(out / f"scaling_{sweep}.png", f"inference vs {sweep}: {title}", panels))
+        paths.append(plot(out / f"scaling_{size}_{sweep}.png", f"{size} inference vs {sweep}: {title}", panels))
+    return paths + ([train_figure(train, out / f"scaling_{size}_train.png", title)] if train else [])
+
+
+def train_figure(train: list[dict], path: Path, title: str) -> Path:
     by_batch = [r for r in train if r["sweep"] == "train_batch"]
     by_length = [r for r in train if r["sweep"] == "train_length"]
     panels = [
@@ -126,8 +138,7 @@ def figures(rows: list[dict], train: list[dict], out: Path, title: str) -> list[
         (f"tokens a row (batch {by_length[0]['batch']})", "train step ms per token",
          [r["x"] for r in by_length], _curves(by_length, "train_ms_per_token")),
     ]  # fmt: skip
-    paths.append(plot(out / "scaling_train.png", f"instruct training step: {title}", panels))
-    return paths
+    return plot(path, f"instruct training step: {title}", panels)
 
 
 def print_tables(rows: list[dict], train: list[dict]) -> None:
@@ -139,6 +150,8 @@ def print_tables(rows: list[dict], train: list[dict]) -> None:
             f"  {r['prefill_ms_per_token']:14.3f} {r['hf_prefill_ms_per_token']:7.3f} {r['prefill_speedup_vs_hf']:5.2f}"
             f"  {r['decode_ms_per_token']:13.3f} {r['hf_decode_ms_per_token']:7.3f} {r['decode_speedup_vs_hf']:5.2f}"
         )
+    if not train:
+        return
     print(f"{'train sweep':>12} {'B':>2} {'tok/row':>7}  step ms/tok {'HF':>7} {'x':>5}")
     for r in train:
         print(
@@ -149,15 +162,17 @@ def print_tables(rows: list[dict], train: list[dict]) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny models, 1 repetition, 2 points a sweep: a smoke run")
+    ap.add_argument("--quick", action="store_true", help="--size tiny: 1 repetition, 2 points a sweep, a smoke run")
+    ap.add_argument("--size", choices=sorted(PRESETS), default="demo", help="135m: inference only, ~3 min more")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="where PNGs go")
-    ap.add_argument("--reps", type=int, default=None, help="timed repetitions a point (default 5, --quick 1)")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions a point (default: the size's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        setattr(args, key, value)
-    args.reps = args.reps or (1 if args.quick else 5)
+    args.size = "tiny" if args.quick else args.size
+    for key, value in PRESETS[args.size].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
     return args
 
 
@@ -169,14 +184,15 @@ def main(argv=None) -> dict:
         rows = inference_sweeps(Path(tmp), args)
     train = train_sweeps(args)
     title = f"{machine(args.threads)}, load {os.getloadavg()[0]:.1f} (shared)"
-    paths = figures(rows, train, args.out, title)
+    paths = figures(args.size, rows, train, args.out, title)
     print_tables(rows, train)
 
     def ratios(points: list[dict], key: str) -> dict:
         return {f"{p['sweep']}_{p['x']}": p[key] for p in points}
 
     summary = {
-        "bench": "scaling", "machine": title, "threads": args.threads, "seed": args.seed, "reps": args.reps,
+        "bench": "scaling", "size": args.size, "machine": title, "threads": args.threads, "seed": args.seed,
+        "reps": args.reps,
         "new_tokens": args.tokens, "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
         "same_tokens_as_hf": all(r["same_tokens_as_hf"] for r in rows),
         "prefill_speedup_vs_hf": ratios(rows, "prefill_speedup_vs_hf"),

@@ -16,19 +16,21 @@ PLAIN = FuncFormatter(lambda v, _: f"{v:.3g}")  # 0.4, not 4 x 10^-1
 
 
 def plot(path: Path, title: str, panels: list[Panel]) -> Path:
-    """Panels side by side; x ticks at the measured points (log 2), y on a log scale, since the
-    interesting part is how the cost per token bends, not its absolute level."""
+    """Panels side by side; x ticks at the measured points (log 2), y on a log scale where it spans
+    more than 3x (the cost per token falling with the batch), linear where it stays flat."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.6), squeeze=False)
     for ax, (xlabel, ylabel, xs, curves) in zip(axes[0], panels, strict=True):
         for (label, ys), style in zip(curves.items(), ("o-", "s--"), strict=True):
             ax.plot(xs, ys, style, label=label)
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        ys = [y for c in curves.values() for y in c]
+        if max(ys) > 3 * min(ys):  # a narrower band reads better on a linear scale
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(PLAIN)
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}" if f"{v:.1e}"[0] in "25" else ""))
         ax.set_xticks(xs)
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.yaxis.set_major_formatter(PLAIN)
-        ax.yaxis.set_minor_formatter(PLAIN)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "scaling.py"
-PNGS = {"scaling_length.png", "scaling_images.png", "scaling_batch.png", "scaling_train.png"}
+PNGS = {f"scaling_tiny_{sweep}.png" for sweep in ("length", "images", "batch", "train")}
 
 
 def test_quick_run_writes_the_plots_and_ends_with_the_keys(tmp_path):
