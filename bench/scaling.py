@@ -1,7 +1,7 @@
 """Scaling curves: cost per token of picovlm and of HF transformers on the same weights, as the prompt,
 the image count and the batch grow, and a training step's as its batch and length grow.
 
-    python bench/scaling.py                    # demo shape, 1 thread: ~2 min; PNGs in bench/results/
+    python bench/scaling.py                    # demo shape, 1 thread: ~2.5 min; PNGs in bench/results/
     python bench/scaling.py --size 135m        # SmolLM2-135M-shaped LM, fewer points, no training sweep
     python bench/scaling.py --quick --out DIR  # tiny shapes, seconds (what tests/bench runs)
 
@@ -34,11 +34,12 @@ from scaling_plot import plot  # noqa: E402
 WORDS = "a red cat on the left of a blue square".split()
 # size (bench/generate.py's) -> its points; "train": bench/train_step.py's size, None for no training sweep
 PRESETS = {
-    "demo": {"contexts": [32, 64, 128, 256, 480], "images": [1, 2, 4], "batches": [1, 2, 4, 8], "tokens": 24,
-             "reps": 7, "train": "demo", "train_batches": [1, 2, 4, 8], "train_lengths": [16, 64, 160]},
+    "demo": {"contexts": [32, 64, 128, 256, 480], "images": [1, 2, 4], "batches": [1, 2, 4, 8], "tokens": 32,
+             "reps": 9, "train": "demo", "train_reps": 15, "train_batches": [1, 2, 4, 8],
+             "train_lengths": [16, 64, 160]},
     "135m": {"contexts": [80, 160, 320], "images": [1, 4], "batches": [1, 4], "tokens": 8, "reps": 3, "train": None},
     "tiny": {"contexts": [24, 48], "images": [1, 2], "batches": [1, 2], "tokens": 3, "reps": 1, "train": "quick",
-             "train_batches": [1, 2], "train_lengths": [8, 16]},
+             "train_reps": 1, "train_batches": [1, 2], "train_lengths": [8, 16]},
 }  # fmt: skip
 XLABELS = {"length": "prompt tokens (batch 1, 1 image)", "images": "images (batch 1)", "batch": "batch (1 image a row)"}
 PHASES = ("prefill", "decode")
@@ -82,7 +83,7 @@ def train_point(model, hf, tok, sweep: str, batch: int, length: int, args) -> di
     data = ts.make_batch(model, tok, args.train, [length] * batch)
     steps = ts.steppers(model, hf, data, "instruct")
     del steps["picovlm_cached"]  # the same work as HF's step: the tower runs on the pixels in both
-    t = ts.time_steps(steps, args.reps)
+    t = ts.time_steps(steps, args.train_reps)
     tokens = data["ids"].numel()
     row = {"sweep": sweep, "x": batch if sweep == "train_batch" else tokens // batch, "batch": batch}
     row |= {"text_tokens": length, "tokens": tokens}

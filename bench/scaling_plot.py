@@ -27,7 +27,7 @@ def plot(path: Path, title: str, panels: list[Panel]) -> Path:
         if max(ys) > 3 * min(ys):  # a narrower band reads better on a linear scale
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(PLAIN)
-            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}" if f"{v:.1e}"[0] in "25" else ""))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}" if f"{v:.1e}"[0] in "2345" else ""))
         ax.set_xticks(xs)
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
