@@ -93,14 +93,16 @@ def train_point(model, hf, tok, sweep: str, batch: int, length: int, args) -> di
     return row
 
 
-def train_sweeps(args) -> list[dict]:
+def train_sweeps(args) -> tuple[list[dict], bool | None]:
+    """(the batch sweep and the length sweep, whether both gave the same loss before any step)."""
     if args.train is None:
-        return []
+        return [], None
     model, hf, tok = ts.build(args.train)
+    same = ts.same_loss(model, hf, ts.make_batch(model, tok, args.train))
     mid = args.train_lengths[len(args.train_lengths) // 2]
     rows = [train_point(model, hf, tok, "train_batch", b, mid, args) for b in args.train_batches]
     mid = args.train_batches[len(args.train_batches) // 2]
-    return rows + [train_point(model, hf, tok, "train_length", mid, n, args) for n in args.train_lengths]
+    return rows + [train_point(model, hf, tok, "train_length", mid, n, args) for n in args.train_lengths], same
 
 
 def machine(threads: int) -> str:
@@ -183,7 +185,7 @@ def main(argv=None) -> dict:
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         rows = inference_sweeps(Path(tmp), args)
-    train = train_sweeps(args)
+    train, same_loss = train_sweeps(args)
     title = f"{machine(args.threads)}, load {os.getloadavg()[0]:.1f} (shared)"
     paths = figures(args.size, rows, train, args.out, title)
     print_tables(rows, train)
@@ -195,7 +197,7 @@ def main(argv=None) -> dict:
         "bench": "scaling", "size": args.size, "machine": title, "threads": args.threads, "seed": args.seed,
         "reps": args.reps,
         "new_tokens": args.tokens, "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
-        "same_tokens_as_hf": all(r["same_tokens_as_hf"] for r in rows),
+        "same_tokens_as_hf": all(r["same_tokens_as_hf"] for r in rows), "same_loss_as_hf": same_loss,
         "prefill_speedup_vs_hf": ratios(rows, "prefill_speedup_vs_hf"),
         "decode_speedup_vs_hf": ratios(rows, "decode_speedup_vs_hf"),
         "train_speedup_vs_hf": ratios(train, "train_speedup_vs_hf"),

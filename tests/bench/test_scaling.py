@@ -16,6 +16,7 @@ def test_quick_run_writes_the_plots_and_ends_with_the_keys(tmp_path):
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert result["same_tokens_as_hf"] is True  # both decode the same weights to the same greedy tokens
+    assert result["same_loss_as_hf"] is True  # and give the same training loss on the same batch
     assert {p.name for p in tmp_path.iterdir()} == PNGS
     assert all((tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in PNGS)
     sweeps = {k.rsplit("_", 1)[0] for k in result["decode_speedup_vs_hf"]}
