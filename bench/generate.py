@@ -113,11 +113,11 @@ class Cell:
     hf_inputs: dict
 
 
-def make_cell(pipe: Pipeline, batch: int, n_images: int) -> Cell:
+def make_cell(pipe: Pipeline, batch: int, n_images: int, text: str = "describe the picture") -> Cell:
     """`batch` prompts of the same length, each with its own `n_images` images. HF gets our ids and pixels:
     that its own processor gives the same ones is what tests/interop checks (InternVL's processor would
     need torchvision here only for its video part)."""
-    messages = [{"role": "user", "content": f"{IMAGE}\n" * n_images + "describe the picture"}]
+    messages = [{"role": "user", "content": f"{IMAGE}\n" * n_images + text}]
     ours = [pipe.processor.encode_prompt(messages, images(n_images, seed=row)) for row in range(batch)]
     ids = torch.tensor([e.ids for e in ours])
     pixels = torch.cat([e.pixels for e in ours])
@@ -176,31 +176,43 @@ def lm_weight_bytes(model: VLM) -> int:
     return total
 
 
-def bench_size(size: str, folder: Path, args, tok: Tokenizer) -> list[dict]:
-    """Every (batch, images) row of one size: ours vs HF (and int8 vs fp32 ours), interleaved medians."""
+def load_pair(size: str, folder: Path, tok: Tokenizer, seed: int):
+    """(picovlm Pipeline, HF model) of one random checkpoint of `size`, the HF one through our export."""
     import transformers
 
-    ckpt = checkpoint(folder, size, tok, args.seed)
+    ckpt = checkpoint(folder, size, tok, seed)
     hf_dir = SIZES[size][1](ckpt, folder / f"{size}-hf")
     hf = getattr(transformers, SIZES[size][2]).from_pretrained(hf_dir).eval()
-    pipe = Pipeline.load(ckpt)
-    int8 = Pipeline.load(ckpt, quantize="int8") if args.int8 else None
+    return Pipeline.load(ckpt), hf
+
+
+def time_cell(pipe: Pipeline, hf, cell: Cell, new_tokens: int, reps: int, int8: Pipeline | None = None):
+    """(runs: who -> [(prefill s, decode s)], same greedy tokens as HF): a warm-up of each that checks
+    parity, then `reps` repetitions interleaved (ours, HF / HF, ours, then int8 when given)."""
     suppress = list(pipe.model.placeholder_ids)
+    _, _, mine = ours_run(pipe, cell, new_tokens)
+    _, _, theirs = hf_run(hf, cell, new_tokens, suppress)
+    runs: dict[str, list] = {"ours": [], "hf": [], "int8": []}
+    for rep in range(reps):
+        order = ["ours", "hf"] if rep % 2 == 0 else ["hf", "ours"]
+        for who in order + (["int8"] if int8 else []):
+            if who == "hf":
+                runs[who].append(hf_run(hf, cell, new_tokens, suppress)[:2])
+            else:
+                runs[who].append(ours_run(int8 if who == "int8" else pipe, cell, new_tokens)[:2])
+    return runs, mine == theirs
+
+
+def bench_size(size: str, folder: Path, args, tok: Tokenizer) -> list[dict]:
+    """Every (batch, images) row of one size: ours vs HF (and int8 vs fp32 ours), interleaved medians."""
+    pipe, hf = load_pair(size, folder, tok, args.seed)
+    int8 = Pipeline.load(folder / size, quantize="int8") if args.int8 else None
     rows = []
     for batch in args.batches:
         for n_images in args.images:
             cell = make_cell(pipe, batch, n_images)
-            _, _, mine = ours_run(pipe, cell, args.tokens)  # warm-up and parity
-            _, _, theirs = hf_run(hf, cell, args.tokens, suppress)
-            runs: dict[str, list] = {"ours": [], "hf": [], "int8": []}
-            for rep in range(args.reps):
-                order = ["ours", "hf"] if rep % 2 == 0 else ["hf", "ours"]
-                for who in order + (["int8"] if int8 else []):
-                    if who == "hf":
-                        runs[who].append(hf_run(hf, cell, args.tokens, suppress)[:2])
-                    else:
-                        runs[who].append(ours_run(int8 if who == "int8" else pipe, cell, args.tokens)[:2])
-            rows.append(summarize(size, cell, runs, args.tokens, mine == theirs, lm_weight_bytes(pipe.model)))
+            runs, same = time_cell(pipe, hf, cell, args.tokens, args.reps, int8)
+            rows.append(summarize(size, cell, runs, args.tokens, same, lm_weight_bytes(pipe.model)))
     return rows
 
 
