@@ -404,6 +404,10 @@ class Preset:
     # image is asked one of each, in order)
     eval_limit: int | None = None
     text_question: str = ""  # also asked with no image: what is left of a pretrained LM's own knowledge
+    # a native model's demo (demo_native.py): test captions drawn and judged (the first caption of each of
+    # the first `draw_prompts` test images), and the steps of the drawing judge it trains for them
+    draw_prompts: int = 64
+    judge_steps: int = 600
 
 
 PRESETS = {
@@ -418,7 +422,7 @@ PRESETS = {
     "tiny-av": Preset(tiny_av_data, tiny_av_recipe),
     # a VQ tokenizer and one GPT that reads and draws images (demo_native.py); all 3000 test questions
     "native": Preset(demo_data, native_recipe),
-    "tiny-native": Preset(tiny_data, tiny_native_recipe),
+    "tiny-native": Preset(tiny_data, tiny_native_recipe, draw_prompts=4, judge_steps=4),
 }
 DATA_PRESETS = {name: p.data for name, p in PRESETS.items()}  # the datasets alone (`picovlm data --preset`)
 RECIPES = {name: p.recipe for name, p in PRESETS.items()}  # the recipes alone (`picovlm train --preset`)
