@@ -41,7 +41,7 @@ demo-av: $(STAMP)
 # A VQ tokenizer and one GPT that reads and draws (docs/native.md); beside the adapter demo's numbers, and with
 # a CLIP score of the drawings, when `make demo` has run (runs/demo/eval.json, runs/demo/clip/model)
 demo-native: $(STAMP)
-	$(PY) -m picovlm demo --preset native --threads 2
+	$(PY) -m picovlm demo --preset native --threads 1
 
 test: $(STAMP)
 	$(PY) -m pytest tests
