@@ -41,6 +41,14 @@ from picovlm.text.stream import TextStream
 from picovlm.text.tokenizer import Tokenizer
 
 
+def placeholder_mask(model: VLM, device: torch.device) -> torch.Tensor:
+    """bool [vocab]: the model's input placeholders (<|image|>, ...), which are never sampled. Built
+    once: a list index would become a new index tensor and an index_put at every step."""
+    mask = torch.zeros(model.cfg.lm.vocab_size, dtype=torch.bool, device=device)
+    mask[model.placeholder_ids] = True
+    return mask
+
+
 class DecodeHook(Protocol):
     """Constrains a model's next-token logits from each row's tokens so far, and gives the extra input
     of each step's forward (native/constraint.py's `ImageSpans` is one)."""
@@ -103,6 +111,7 @@ class DecodeBatch:
         self.mask = torch.zeros(0, 0, dtype=torch.bool, device=self.device)  # [rows, window], True = a real token
         self.padded = False  # whether any row has padding in the window (else no mask is needed)
         self.logits = torch.zeros(0, model.cfg.lm.vocab_size, device=self.device)  # next-token logits per row
+        self.placeholders = placeholder_mask(model, self.device)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -191,7 +200,7 @@ class DecodeBatch:
     @torch.inference_mode()
     def step(self) -> list[Step]:
         """Sample one token for every row, drop the rows that ended, feed the rest one step."""
-        self.logits[:, self.model.placeholder_ids] = float("-inf")  # inputs only: fed back, one would crash
+        self.logits.masked_fill_(self.placeholders, float("-inf"))  # inputs only: fed back, one would crash
         if self.hook is not None:
             self.logits = self.hook.constrain(self._histories(), self.logits)
         steps = [self._advance(s, token) for s, token in zip(self.rows, self._sample(), strict=True)]

@@ -19,7 +19,7 @@ import dataclasses
 import torch
 from PIL import Image
 
-from picovlm.engine.batch import DecodeBatch, Sequence
+from picovlm.engine.batch import DecodeBatch, Sequence, placeholder_mask
 from picovlm.engine.sampling import SamplingParams, sample_next
 from picovlm.native.constraint import ImageSpans
 from picovlm.native.model import NativeModel
@@ -106,9 +106,10 @@ def draw_codes_recomputed(
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(params.seed)
     generated: list[int] = []
+    placeholders = placeholder_mask(model, device)
     for _ in range(params.max_tokens):
         logits = model(torch.tensor([ids + generated], device=device))[:, -1].float()
-        logits[:, model.placeholder_ids] = float("-inf")
+        logits.masked_fill_(placeholders, float("-inf"))
         logits = model.decode_hook.constrain([ids + generated], logits)
         generated.append(int(sample_next(logits, params, generator)[0]))
     return image_codes(model, generated)

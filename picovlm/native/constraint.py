@@ -7,6 +7,9 @@
 The engine (engine/batch.py) applies it to every row's logits before sampling, from the row's tokens
 so far (prompt and generated), so one decoder serves text answers and drawings alike. It also gives
 the span index of each token fed back, which the model's 2D embeddings need.
+
+The three states' banned ids are boolean masks built once: a step costs one `masked_fill_` for all
+rows, not a Python loop of slice writes per row (drawing is one step per code, so this runs often).
 """
 
 from __future__ import annotations
@@ -17,10 +20,24 @@ import torch
 
 from picovlm.native.vocab import NativeVocab
 
+OUTSIDE, CODES, FULL = 0, 1, 2  # the row indices of `ImageSpans.banned`
+
+
+def banned_masks(vocab: NativeVocab) -> torch.Tensor:
+    """bool [3, vocab.size]: True where a row in state OUTSIDE, CODES or FULL may not pick."""
+    banned = torch.zeros(3, vocab.size, dtype=torch.bool)
+    banned[OUTSIDE, vocab.text_vocab :] = True
+    banned[OUTSIDE, vocab.image_end] = True
+    banned[CODES, : vocab.text_vocab] = True
+    banned[FULL] = True
+    banned[FULL, vocab.image_end] = False
+    return banned
+
 
 class ImageSpans:
     def __init__(self, vocab: NativeVocab):
         self.vocab = vocab
+        self.banned = banned_masks(vocab)
 
     def codes_so_far(self, tokens: Sequence[int]) -> int | None:
         """How many codes the open image span of `tokens` has (0 right after <|image_start|>), or None
@@ -34,20 +51,23 @@ class ImageSpans:
             n += 1
         return None
 
+    def state(self, tokens: Sequence[int]) -> int:
+        """OUTSIDE, CODES (the grid not yet full) or FULL: which of `banned`'s rows applies next."""
+        n = self.codes_so_far(tokens)
+        return OUTSIDE if n is None else CODES if n < self.vocab.tokens_per_image else FULL
+
     def constrain(self, histories: list[Sequence[int]], logits: torch.Tensor) -> torch.Tensor:
         """`logits` [B, vocab] with what row i may not pick next set to -inf (in place)."""
-        v, inf = self.vocab, float("-inf")
-        for row, tokens in enumerate(histories):
-            n = self.codes_so_far(tokens)
-            if n is None:
-                logits[row, v.text_vocab :] = inf
-                logits[row, v.image_end] = inf
-            elif n < v.tokens_per_image:
-                logits[row, : v.text_vocab] = inf
-            else:
-                end = logits[row, v.image_end].clone()
-                logits[row] = inf
-                logits[row, v.image_end] = torch.where(end.isfinite(), end, torch.zeros_like(end))
+        states = [self.state(tokens) for tokens in histories]
+        if self.banned.device != logits.device:
+            self.banned = self.banned.to(logits.device)
+        # one state for every row (a drawing, guided twins) broadcasts one mask row, no gather
+        banned = self.banned[states[0]] if len(set(states)) == 1 else self.banned[states]
+        logits.masked_fill_(banned, float("-inf"))
+        for row in (r for r, s in enumerate(states) if s == FULL):  # once an image: <|image_end|> forced
+            end = logits[row, self.vocab.image_end]
+            if not end.isfinite():  # banned by an earlier hook: still the only choice
+                logits[row, self.vocab.image_end] = 0.0
         return logits
 
     def span_index(self, histories: list[Sequence[int]]) -> torch.Tensor:

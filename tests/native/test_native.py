@@ -83,3 +83,15 @@ def test_draw_refuses_an_adapter_model(tiny_native_run, tmp_path, capsys):
     vq = tiny_native_run["model"].parent.parent / "vq" / "model"
     assert main(["draw", "x", "--model", str(vq), "-o", str(tmp_path / "o.png")]) == 1
     assert "picovlm: error:" in capsys.readouterr().err
+
+
+def test_constraint_masks_rows_in_different_states_and_forces_a_banned_end():
+    """One step over rows outside, inside and at the end of a span; an end an earlier hook banned is
+    still forced (to 0), since it is the only legal token."""
+    spans, logits = ImageSpans(VOCAB), torch.zeros(3, VOCAB.size)
+    logits[2, VOCAB.image_end] = float("-inf")
+    out = spans.constrain([[1, 2], [1, 3, 10], [3, 10, 11, 12, 13]], logits)
+    allowed = [set(torch.nonzero(row.isfinite()).flatten().tolist()) for row in out]
+    assert allowed[0] == set(range(VOCAB.text_vocab)) - {VOCAB.image_end}
+    assert allowed[1] == set(range(VOCAB.text_vocab, VOCAB.size))
+    assert allowed[2] == {VOCAB.image_end} and out[2, VOCAB.image_end] == 0
