@@ -90,7 +90,7 @@ def demo_recipe(data_dir: str = "data/demo") -> RecipeConfig:
         # isolate_turns: most questions trained as if asked alone (data/batches.py), 1 in 10 conversations
         # whole, so that the model keeps answering once its own answers are in the history
         instruct=StageConfig(
-            steps=900, batch_size=16, lr=2e-3, optimizer="muon", muon_lr=0.01, isolate_turns=0.9, group_by_image=True
+            steps=1800, batch_size=16, lr=2e-3, optimizer="muon", muon_lr=0.01, isolate_turns=0.9, group_by_image=True
         ),
     )
     # half the captions mixed into instruct, grouped with the conversation of their image (encoded once), so
