@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo demo-pretrained demo-av test lint clean
+.PHONY: demo demo-pretrained demo-av demo-native test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -38,6 +38,11 @@ demo-av: $(STAMP)
 		|| echo "note: no espeak-ng; the sound data will have no spoken digits"
 	$(PY) -m picovlm demo --preset av --threads 1
 
+# A VQ tokenizer and one GPT that reads and draws (docs/native.md); beside the adapter demo's numbers, and with
+# a CLIP score of the drawings, when `make demo` has run (runs/demo/eval.json, runs/demo/clip/model)
+demo-native: $(STAMP)
+	$(PY) -m picovlm demo --preset native --threads 1
+
 test: $(STAMP)
 	$(PY) -m pytest tests
 
@@ -45,4 +50,4 @@ lint: $(STAMP)
 	.venv/bin/ruff check picovlm tests bench
 
 clean:
-	rm -rf runs data/demo data/av
+	rm -rf runs data/demo data/av data/native

@@ -40,6 +40,7 @@ from picovlm.data.av import AVData, build_av_dataset
 from picovlm.data.scenes import build_dataset
 from picovlm.demo import run_demo
 from picovlm.demo_av import run_av_demo
+from picovlm.demo_native import run_native_demo
 from picovlm.engine.pipeline import Pipeline
 from picovlm.engine.quantize import QUANTIZE_CHOICES
 from picovlm.engine.sampling import SamplingParams
@@ -345,8 +346,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out, data = args.out or Path(f"runs/{args.preset}"), args.data or Path(f"data/{args.preset}")
-    if isinstance(PRESETS[args.preset].data(), AVData):  # videos and sounds: scored per modality
+    chosen = PRESETS[args.preset]
+    if isinstance(chosen.data(), AVData):  # videos and sounds: scored per modality
         run_av_demo(out, data, args.preset, seed=args.seed)
+    elif any(s.task == "native" for s in chosen.recipe(str(data)).stages):  # reads and draws: drawings judged
+        run_native_demo(out, data, args.preset, seed=args.seed, compare=args.compare, clip=args.clip, judge=args.judge)
     else:
         run_demo(out, data, args.preset, seed=args.seed)
     return 0
@@ -749,6 +753,16 @@ def _demo_parser(sub: Subparsers) -> None:
     p.add_argument("--preset", choices=sorted(RECIPES), default="demo", help="data and recipe preset (default: demo)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, help="every stage's seed (default: the recipe's own, 0)")
+    native = "native presets: "
+    p.add_argument(
+        "--compare", metavar="FILE", type=Path, default=Path("runs/demo/eval.json"),
+        help=native + "the adapter demo's eval.json, shown beside (default: runs/demo/eval.json)",
+    )  # fmt: skip
+    p.add_argument(
+        "--clip", metavar="DIR", type=Path, default=Path("runs/demo/clip/model"),
+        help=native + "a CLIP checkpoint for the drawings' CLIP score and FID (default: runs/demo/clip/model)",
+    )  # fmt: skip
+    p.add_argument("--judge", metavar="DIR", type=Path, help=native + "a drawing judge (default: train one)")
     p.set_defaults(run=cmd_demo)
 
 

@@ -191,8 +191,7 @@ def run_demo(
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     chosen = PRESETS[preset]
-    recipe = chosen.recipe(str(data))
-    recipe.stages = [dataclasses.replace(s, seed=s.seed if seed is None else seed) for s in recipe.stages]
+    recipe = seeded(chosen.recipe(str(data)), seed)
     build_data(data, chosen.data(), preset)
     model = train_from_scratch(recipe, out, progress)
     pipe = Pipeline.load(model)
@@ -212,6 +211,13 @@ def run_demo(
     }
     print(json.dumps(summary))
     return summary
+
+
+def seeded(recipe: RecipeConfig, seed: int | None) -> RecipeConfig:
+    """`recipe` with every stage's seed replaced by `seed` (None: as it is)."""
+    if seed is not None:
+        recipe.stages = [dataclasses.replace(s, seed=seed) for s in recipe.stages]
+    return recipe
 
 
 def build_data(data: Path, preset: DataPreset, name: str) -> None:

@@ -13,7 +13,6 @@ model reads from time. The audio tower's contrastive stage is scored too (audio 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from picovlm.config import save_json
 from picovlm.data.av import AVData, build_av_dataset, same_build
 from picovlm.data.clips import TIME_TYPES
 from picovlm.data.formats import load_samples
-from picovlm.demo import _header, train_from_scratch
+from picovlm.demo import _header, seeded, train_from_scratch
 from picovlm.engine.pipeline import Pipeline
 from picovlm.eval.clients import PipelineClient
 from picovlm.eval.embedder import ClipEmbedder
@@ -119,8 +118,7 @@ def run_av_demo(
     start = time.perf_counter()
     out, data = Path(out), Path(data)
     chosen = PRESETS[preset]
-    recipe, av = chosen.recipe(str(data)), chosen.data()
-    recipe.stages = [dataclasses.replace(s, seed=s.seed if seed is None else seed) for s in recipe.stages]
+    recipe, av = seeded(chosen.recipe(str(data)), seed), chosen.data()
     _header(1, f"data: {av.n_train} train / {av.n_val} val / {av.n_test} test clips and as many sounds in {data}")
     print("built" if ensure_av_dataset(data, av) else f"reusing the dataset already there (same preset {preset!r})")
     speech = json.loads((data / "sound_config.json").read_text())["speech"]

@@ -364,14 +364,15 @@ def native_stages(vq: StageConfig, native: StageConfig) -> list[StageConfig]:
 
 
 def native_recipe(data_dir: str = "data/demo") -> RecipeConfig:
-    """`picovlm train --preset native`: the VQ tokenizer at 8x8 codes (64 tokens an image, docs/vq.md)
-    and a native model on the demo data (its 1500 native steps took about 20 minutes at one thread: not yet
-    fitted to the 15-minute target, docs/native.md)."""
+    """`picovlm train --preset native` (`make demo-native`): the VQ tokenizer at 8x8 codes (64 tokens an
+    image, docs/vq.md) and a native model on the demo data, sized for the 15-minute demo: one thread, about
+    0.12 s a vq step and 0.5 s a native step of CPU time, so 600 + 800 steps and the demo's scoring take
+    about 11 minutes on a quiet core (docs/native.md has the measurements)."""
     lm = GPTConfig(n_layer=4, n_head=4, n_kv_head=4, n_embd=128, mlp_hidden=384, max_seq_len=160, qk_norm=True)
     return RecipeConfig(
         stages=native_stages(
             vq=StageConfig(steps=600, batch_size=32, lr=3e-3, warmup=0.05),
-            native=StageConfig(steps=1500, batch_size=16, lr=2e-3, optimizer="muon", muon_lr=0.01, log_every=50),
+            native=StageConfig(steps=800, batch_size=16, lr=2e-3, optimizer="muon", muon_lr=0.01, log_every=50),
         ),
         data_dir=data_dir,
         tokenizer_vocab=512,
@@ -404,6 +405,10 @@ class Preset:
     # image is asked one of each, in order)
     eval_limit: int | None = None
     text_question: str = ""  # also asked with no image: what is left of a pretrained LM's own knowledge
+    # a native model's demo (demo_native.py): test captions drawn and judged (the first caption of each of
+    # the first `draw_prompts` test images), and the steps of the drawing judge it trains for them
+    draw_prompts: int = 64
+    judge_steps: int = 600
 
 
 PRESETS = {
@@ -418,7 +423,7 @@ PRESETS = {
     "tiny-av": Preset(tiny_av_data, tiny_av_recipe),
     # a VQ tokenizer and one GPT that reads and draws images (demo_native.py); all 3000 test questions
     "native": Preset(demo_data, native_recipe),
-    "tiny-native": Preset(tiny_data, tiny_native_recipe),
+    "tiny-native": Preset(tiny_data, tiny_native_recipe, draw_prompts=4, judge_steps=4),
 }
 DATA_PRESETS = {name: p.data for name, p in PRESETS.items()}  # the datasets alone (`picovlm data --preset`)
 RECIPES = {name: p.recipe for name, p in PRESETS.items()}  # the recipes alone (`picovlm train --preset`)

@@ -110,7 +110,7 @@ def test_dump_config_round_trips(tmp_path, capsys):
             ["--model", "--image", "--max-tokens", "--temperature", "/image", "/save", "/reset", "/quit", "--quantize"],
         ),
         ("serve", ["--model", "--max-batch", "--threads", "--quantize"]),
-        ("demo", ["--out", "--data", "--preset"]),
+        ("demo", ["--out", "--data", "--preset", "--compare", "--clip", "--judge"]),
     ],
 )
 def test_help(command, flags, capsys):

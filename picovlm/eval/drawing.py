@@ -168,6 +168,14 @@ def fid_clip(clip: ClipEmbedder, images: list[Image.Image], reference: list[Imag
     return frechet_distance(*feats)
 
 
+def judge_each(images: list[Image.Image], scenes: list[dict | Scene | str], judge: DrawingJudge) -> list[dict]:
+    """Per image, `judge_one`'s verdicts on what the judge reads in it (for a list of drawings that
+    shows each one's, as `judge_drawings` gives their shares)."""
+    if len(images) != len(scenes):
+        raise ValueError(f"{len(images)} images but {len(scenes)} scenes")
+    return [judge_one(as_intent(s), r) for s, r in zip(scenes, judge.read(images), strict=True)]
+
+
 def judge_drawings(
     images: list[Image.Image],
     scenes: list[dict | Scene | str],
@@ -182,16 +190,13 @@ def judge_drawings(
     "clip_score" (see `clip_score`); with `clip` and `reference_images` (real images), "fid_clip": a
     Frechet distance in CLIP-embedding space, not Inception FID (see `fid_clip`).
     """
-    if len(images) != len(scenes):
-        raise ValueError(f"{len(images)} images but {len(scenes)} scenes")
-    intents = [as_intent(s) for s in scenes]
-    verdicts = [judge_one(i, r) for i, r in zip(intents, judge.read(images), strict=True)]
+    verdicts = judge_each(images, scenes, judge)
     out: dict[str, Any] = {"n": len(images)}
     for key in ("shape", "color", "count", "position"):
         said = [v[key] for v in verdicts if v[key] is not None]
         out[key], out[f"n_{key}"] = (sum(said) / len(said) if said else None), len(said)
     if clip is not None:
-        out["clip_score"] = clip_score(clip, images, [i["prompt"] for i in intents])
+        out["clip_score"] = clip_score(clip, images, [as_intent(s)["prompt"] for s in scenes])
         if reference_images is not None:
             out["fid_clip"] = fid_clip(clip, images, reference_images)
     return out

@@ -19,7 +19,6 @@ A new kind of stage is a `StageTask` subclass added to `STAGE_TASKS`.
 from __future__ import annotations
 
 import dataclasses
-import random
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -330,9 +329,12 @@ class NativeTask(StageTask):
         return [self.codes[s.images[0]] for s in samples]
 
     def make_batch(self, samples: list[Sample]) -> Batch:
+        """The prompt drops are drawn from torch's generator, which `run_stage` seeds with the stage's
+        seed and a checkpoint's trainer state keeps: the same drops in every run and after a resume."""
+        drops = (torch.rand(len(samples)) < self.cfg.prompt_drop).tolist()
         rows = [
-            self.encode(s, codes, drop=s.meta["draw"] and random.random() < self.cfg.prompt_drop)
-            for s, codes in zip(samples, self.image_codes(samples), strict=True)
+            self.encode(s, codes, drop=s.meta["draw"] and drop)
+            for s, codes, drop in zip(samples, self.image_codes(samples), drops, strict=True)
         ]
         ids = pad_right([r[0] for r in rows], self.tok.pad_id)
         mask = pad_right([r[1] for r in rows], 0)

@@ -14,8 +14,8 @@ from picovlm.models.clip import CLIPModel
 from picovlm.models.gpt import GPT
 from picovlm.models.vlm import VLM, load_vlm
 from picovlm.presets import RECIPES
-from picovlm.train.stage_tasks import STAGE_TASKS, build_stage_task, load_stage_model
-from picovlm.train.stages import checkpoint_dir, run_stage, train_tokenizer
+from picovlm.train.stage_tasks import STAGE_TASKS, NativeTask, build_stage_task, load_stage_model
+from picovlm.train.stages import checkpoint_dir, run_recipe, run_stage, train_tokenizer
 from picovlm.vision.efficientnet import EfficientNetTower
 
 
@@ -61,3 +61,20 @@ def test_clip_stage_pretrains_the_tower_kind_the_vlm_uses(tiny_data, tmp_path):
     shutil.rmtree(tmp_path / "clip")  # the tower is in align's folder too (a hard link): it still loads
     vlm, _ = load_vlm(align_ckpt)
     assert all(torch.equal(vlm.tower.state_dict()[key], value) for key, value in trained.tower.state_dict().items())
+
+
+def test_native_prompt_drops_follow_the_stage_seed(tiny_data, tmp_path, monkeypatch):
+    """Two native stages with one seed drop the same captions (the drops come from the stage's seeded
+    generator, not Python's global one, which runs on between the two)."""
+    recipe = RECIPES["tiny-native"](str(tiny_data))
+    recipe.native = dataclasses.replace(recipe.native, draw_share=1.0, prompt_drop=0.5)
+    run_recipe(recipe, tmp_path, only=["vq"], progress=False)
+    drops: list[bool] = []
+    encode = NativeTask.encode
+    monkeypatch.setattr(NativeTask, "encode", lambda self, s, c, drop: drops.append(drop) or encode(self, s, c, drop))
+    runs = []
+    for _ in range(2):
+        drops.clear()
+        run_recipe(recipe, tmp_path, only=["native"], progress=False)
+        runs.append(list(drops))
+    assert runs[0] == runs[1] and True in runs[0]
