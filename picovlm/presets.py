@@ -74,7 +74,7 @@ def demo_data() -> DataPreset:
 
 
 def demo_recipe(data_dir: str = "data/demo") -> RecipeConfig:
-    """Sized for 2 CPU cores and about 10 minutes; see the README for what each choice bought."""
+    """Sized for 2 CPU cores (about 15 minutes on an AVX2 one); see docs/experiments.md for what each choice bought."""
     # feature_layer=1: the projector reads the tower after its first block. The deeper, CLIP-pooled
     # layers had mixed away where each object is (position 0.19 -> 0.50 on 600 test questions).
     # stem="hybrid": a CNN on luminance beside the linear patches gives the tower shape (vision/vit.py);
@@ -87,10 +87,13 @@ def demo_recipe(data_dir: str = "data/demo") -> RecipeConfig:
         lm=StageConfig(steps=60, batch_size=32, lr=3e-3, optimizer="muon", muon_lr=0.01),
         clip=StageConfig(steps=150, batch_size=64, lr=2e-3, optimizer="muon", muon_lr=0.01),
         align=StageConfig(steps=60, batch_size=32, lr=3e-3, optimizer="muon", muon_lr=0.015),
-        # isolate_turns: most questions trained as if asked alone (data/batches.py), 1 in 10 conversations
-        # whole, so that the model keeps answering once its own answers are in the history
+        # isolate_turns: most questions trained as if asked alone (data/isolation.py), 1 in 10 conversations
+        # whole, so that the model keeps answering once its own answers are in the history. 1800 steps, not 900:
+        # the binding of a word to its object is learned late, and at 900 steps only on lucky seeds and CPUs
+        # (AVX2 EPYC, one thread, seed 0: 0.795 -> 0.948; docs/experiments.md). The tower's features are
+        # cached, so a step is the LM's alone
         instruct=StageConfig(
-            steps=900, batch_size=16, lr=2e-3, optimizer="muon", muon_lr=0.01, isolate_turns=0.9, group_by_image=True
+            steps=1800, batch_size=16, lr=2e-3, optimizer="muon", muon_lr=0.01, isolate_turns=0.9, group_by_image=True
         ),
     )
     # half the captions mixed into instruct, grouped with the conversation of their image (encoded once), so

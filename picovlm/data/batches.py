@@ -8,7 +8,6 @@ uninterrupted run would see.
 from __future__ import annotations
 
 import random
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -16,10 +15,11 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from picovlm.data.isolation import alone_ids, isolated_turns, stable_draw
 from picovlm.data.records import TOO_LONG, BadRecord, DataError, ImageSource, Sample, open_image
 from picovlm.models.clip import Captions
 from picovlm.models.modalities import MODALITIES
-from picovlm.models.processor import VLMProcessor
+from picovlm.models.processor import Encoded, VLMProcessor
 from picovlm.text.chat import render_conversation
 from picovlm.text.padding import IGNORE_INDEX, pad_right
 from picovlm.text.tokenizer import Tokenizer
@@ -194,41 +194,15 @@ class TowerFeatures:
         return torch.stack([self.features[s] if s in self.features else fresh[s] for s in sources])
 
 
-def isolated_turns(
-    ids: torch.Tensor, labels: torch.Tensor, image_id: int | list[int], image_end_id: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(positions, segments) [B, T] that make each question-answer turn of a conversation a sample
-    of its own while all of them share one copy of the images.
-
-    Why: in a multi-turn conversation a later question can often be answered from the earlier turns'
-    text ("is there a red circle?" - "yes", then "what colour is the circle?"), so the LM learns to
-    read the text, not the image, and fails when the question comes alone. Segment 0 is the shared
-    prefix, up to the last image token (with image markers, the `image_end_id` that closes it; the
-    first token if there is no image; `image_id` may list every modality's placeholder, and then the
-    prefix ends after the last input of any kind); each turn after it (a turn ends with its labelled answer) is a
-    segment that sees segment 0 and itself only, and its positions restart right after the prefix, as
-    if it were the first question.
-    """
-    B, T = ids.shape
-    index = torch.arange(T).expand(B, T)
-    is_image = torch.isin(ids, torch.tensor(image_id if isinstance(image_id, list) else [image_id]))
-    if image_end_id is not None:
-        is_image |= ids == image_end_id
-    prefix = torch.where(is_image.any(1), (index * is_image).amax(1) + 1, torch.ones(B, dtype=torch.long))[:, None]
-    labelled = labels != IGNORE_INDEX
-    after_answer = torch.cat([torch.zeros(B, 1, dtype=torch.bool), labelled[:, :-1] & ~labelled[:, 1:]], dim=1)
-    turn = index >= prefix
-    starts = turn & ((index == prefix) | after_answer)
-    segments = starts.long().cumsum(1)
-    turn_start = torch.where(starts, index, torch.zeros_like(index)).cummax(1).values
-    return torch.where(turn, prefix + index - turn_start, index), segments
-
-
-def stable_draw(sample: Sample) -> float:
-    """A pseudo-random number in [0, 1) drawn from the sample's content: the same in every run,
-    epoch and resume, so a share of the samples can be picked once and for all."""
-    content = (sample.images, sample.messages, sample.media) if sample.media else (sample.images, sample.messages)
-    return zlib.crc32(repr(content).encode()) / 2**32
+def encode(processor: VLMProcessor, sample: Sample, input_ids: set[int], alone: bool) -> Encoded:
+    """A sample's ids and loss mask; `alone` (an isolated conversation): each later turn's tokens those
+    of its question asked alone (`alone_ids`), where that applies."""
+    counts = {k: len(v) for k, v in sample.media.items()}
+    chat = as_chat(sample)
+    spliced = alone_ids(processor, chat, len(sample.images), counts, input_ids) if alone else None
+    if spliced is not None and len(spliced.ids) <= processor.max_len:
+        return spliced
+    return processor.encode_conversation_ids(chat, len(sample.images), counts)
 
 
 def vlm_batch(
@@ -245,24 +219,22 @@ def vlm_batch(
     with `isolate_turns`, also the "position_ids" and "segment_ids" of `isolated_turns`."""
     # the text needs only the number of each input, so nothing is decoded for it (past ImageCache's
     # limit, images with features would otherwise be read from disk again just to be counted)
-    encoded = [
-        processor.encode_conversation_ids(as_chat(s), len(s.images), {k: len(v) for k, v in s.media.items()})
-        for s in samples
-    ]
+    end = processor.markers[1] if processor.markers else None
+    inputs = [processor.tokenizer.image_id, *(m.token_id for m in processor.media.values())]
+    isolated = [bool(isolate_turns) and stable_draw(s) < isolate_turns for s in samples]
+    marks = {*inputs, *([end] if end is not None else [])}
+    encoded = [encode(processor, s, marks, alone) for s, alone in zip(samples, isolated, strict=True)]
     ids = pad_right([e.ids for e in encoded], processor.tokenizer.pad_id)
     labels = pad_right(
         [[i if m else IGNORE_INDEX for i, m in zip(e.ids, e.loss_mask, strict=True)] for e in encoded], IGNORE_INDEX
     )
     batch = {"ids": ids, "labels": labels}
     if isolate_turns:
-        end = processor.markers[1] if processor.markers else None
-        inputs = [processor.tokenizer.image_id, *(m.token_id for m in processor.media.values())]
         positions, segments = isolated_turns(ids, labels, inputs, end)
-        if isolate_turns < 1:  # a fixed share of the conversations, the same in every epoch, stays whole
-            whole = torch.tensor([stable_draw(s) >= isolate_turns for s in samples])[:, None]
-            positions = torch.where(whole, torch.arange(ids.shape[1]).expand_as(ids), positions)
-            segments = segments.masked_fill(whole, 0)
-        batch["position_ids"], batch["segment_ids"] = positions, segments
+        # a fixed share of the conversations (the same in every epoch: `stable_draw`) stays whole
+        whole = ~torch.tensor(isolated)[:, None]
+        positions = torch.where(whole, torch.arange(ids.shape[1]).expand_as(ids), positions)
+        batch["position_ids"], batch["segment_ids"] = positions, segments.masked_fill(whole, 0)
     sources = [p for s in samples for p in s.images]
     if features is not None:
         if sources:  # a batch of videos or sounds alone has no image features to look up

@@ -39,8 +39,9 @@ from picovlm.checkpoint import (
     save_checkpoint,
 )
 from picovlm.config import ConfigError, RecipeConfig, StageConfig, check_config
-from picovlm.data.batches import BatchStream, stable_draw
+from picovlm.data.batches import BatchStream
 from picovlm.data.formats import Sample, load_samples, split_format
+from picovlm.data.isolation import stable_draw
 from picovlm.data.records import BAD_IMAGE, BadRecord, sample_record
 from picovlm.data.report import DataReport
 from picovlm.interop.lora import add_lora, load_lora, merged_state_dict, save_lora

@@ -215,6 +215,35 @@ def test_isolated_turns_split_after_each_answer_and_restart_positions(tok, image
     assert all(seg[0, i] == 2 for i in answered if i > start)
 
 
+def test_an_isolated_turn_is_its_question_asked_alone(tok, images):
+    """Every turn of an isolated conversation, the later ones too, has the tokens, positions and
+    therefore the logits of the same question asked alone (`{IMAGE}\n{question}`, as `picovlm eval`
+    and `Pipeline.ask` send it), while the image is in the batch once."""
+    torch.manual_seed(0)
+    vit = ViTConfig(image_size=16, patch_size=4, n_embd=16, n_layer=1, n_head=2, mlp_ratio=2.0)
+    lm = GPTConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_kv_head=2, n_embd=32, mlp_hidden=48)
+    model = VLM(VLMConfig(vision=VisionConfig(vit=vit), projector="pixel_shuffle2", lm=lm), tok.image_id).eval()
+    proc = VLMProcessor(tok, model.tower.processor, model.tokens_per_image, max_len=96)
+    turns = [("what is in the picture", "red"), ("what is on the mat", "a blue cat"), ("is it big", "no")]
+    messages = [{"role": "user", "content": f"{IMAGE}\n{turns[0][0]}"}, {"role": "assistant", "content": turns[0][1]}]
+    for question, answer in turns[1:]:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    batch = vlm_batch([Sample([images[0]], messages, {"kind": "chat"})], proc, ImageCache(), isolate_turns=1.0)
+    assert int((batch["ids"] == tok.image_id).sum()) == model.tokens_per_image  # one copy of the image
+    with torch.no_grad():
+        together = model(batch["ids"], batch["pixels"], **{k: batch[k] for k in ("position_ids", "segment_ids")})
+    seg = batch["segment_ids"][0]
+    for k, (question, answer) in enumerate(turns, start=1):
+        alone_messages = [{"role": "user", "content": f"{IMAGE}\n{question}"}, {"role": "assistant", "content": answer}]
+        alone = vlm_batch([Sample([images[0]], alone_messages, {"kind": "chat"})], proc, ImageCache())
+        prefix = int(seg.eq(0).sum())
+        expected = alone["ids"][0, prefix:]
+        assert batch["ids"][0, seg == k].tolist() == expected.tolist(), f"turn {k}"
+        with torch.no_grad():
+            single = model(alone["ids"], alone["pixels"])
+        torch.testing.assert_close(together[0, seg == k], single[0, prefix:], atol=1e-5, rtol=1e-4)
+
+
 def test_isolating_a_share_of_the_conversations_keeps_the_rest_whole(tok, images):
     proc = VLMProcessor(tok, ImageProcessor(16), tokens_per_image=4, max_len=64)
     samples = [chat(images[i % 3], f"red {'cat ' * i}".strip()) for i in range(12)]
