@@ -253,7 +253,7 @@ class StageConfig:
     # isolated (0 = none, 1.0 = all). Each question-answer turn of a conversation attends to the images
     # (and what precedes them) and to itself only, with positions restarting after the images, so a
     # turn is trained exactly as if it were asked alone, while one image encoding serves every turn
-    # (`isolated_turns` in data/batches.py). Without it earlier answers leak into later questions.
+    # (data/isolation.py). Without it earlier answers leak into later questions.
     # The other conversations stay whole, so that the model also learns to chat over several turns.
     isolate_turns: float = 0.0
     # task "vlm": the records about the same image(s) (all of a file's, and across the stage's files) become
