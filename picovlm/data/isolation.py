@@ -35,7 +35,7 @@ def alone_chats(messages: list[dict[str, str]]) -> list[list[dict[str, str]]] | 
     send); None when that does not apply: roles that do not alternate user/assistant from the start,
     or inputs (placeholders) outside the first message."""
     roles = [m["role"] for m in messages]
-    if len(messages) < 4 or roles != ["user", "assistant"] * (len(messages) // 2) or len(messages) % 2:
+    if len(messages) < 4 or roles != ["user", "assistant"] * (len(messages) // 2):  # an odd count differs too
         return None
     if any(p in m["content"] for m in messages[1:] for p in PLACEHOLDERS):
         return None
