@@ -167,6 +167,7 @@ class GPT(nn.Module):
         return_hidden: bool = False,
         segment_ids: torch.Tensor | None = None,
         last_only: bool = False,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, vocab] for `ids` [B, T] or `inputs_embeds` [B, T, D] (with `return_hidden`,
         the final normed hidden states [B, T, D] instead: a text encoder's output).
@@ -178,6 +179,8 @@ class GPT(nn.Module):
         last_only: the output at the last position only ([B, 1, ...]): what a prefill needs. The head of
         a 49k vocabulary over a whole prompt costs about a quarter of a 135M LM's prefill, and its
         logits [B, T, vocab] hundreds of MB.
+        keep: bool [B, T], the positions whose output is wanted: [N, ...] for its N True entries, in order.
+        Training needs logits only where a loss is taken (the answers: a fifth of a demo batch's tokens).
         """
         x = self.tok_emb(ids) if inputs_embeds is None else inputs_embeds
         B, T, _ = x.shape
@@ -196,7 +199,7 @@ class GPT(nn.Module):
             x = block(x, cos, sin, attn_mask, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
-        x = self.norm(x[:, -1:] if last_only else x)
+        x = self.norm(x[:, -1:] if last_only else x if keep is None else x[keep])
         return x if return_hidden else self.lm_head(x)
 
 

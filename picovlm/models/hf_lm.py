@@ -142,8 +142,10 @@ class HFCausalLM(nn.Module):
         return_hidden: bool = False,
         segment_ids: torch.Tensor | None = None,
         last_only: bool = False,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Same contract as `GPT.forward`: logits, or the last hidden states with `return_hidden`.
+        """Same contract as `GPT.forward`: logits, or the last hidden states with `return_hidden`
+        (`keep` picks positions from the full output here: HF's `logits_to_keep` is the same for every row).
         `segment_ids` (isolated turns) are refused: HF models take no attention mask of that shape."""
         if segment_ids is not None:
             raise ValueError(
@@ -170,9 +172,8 @@ class HFCausalLM(nn.Module):
         if kv_cache is not None:
             _copy_new_positions(out.past_key_values, kv_cache)
             kv_cache.advance(T)
-        if return_hidden:
-            return out.hidden_states[-1][:, -1:] if last_only else out.hidden_states[-1]
-        return out.logits
+        out = (out.hidden_states[-1][:, -1:] if last_only else out.hidden_states[-1]) if return_hidden else out.logits
+        return out if keep is None else out[keep]
 
 
 def _hf_cache(kv_cache: KVCache):

@@ -184,6 +184,8 @@ class VLM(nn.Module):
         the other modalities' batch tensors by name (`video=`, `audio=`); `last_only`: logits of the
         last position only (a prefill's, see `GPT.forward`)."""
         embeds = self.embed(ids, pixels, features, **media)
+        # with labels, the head runs only where a next token is labelled (`labelled_positions`)
+        keep = None if labels is None else labelled_positions(labels)
         logits = self.lm(
             inputs_embeds=embeds,
             key_padding_mask=key_padding_mask,
@@ -191,10 +193,21 @@ class VLM(nn.Module):
             position_ids=position_ids,
             segment_ids=segment_ids,
             last_only=last_only,
+            keep=keep,
         )
         if labels is None:
             return logits
-        return masked_lm_loss(logits, labels)
+        return mean_loss(logits, labels[:, 1:][keep[:, :-1]])
+
+
+def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
+    """bool [B, T]: the positions whose next token has a label, the only ones whose logits a loss reads."""
+    return F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
+
+
+def mean_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits [N, vocab] against their N targets (0, not NaN, for N = 0)."""
+    return F.cross_entropy(logits.float(), targets, reduction="sum") / max(len(targets), 1)
 
 
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from picovlm.config import GPTConfig, VisionConfig, ViTConfig, VLMConfig
 from picovlm.models.modalities import Slots, expand_placeholders
-from picovlm.models.vlm import IGNORE_INDEX, VLM, merge_embeds
+from picovlm.models.vlm import IGNORE_INDEX, VLM, masked_lm_loss, merge_embeds
 
 IMG = 2  # image placeholder id in these tests
 
@@ -120,6 +120,24 @@ def test_loss_counts_only_labelled_positions():
 
     labels[0, 0] = 7  # a label on the first position has nothing predicting it: ignored
     torch.testing.assert_close(model(ids, pixels, labels=labels), expected)
+
+
+def test_the_head_runs_only_where_a_loss_is_taken_with_the_same_loss_and_gradients():
+    model = tiny_vlm()
+    ids, pixels = sample_batch(model)
+    labels = ids.masked_fill(ids == IMG, IGNORE_INDEX)
+    labels[:, :3] = IGNORE_INDEX
+    rows = []
+    model.lm.lm_head.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    loss = model(ids, pixels, labels=labels)
+    assert rows == [int((labels[:, 1:] != IGNORE_INDEX).sum())]  # one row per target, not B x T
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    full = masked_lm_loss(model(ids, pixels), labels)  # the head over every position
+    torch.testing.assert_close(loss, full)
+    for g, h in zip(grads, torch.autograd.grad(full, list(model.parameters()), allow_unused=True), strict=True):
+        assert (g is None) == (h is None)
+        if g is not None:
+            torch.testing.assert_close(g, h)
 
 
 def test_image_tokens_without_pixels_raise():
