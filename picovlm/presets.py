@@ -74,7 +74,7 @@ def demo_data() -> DataPreset:
 
 
 def demo_recipe(data_dir: str = "data/demo") -> RecipeConfig:
-    """Sized for 2 CPU cores (792 s on an idle AVX2 EPYC); see docs/experiments.md for what each choice bought."""
+    """Sized for 2 CPU cores (643-792 s on an idle AVX2 EPYC); see docs/experiments.md for what each choice bought."""
     # feature_layer=1: the projector reads the tower after its first block. The deeper, CLIP-pooled
     # layers had mixed away where each object is (position 0.19 -> 0.50 on 600 test questions).
     # stem="hybrid": a CNN on luminance beside the linear patches gives the tower shape (vision/vit.py);
