@@ -186,33 +186,45 @@ def load_pair(size: str, folder: Path, tok: Tokenizer, seed: int):
     return Pipeline.load(ckpt), hf
 
 
-def time_cell(pipe: Pipeline, hf, cell: Cell, new_tokens: int, reps: int, int8: Pipeline | None = None):
-    """(runs: who -> [(prefill s, decode s)], same greedy tokens as HF): a warm-up of each that checks
-    parity, then `reps` repetitions interleaved (ours, HF / HF, ours, then int8 when given)."""
+def time_cell(pipe: Pipeline, hf, cell: Cell, new_tokens: int, reps: int, variants: dict[str, Pipeline]):
+    """(runs: who -> [(prefill s, decode s)], same greedy tokens as HF, who -> its tokens are HF's): a
+    warm-up of each that checks parity (and pays a compiled variant's compile), then `reps` repetitions
+    interleaved (ours, HF / HF, ours, then each variant: "int8", "compiled")."""
     suppress = list(pipe.model.placeholder_ids)
     _, _, mine = ours_run(pipe, cell, new_tokens)
     _, _, theirs = hf_run(hf, cell, new_tokens, suppress)
-    runs: dict[str, list] = {"ours": [], "hf": [], "int8": []}
+    same_as_hf = {who: ours_run(v, cell, new_tokens)[2] == theirs for who, v in variants.items()}
+    runs: dict[str, list] = {"ours": [], "hf": [], **{who: [] for who in variants}}
     for rep in range(reps):
         order = ["ours", "hf"] if rep % 2 == 0 else ["hf", "ours"]
-        for who in order + (["int8"] if int8 else []):
+        for who in order + list(variants):
             if who == "hf":
                 runs[who].append(hf_run(hf, cell, new_tokens, suppress)[:2])
             else:
-                runs[who].append(ours_run(int8 if who == "int8" else pipe, cell, new_tokens)[:2])
-    return runs, mine == theirs
+                runs[who].append(ours_run(variants.get(who, pipe), cell, new_tokens)[:2])
+    return runs, mine == theirs, same_as_hf
 
 
 def bench_size(size: str, folder: Path, args, tok: Tokenizer) -> list[dict]:
-    """Every (batch, images) row of one size: ours vs HF (and int8 vs fp32 ours), interleaved medians."""
+    """Every (batch, images) row of one size: ours vs HF (and the int8 and compiled variants of ours),
+    interleaved medians."""
     pipe, hf = load_pair(size, folder, tok, args.seed)
-    int8 = Pipeline.load(folder / size, quantize="int8") if args.int8 else None
+    variants = {}
+    if args.int8:
+        variants["int8"] = Pipeline.load(folder / size, quantize="int8")
+    if args.compile:
+        variants["compiled"] = Pipeline.load(folder / size, compile_decode=True)
     rows = []
     for batch in args.batches:
         for n_images in args.images:
             cell = make_cell(pipe, batch, n_images)
-            runs, same = time_cell(pipe, hf, cell, args.tokens, args.reps, int8)
-            rows.append(summarize(size, cell, runs, args.tokens, same, lm_weight_bytes(pipe.model)))
+            t0 = time.perf_counter()
+            runs, same, same_as_hf = time_cell(pipe, hf, cell, args.tokens, args.reps, variants)
+            row = summarize(size, cell, runs, args.tokens, same, lm_weight_bytes(pipe.model))
+            if args.compile:
+                row["compiled_same_tokens_as_hf"] = same_as_hf["compiled"]
+            row["cell_s"] = time.perf_counter() - t0  # the first cell of a size includes the compile
+            rows.append(row)
     return rows
 
 
@@ -230,23 +242,32 @@ def summarize(size: str, cell: Cell, runs: dict, new_tokens: int, same: bool, we
     }  # fmt: skip
     row["prefill_speedup_vs_hf"] = row["hf_prefill_ms"] / row["prefill_ms"]
     row["decode_speedup_vs_hf"] = row["decode_tok_s"] / row["hf_decode_tok_s"]
-    if runs["int8"]:
+    if runs.get("int8"):
         row["int8_decode_speedup"] = med("ours", 1) / med("int8", 1)
         row["int8_prefill_speedup"] = med("ours", 0) / med("int8", 0)
+    if runs.get("compiled"):
+        row["compiled_decode_tok_s"] = cell.batch * steps / med("compiled", 1)
+        row["compiled_decode_speedup_vs_hf"] = row["compiled_decode_tok_s"] / row["hf_decode_tok_s"]
     return row
 
 
 def print_table(rows: list[dict]) -> None:
     head = f"{'size':>5} {'B':>2} {'img':>3} {'ids':>4} {'same':>5} {'prefill ms':>11} {'HF':>8} {'x':>5}"
-    head += f" {'decode t/s':>10} {'HF':>8} {'x':>5} {'bw':>5} {'int8 x':>7}"
+    head += f" {'decode t/s':>10} {'HF':>8} {'x':>5} {'bw':>5} {'int8 x':>7} {'compiled t/s':>12} {'x HF':>5} {'bw':>5}"
     print(head)
     for r in rows:
         int8 = f"{r['int8_decode_speedup']:7.2f}" if "int8_decode_speedup" in r else f"{'-':>7}"
+        if "compiled_decode_tok_s" in r:
+            same = "" if r["compiled_same_tokens_as_hf"] else " (tokens differ from HF)"
+            compiled = f" {r['compiled_decode_tok_s']:12.1f} {r['compiled_decode_speedup_vs_hf']:5.2f}"
+            compiled += f" {r['compiled_decode_bandwidth_share']:5.0%}{same}"
+        else:
+            compiled = f" {'-':>12} {'-':>5} {'-':>5}"
         print(
             f"{r['size']:>5} {r['batch']:>2} {r['images']:>3} {r['prompt_tokens']:>4} {str(r['same_tokens_as_hf']):>5}"
             f" {r['prefill_ms']:11.1f} {r['hf_prefill_ms']:8.1f} {r['prefill_speedup_vs_hf']:5.2f}"
             f" {r['decode_tok_s']:10.1f} {r['hf_decode_tok_s']:8.1f} {r['decode_speedup_vs_hf']:5.2f}"
-            f" {r['decode_bandwidth_share']:5.0%} {int8}"
+            f" {r['decode_bandwidth_share']:5.0%} {int8}{compiled}"
         )
 
 
@@ -259,6 +280,7 @@ def parse_args(argv=None):
     ap.add_argument("--tokens", type=int, default=None, help="new tokens per row (default 32)")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per cell (default 5)")
     ap.add_argument("--no-int8", dest="int8", action="store_false", help="skip the int8 column")
+    ap.add_argument("--compile", action="store_true", help="add the compiled decode step (compile_decode=True)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -282,7 +304,9 @@ def main(argv=None) -> dict:
         for size in args.sizes:
             rows += bench_size(size, Path(tmp), args, tok)
     for r in rows:  # steps/s x bytes per step: a step reads the weights once for the whole batch
-        r["decode_bandwidth_share"] = r["weight_bytes"] * r["decode_tok_s"] / r["batch"] / bandwidth
+        for speed in ("decode", "compiled_decode"):
+            if f"{speed}_tok_s" in r:
+                r[f"{speed}_bandwidth_share"] = r["weight_bytes"] * r[f"{speed}_tok_s"] / r["batch"] / bandwidth
     print_table(rows)
 
     def by_cell(key: str) -> dict:
@@ -295,10 +319,20 @@ def main(argv=None) -> dict:
         "decode_speedup_vs_hf": by_cell("decode_speedup_vs_hf"),
         "prefill_speedup_vs_hf": by_cell("prefill_speedup_vs_hf"),
         "decode_bandwidth_share": by_cell("decode_bandwidth_share"),
+        **(compiled_keys(by_cell) if args.compile else {}),
         "rows": rows,
     }  # fmt: skip
     print(json.dumps(summary))
     return summary
+
+
+def compiled_keys(by_cell) -> dict:
+    """The summary's keys for the compiled decode step (`--compile`)."""
+    return {
+        "compiled_same_tokens_as_hf": all(by_cell("compiled_same_tokens_as_hf").values()),
+        "compiled_decode_speedup_vs_hf": by_cell("compiled_decode_speedup_vs_hf"),
+        "compiled_decode_bandwidth_share": by_cell("compiled_decode_bandwidth_share"),
+    }
 
 
 if __name__ == "__main__":

@@ -154,6 +154,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> Pipeline:
+    """The checkpoint of --model, with --quantize and --compile applied."""
+    return Pipeline.load(args.model, quantize=args.quantize, compile_decode=args.compile)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.data is None:
         what = "a LLaVA-style test file" if args.task == "vqa" else "a folder made by `picovlm eval-data`, or its files"
@@ -162,9 +167,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # only the options given: a task refuses one it does not have (--circular means nothing to vqav2)
     given = {"circular": args.circular or None, "prompt_suffix": args.prompt_suffix}
     options = {k: v for k, v in given.items() if v is not None}
-    if args.quantize and args.model is None:
-        raise ValueError("--quantize applies to --model (a local checkpoint), not to --endpoint")
-    client = PipelineClient(Pipeline.load(args.model, quantize=args.quantize)) if args.quantize else None
+    if (args.quantize or args.compile) and args.model is None:
+        raise ValueError("--quantize and --compile apply to --model (a local checkpoint), not to --endpoint")
+    loaded = args.quantize or args.compile
+    client = PipelineClient(_load(args)) if loaded else None
     results = run_eval(
         args.task,
         args.data,
@@ -240,7 +246,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     media = {m: [MODALITIES[m].load(getattr(args, m))] for m in ("video", "audio") if getattr(args, m)}
     if not images and not media:
         raise ValueError("generate needs --image, --video or --audio")
-    pipe = Pipeline.load(args.model, quantize=args.quantize)
+    pipe = _load(args)
     _stream(pipe, [{"role": "user", "content": f"{placeholders(images, media)}\n{args.prompt}"}], images, params, media)
     return 0
 
@@ -266,7 +272,7 @@ ATTACH = {"/image": "image", "/video": "video", "/audio": "audio"}  # chat comma
 def cmd_chat(args: argparse.Namespace) -> int:
     """A multi-turn conversation: the whole history (messages and images) goes into every prompt."""
     params = _sampling(args)  # first, so a bad value fails before the model loads
-    session = ChatSession(Pipeline.load(args.model, quantize=args.quantize), params, args.save_dir)
+    session = ChatSession(_load(args), params, args.save_dir)
     for modality in ATTACH.values():
         if getattr(args, modality):
             session.attach(getattr(args, modality), modality)
@@ -338,7 +344,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_server(args.model, cfg, quantize=args.quantize)
+    run_server(args.model, cfg, quantize=args.quantize, compile_decode=args.compile)
     return 0
 
 
@@ -436,12 +442,18 @@ def cmd_import(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- parser
 
 
-def _add_quantize_arg(p: argparse.ArgumentParser) -> None:
+def _add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quantize",
         choices=QUANTIZE_CHOICES,
         help="int8: the LM's and projector's Linear layers in dynamic int8 (CPU only; bench/generate.py "
         "measures the speed-up, `picovlm eval --quantize int8` the accuracy cost)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode steps through torch.compile (picovlm's own GPT; the first answer waits for the compile, "
+        "seconds to a minute; bench/generate.py --compile measures the speed-up)",
     )
 
 
@@ -584,7 +596,7 @@ def _eval_parser(sub: Subparsers) -> None:
         help=f"questions decoded together (default: {BATCH_SIZE})",
     )
     _add_eval_output_args(p)
-    _add_quantize_arg(p)
+    _add_load_args(p)
     p.set_defaults(run=cmd_eval)
 
 
@@ -656,7 +668,7 @@ def _generate_parser(sub: Subparsers) -> None:
     p.add_argument("--audio", metavar="FILE", type=Path, help="sound file (.wav, .flac), for a model that reads audio")
     p.add_argument("--prompt", metavar="TEXT", required=True, help="the question or instruction")
     _add_sampling_args(p)
-    _add_quantize_arg(p)
+    _add_load_args(p)
     p.set_defaults(run=cmd_generate)
 
 
@@ -693,7 +705,7 @@ def _chat_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--guidance", metavar="S", type=float, default=0.0, help="classifier-free guidance of /draw")
     _add_sampling_args(p)
-    _add_quantize_arg(p)
+    _add_load_args(p)
     p.set_defaults(run=cmd_chat)
 
 
@@ -732,7 +744,7 @@ def _serve_parser(sub: Subparsers) -> None:
         type=_positive_int,
         help="torch CPU threads (default: torch's choice; 1 is often fastest for small models on a busy CPU)",
     )
-    _add_quantize_arg(p)
+    _add_load_args(p)
     p.set_defaults(run=cmd_serve)
 
 

@@ -156,12 +156,11 @@ class DecodeBatch:
         self.rows = self.rows + seqs
         cache = self._new_cache(width)
         mask = torch.zeros(len(self.rows), width, dtype=torch.bool, device=self.device)
+        everything = slice(None)
         if n_old:
-            cache.k[:, :n_old, :, width - old_w : width] = self.cache.k[:, :, :, :old_w]
-            cache.v[:, :n_old, :, width - old_w : width] = self.cache.v[:, :, :, :old_w]
+            cache.place(slice(0, n_old), slice(width - old_w, width), self.cache, everything, slice(0, old_w))
             mask[:n_old, width - old_w :] = self.mask
-        cache.k[:, n_old:, :, width - new_w : width] = new.k[:, :, :, :new_w]
-        cache.v[:, n_old:, :, width - new_w : width] = new.v[:, :, :, :new_w]
+        cache.place(slice(n_old, None), slice(width - new_w, width), new, everything, slice(0, new_w))
         mask[n_old:, width - new_w :] = new_mask
         self.cache, self.mask, self.padded = cache, mask, bool((~mask).any())
         self.logits = torch.cat([self.logits, new_logits])
@@ -192,8 +191,7 @@ class DecodeBatch:
         trim = int((~mask).all(dim=0).long().cumprod(dim=0).sum())
         width = mask.shape[1] - trim
         cache = self._new_cache(width)
-        cache.k[:, :, :, :width] = self.cache.k[:, index, :, trim : trim + width]
-        cache.v[:, :, :, :width] = self.cache.v[:, index, :, trim : trim + width]
+        cache.place(slice(None), slice(0, width), self.cache, index, slice(trim, trim + width))
         self.cache, self.mask, self.logits = cache, mask[:, trim:], self.logits[index]
         self.padded = bool((~self.mask).any())
 

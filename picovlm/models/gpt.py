@@ -21,14 +21,15 @@ class KVCache:
     """Keys and values of every layer for a batch of sequences that share one write position.
 
     Batches of prompts of different lengths are left-padded, so all rows advance together and one
-    integer `pos` is enough; padded slots are masked out by the caller's `key_padding_mask`.
+    integer `pos` is enough; padded slots are masked out by the caller's `key_padding_mask`. Each layer
+    has its own tensor [B, n_kv_head, max_len, head_dim]: a compiled decode step (`GPT.compile_decode`)
+    writes them in place, where slices of one tensor for all layers made it copy the whole cache every step.
     """
 
     def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int, device=None, dtype=None):
-        head_dim = cfg.n_embd // cfg.n_head
-        shape = (cfg.n_layer, batch_size, cfg.n_kv_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, cfg.n_kv_head, max_len, cfg.n_embd // cfg.n_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.pos = 0
         self.max_len = max_len
 
@@ -37,12 +38,35 @@ class KVCache:
         end = self.pos + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KV cache full: {end} positions needed, {self.max_len} allocated")
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.k[layer][:, :, self.pos : end] = k
+        self.v[layer][:, :, self.pos : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def advance(self, n: int) -> None:
         self.pos += n
+
+    def place(self, rows, cols, src: KVCache, src_rows, src_cols) -> None:
+        """Copy `src`'s keys and values at (src_rows, src_cols) into (rows, cols) of every layer (the engine
+        moves rows between caches as they join and leave)."""
+        for mine, theirs in zip(self.k + self.v, src.k + src.v, strict=True):
+            mine[rows, :, cols] = theirs[src_rows, :, src_cols]
+
+
+class ColumnWrite:
+    """A KVCache as a compiled decode step sees it: this step's keys and values go to `column`, given as
+    a tensor (a Python int that changes every step would make torch.compile build a new graph every
+    step), and attention reads every column of the cache (the caller's mask hides the unwritten ones)."""
+
+    def __init__(self, cache: KVCache, column: int):
+        if column >= cache.max_len:
+            raise ValueError(f"KV cache full: {column + 1} positions needed, {cache.max_len} allocated")
+        self.k, self.v = cache.k, cache.v
+        self.column = torch.tensor([column], device=cache.k[0].device)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k[layer].index_copy_(2, self.column, k)
+        self.v[layer].index_copy_(2, self.column, v)
+        return self.k[layer], self.v[layer]
 
 
 def rope_tables(head_dim: int, positions: torch.Tensor, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,6 +171,26 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
+        self.compiled_step = None  # `compile_decode` sets it
+
+    def compile_decode(self, backend: str = "inductor") -> None:
+        """Run every decode step (one new token a row, with a KV cache) through `torch.compile`.
+
+        Why: a decode step of a small model is about a thousand tiny torch ops, each costing more to
+        dispatch than to compute; inductor fuses the norms, RoPE, the MLP's pointwise ops and the
+        residual adds into a few kernels. The compiled step sees no Python number that changes from
+        step to step (the write column comes in as a tensor, see `ColumnWrite`, and attention spans the
+        cache's whole capacity under a mask), so one graph, dynamic in batch size and cache capacity,
+        serves every step and every batch. The prefill stays eager: its lengths vary from call to call.
+        The first step pays the compile (seconds to a minute on a CPU; inductor caches it on disk).
+        """
+        self.compiled_step = torch.compile(self._step, dynamic=True, backend=backend)
+
+    def _step(self, x: torch.Tensor, cos, sin, attn_mask: torch.Tensor, cache: ColumnWrite) -> torch.Tensor:
+        """One decode step's blocks, final norm and head: what `compile_decode` compiles."""
+        for block in self.blocks:
+            x = block(x, cos, sin, attn_mask, cache)
+        return self.lm_head(self.norm(x))
 
     def _init_weights(self, m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
@@ -190,6 +234,11 @@ class GPT(nn.Module):
         if position_ids is None:
             position_ids = default_positions(key_padding_mask, B, past, T, x.device)
         cos, sin = self.rope(position_ids)
+        if self.compiled_step is not None and kv_cache is not None and T == 1 and not return_hidden and keep is None:
+            mask = capacity_mask(key_padding_mask, B, past, kv_cache.max_len, x.device)
+            logits = self.compiled_step(x, cos, sin, mask, ColumnWrite(kv_cache, past))
+            kv_cache.advance(1)
+            return logits
         attn_mask = build_attn_mask(key_padding_mask, past, T, x.device)
         if segment_ids is not None:
             if kv_cache is not None or key_padding_mask is not None:
@@ -223,6 +272,15 @@ def build_attn_mask(key_padding_mask, past: int, T: int, device) -> torch.Tensor
         # a fully padded query row would give NaNs; let it see itself (its output is never used)
         mask = mask | torch.eye(T, past + T, dtype=torch.bool, device=device).roll(past, dims=1)[None, None]
     return mask
+
+
+def capacity_mask(key_padding_mask, B: int, past: int, capacity: int, device) -> torch.Tensor:
+    """Boolean [B, 1, 1, capacity] for one new token written at column `past`: it sees the real tokens
+    up to and including itself, and none of the columns not written yet."""
+    visible = (torch.arange(capacity, device=device) <= past).expand(B, capacity)
+    if key_padding_mask is not None:
+        visible = visible & F.pad(key_padding_mask, (0, capacity - key_padding_mask.shape[1]), value=False)
+    return visible[:, None, None, :]
 
 
 def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:

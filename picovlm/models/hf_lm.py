@@ -182,14 +182,14 @@ def _hf_cache(kv_cache: KVCache):
 
     cache = DynamicCache()
     if kv_cache.pos:
-        for layer in range(kv_cache.k.shape[0]):
-            cache.update(kv_cache.k[layer, :, :, : kv_cache.pos], kv_cache.v[layer, :, :, : kv_cache.pos], layer)
+        for layer, (k, v) in enumerate(zip(kv_cache.k, kv_cache.v, strict=True)):
+            cache.update(k[:, :, : kv_cache.pos], v[:, :, : kv_cache.pos], layer)
     return cache
 
 
 def _copy_new_positions(hf_cache, kv_cache: KVCache) -> None:
     """Write the keys and values the HF model added after `kv_cache.pos` into `kv_cache`."""
     for layer, (k, v, *_) in enumerate(hf_cache):
-        if k.shape[-1] != kv_cache.k.shape[-1]:
+        if k.shape[-1] != kv_cache.k[0].shape[-1]:
             raise ValueError(f"head size {k.shape[-1]} is not hidden_size / num_heads: the KV cache cannot hold it")
         kv_cache.update(layer, k[:, :, kv_cache.pos :], v[:, :, kv_cache.pos :])

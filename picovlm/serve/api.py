@@ -356,12 +356,14 @@ def create_app(pipe: Pipeline, cfg: ServeConfig | None = None) -> FastAPI:
     return app
 
 
-def run_server(model: str | Path, cfg: ServeConfig | None = None, quantize: str | None = None) -> None:
-    """Load a checkpoint (`quantize`: see `Pipeline.load`) and serve it until interrupted."""
+def run_server(
+    model: str | Path, cfg: ServeConfig | None = None, quantize: str | None = None, compile_decode: bool = False
+) -> None:
+    """Load a checkpoint (`quantize`, `compile_decode`: see `Pipeline.load`) and serve it until interrupted."""
     import uvicorn
 
     cfg = cfg or ServeConfig()
-    pipe = Pipeline.load(model, quantize=quantize)
+    pipe = Pipeline.load(model, quantize=quantize, compile_decode=compile_decode)
     app = create_app(pipe, cfg)
     started = time.time()
     log.info("serving %s as %r on http://%s:%d", model, cfg.model_name, cfg.host, cfg.port)

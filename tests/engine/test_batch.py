@@ -69,7 +69,19 @@ def test_prompts_added_together_decode_as_alone(model, tok):
     assert [tokens(got[i]) for i in range(3)] == alone
 
 
-def test_rows_joining_and_leaving_decode_as_alone(model, tok):
+@pytest.fixture(scope="module")
+def compiled(model) -> VLM:
+    """The test model with its decode step compiled (`picovlm generate --compile`)."""
+    compiled = copy.deepcopy(model)
+    compiled.lm.compile_decode()
+    return compiled
+
+
+@pytest.mark.parametrize("which", ["eager", "compiled"])
+def test_rows_joining_and_leaving_decode_as_alone(model, tok, which, request):
+    """Rows of 1 to 3 and caches rebuilt as they join and leave: the compiled step (one graph for every
+    batch size and cache capacity) must decode what the reference does, as the eager one does."""
+    decoder = request.getfixturevalue("compiled") if which == "compiled" else model
     specs = [  # (text, images, max_tokens, the step at which it joins)
         ([7, 8, 9], 1, 12, 0),
         ([10], 0, 5, 0),
@@ -81,7 +93,7 @@ def test_rows_joining_and_leaving_decode_as_alone(model, tok):
         for i, (text, n, m, _) in enumerate(specs)
     ]
     expected = {s.key: decode_without_cache(model, s.ids, s.pixels, s.params.max_tokens) for s in seqs}
-    batch, got, step = DecodeBatch(model, with_stop_ids(tok)), {s.key: [] for s in seqs}, 0
+    batch, got, step = DecodeBatch(decoder, with_stop_ids(tok)), {s.key: [] for s in seqs}, 0
     while step == 0 or len(batch):
         batch.add([s for s, spec in zip(seqs, specs, strict=True) if spec[3] == step])
         width = batch.window

@@ -106,6 +106,45 @@ def test_left_padded_batch_matches_rows_alone():
         torch.testing.assert_close(step[i, -1], alone, atol=1e-5, rtol=0)
 
 
+def decode_steps(model: GPT, steps: int, padded: bool) -> torch.Tensor:
+    """Logits of a prefill (left-padded, or two rows of one length without a mask, as the engine sends
+    them) then `steps` greedy decode steps, [steps + 1, B, vocab]."""
+    ids = torch.tensor([[0, 0, 5, 9, 3], [4, 4, 10, 11, 12]])
+    mask = torch.tensor([[not padded] * 2 + [True] * 3, [True] * 5])
+    cache = KVCache(model.cfg, batch_size=2, max_len=5 + steps + 3)  # spare columns the mask must hide
+    out = [model(ids, key_padding_mask=mask if padded else None, kv_cache=cache)[:, -1]]
+    for _ in range(steps):
+        mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.bool)], 1)
+        nxt = out[-1].argmax(-1, keepdim=True)
+        out.append(model(nxt, key_padding_mask=mask if padded else None, kv_cache=cache)[:, -1])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+def test_compiled_decode_steps_match_eager_ones(backend, padded):
+    """The compiled step writes at a tensor column and attends over the cache's whole capacity under a
+    mask; it must give the eager step's logits (and so its greedy tokens), left padding and GQA included.
+    "eager" runs the traced graph as is (the step's logic), "inductor" what `--compile` runs."""
+    model = tiny_gpt(qk_norm=True)
+    with torch.inference_mode():
+        expected = decode_steps(model, steps=6, padded=padded)
+        model.compile_decode(backend=backend)
+        got = decode_steps(model, steps=6, padded=padded)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_compiled_decode_still_refuses_a_full_cache():
+    model = tiny_gpt()
+    model.compile_decode(backend="eager")
+    cache = KVCache(model.cfg, batch_size=1, max_len=4)
+    with torch.inference_mode():
+        model(torch.zeros(1, 4, dtype=torch.long), kv_cache=cache)
+        with pytest.raises(ValueError, match="KV cache full"):
+            model(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache)
+
+
 def test_context_overflow_raises():
     model = tiny_gpt(max_seq_len=8)
     with pytest.raises(ValueError, match="9 tokens exceeds the context of 8"):

@@ -1,0 +1,33 @@
+"""`Pipeline.load(compile_decode=True)` (`--compile`): answers as the eager model does; refuses, in one
+line, what it cannot compile or what would only be slower."""
+
+import types
+
+import pytest
+import torch
+
+from picovlm.engine.pipeline import Pipeline, compile_lm
+from picovlm.engine.sampling import SamplingParams
+from picovlm.vision.image import load_image
+
+
+def test_a_compiled_pipeline_answers_as_the_eager_one(tiny_run):
+    eager, compiled = Pipeline.load(tiny_run["model"]), Pipeline.load(tiny_run["model"], compile_decode=True)
+    assert compiled.model.lm.compiled_step is not None and eager.model.lm.compiled_step is None
+    images = [load_image(tiny_run["data"] / "images" / f"test_00000{i}.png") for i in range(3)]
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    questions = ["describe it", "what colour is the circle?", "how many shapes are there?"]
+    ask = [[{"role": "user", "content": f"<|image|>\n{q}"}] for q in questions]
+    assert compiled.generate(ask, [[im] for im in images], params) == eager.generate(
+        ask, [[im] for im in images], params
+    )
+
+
+def test_int8_and_compile_together_are_refused(tiny_run):
+    with pytest.raises(ValueError, match="int8 and compile together"):
+        Pipeline.load(tiny_run["model"], quantize="int8", compile_decode=True)
+
+
+def test_an_lm_from_transformers_is_refused():
+    with pytest.raises(ValueError, match="only picovlm's own GPT"):
+        compile_lm(types.SimpleNamespace(lm=torch.nn.Linear(2, 2)))
