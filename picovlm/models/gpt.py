@@ -182,9 +182,16 @@ class GPT(nn.Module):
         step to step (the write column comes in as a tensor, see `ColumnWrite`, and attention spans the
         cache's whole capacity under a mask), so one graph, dynamic in batch size and cache capacity,
         serves every step and every batch. The prefill stays eager: its lengths vary from call to call.
-        The first step pays the compile (seconds to a minute on a CPU; inductor caches it on disk).
+        The compile is paid here, by a warm-up of one row and of two (torch gives a batch of one its own
+        graph), not by the first answer: seconds to a minute on a CPU (inductor caches it on disk).
         """
         self.compiled_step = torch.compile(self._step, dynamic=True, backend=backend)
+        weight = self.tok_emb.weight
+        with torch.inference_mode():
+            for rows in (1, 2):
+                cache = KVCache(self.cfg, rows, 3, weight.device, weight.dtype)
+                self(torch.zeros(rows, 2, dtype=torch.long, device=weight.device), kv_cache=cache)
+                self(torch.zeros(rows, 1, dtype=torch.long, device=weight.device), kv_cache=cache)
 
     def _step(self, x: torch.Tensor, cos, sin, attn_mask: torch.Tensor, cache: ColumnWrite) -> torch.Tensor:
         """One decode step's blocks, final norm and head: what `compile_decode` compiles."""
