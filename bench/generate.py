@@ -186,10 +186,11 @@ def load_pair(size: str, folder: Path, tok: Tokenizer, seed: int):
     return Pipeline.load(ckpt), hf
 
 
-def time_cell(pipe: Pipeline, hf, cell: Cell, new_tokens: int, reps: int, variants: dict[str, Pipeline]):
+def time_cell(pipe: Pipeline, hf, cell: Cell, new_tokens: int, reps: int, variants: dict[str, Pipeline] | None = None):
     """(runs: who -> [(prefill s, decode s)], same greedy tokens as HF, who -> its tokens are HF's): a
     warm-up of each that checks parity (and pays a compiled variant's compile), then `reps` repetitions
     interleaved (ours, HF / HF, ours, then each variant: "int8", "compiled")."""
+    variants = variants or {}
     suppress = list(pipe.model.placeholder_ids)
     _, _, mine = ours_run(pipe, cell, new_tokens)
     _, _, theirs = hf_run(hf, cell, new_tokens, suppress)

@@ -57,7 +57,7 @@ def text_for(pipe, target: int) -> str:
 
 def infer_point(pipe, hf, sweep: str, batch: int, n_images: int, text: str, args) -> dict:
     cell = gen.make_cell(pipe, batch, n_images, text)
-    runs, same = gen.time_cell(pipe, hf, cell, args.tokens, args.reps)
+    runs, same, _ = gen.time_cell(pipe, hf, cell, args.tokens, args.reps)
     prompt = len(cell.ours[0].ids)
     per = dict(zip(PHASES, (batch * prompt, batch * (args.tokens - 1)), strict=True))
     row = {"sweep": sweep, "x": {"length": prompt, "images": n_images, "batch": batch}[sweep], "batch": batch}
