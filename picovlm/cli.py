@@ -452,8 +452,8 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="decode steps through torch.compile (picovlm's own GPT; the first answer waits for the compile, "
-        "seconds to a minute; bench/generate.py --compile measures the speed-up)",
+        help="decode steps through torch.compile (picovlm's own GPT; the compile is paid at load, seconds to "
+        "a minute; bench/generate.py --compile measures the speed-up)",
     )
 
 
