@@ -453,7 +453,7 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         "--compile",
         action="store_true",
         help="decode steps through torch.compile (picovlm's own GPT; the compile is paid at load, seconds to "
-        "a minute; bench/generate.py --compile measures the speed-up)",
+        "minutes; bench/generate.py --compile measures the speed-up)",
     )
 
 
