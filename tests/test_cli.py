@@ -145,6 +145,14 @@ def test_usage_error_is_not_an_exception(capsys):
     assert "--model" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", [["--quantize", "int8"], ["--compile"]])
+def test_load_options_with_an_endpoint_are_one_clear_error(flag, capsys):
+    assert main(["eval", "--endpoint", "http://127.0.0.1:9", "--data", "x.json", *flag]) == 1
+    assert capsys.readouterr().err == (
+        "picovlm: error: --quantize and --compile apply to --model (a local checkpoint), not to --endpoint\n"
+    )
+
+
 def _error_cases(tiny_run, tmp_path):
     model, data = str(tiny_run["model"]), tiny_run["data"]
     image = str(data / "images" / "test_000000.png")

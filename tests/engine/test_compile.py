@@ -43,3 +43,9 @@ def test_a_compiled_native_model_draws_what_the_eager_one_draws(tiny_native_run)
         mine = compiled.draw(prompts, params, guidance=guidance)
         theirs = eager.draw(prompts, params, guidance=guidance)
         assert [im.tobytes() for im in mine] == [im.tobytes() for im in theirs]
+
+
+def test_no_cpp_compiler_is_one_clear_error(tiny_run, monkeypatch):
+    monkeypatch.setattr("picovlm.engine.pipeline.shutil.which", lambda name: None)
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        Pipeline.load(tiny_run["model"], compile_decode=True)
