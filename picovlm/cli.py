@@ -253,7 +253,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_draw(args: argparse.Namespace) -> int:
     params = _sampling(args)
-    pipe = Pipeline.load(args.model)
+    pipe = _load(args)
     [image] = pipe.draw([args.prompt], params, guidance=args.guidance)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
@@ -683,6 +683,7 @@ def _draw_parser(sub: Subparsers) -> None:
     p.add_argument("-o", "--out", metavar="FILE", type=Path, default=Path("out.png"), help="PNG to write")
     p.add_argument("--guidance", metavar="S", type=float, default=0.0, help="classifier-free guidance (0 = off)")
     _add_sampling_args(p)
+    _add_load_args(p)
     p.set_defaults(run=cmd_draw)
 
 

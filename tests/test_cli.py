@@ -131,6 +131,7 @@ def test_dump_config_round_trips(tmp_path, capsys):
             ],
         ),
         ("serve", ["--model", "--max-batch", "--threads", "--quantize", "--compile"]),
+        ("draw", ["--model", "--out", "--guidance", "--temperature", "--quantize", "--compile"]),
         ("demo", ["--out", "--data", "--preset", "--compare", "--clip", "--judge"]),
     ],
 )

@@ -79,6 +79,13 @@ def test_draw_cli_writes_png(tiny_native_run, tmp_path, capsys):
     assert Image.open(out).size == (32, 32) and "wrote" in capsys.readouterr().out
 
 
+def test_draw_cli_compiled_writes_the_same_png(tiny_native_run, tmp_path):
+    model, outs = str(tiny_native_run["model"]), [tmp_path / "eager.png", tmp_path / "compiled.png"]
+    assert main(["draw", "two green squares", "--model", model, "-o", str(outs[0])]) == 0
+    assert main(["draw", "two green squares", "--model", model, "-o", str(outs[1]), "--compile"]) == 0
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
 def test_draw_refuses_an_adapter_model(tiny_native_run, tmp_path, capsys):
     vq = tiny_native_run["model"].parent.parent / "vq" / "model"
     assert main(["draw", "x", "--model", str(vq), "-o", str(tmp_path / "o.png")]) == 1
