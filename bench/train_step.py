@@ -142,7 +142,9 @@ def length_grouping(model: VLM, tok: Tokenizer, size: str, n_batches: int = 16) 
     lengths = [draw.randint(short, 3 * long) for _ in range(batch * n_batches)]
     streams = {
         "random": BatchStream(list(range(len(lengths))), batch, lambda idx: idx, seed=0),
-        "by_length": BatchStream(list(range(len(lengths))), batch, lambda idx: idx, seed=0, lengths=lengths),
+        "by_length": BatchStream(
+            list(range(len(lengths))), batch, lambda idx: idx, seed=0, lengths=lengths, group_by_length=True
+        ),
     }
     batches = {
         k: [make_batch(model, tok, size, [lengths[i] for i in next(s)]) for _ in range(n_batches)]

@@ -278,6 +278,11 @@ class StageConfig:
     steps: int = 100
     batch_size: int = 16
     grad_accum: int = 1
+    # task "vlm": compute each batch (under torchrun, each rank's share of it) in parts of at most this many
+    # samples, sorted by length, so that a part is padded only to its own longest (0: the batch at once).
+    # The same samples and, weighted by labelled tokens, the same gradient as the whole batch (up to float
+    # rounding): fewer padded tokens, not another recipe (data/batches.py `BatchStream.next_parts`)
+    micro_batch: int = 0
     lr: float = 1e-3
     # "adamw" | "muon": Muon (train/muon.py) for the hidden matrices at `muon_lr`, AdamW at `lr` for the rest
     optimizer: str = "adamw"
@@ -405,6 +410,7 @@ CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "StageConfig": {
         **dict.fromkeys(("steps", "batch_size", "grad_accum", "eval_batches"), AT_LEAST_1),
         **dict.fromkeys(("weight_decay", "grad_clip", "eval_every", "save_every", "log_every"), AT_LEAST_0),
+        "micro_batch": AT_LEAST_0,
         **dict.fromkeys(("lr", "muon_lr"), POSITIVE),
         **dict.fromkeys(("min_lr_ratio", "warmup", "isolate_turns"), SHARE),
         "betas": ((lambda v: all(0 <= b < 1 for b in v)), "two numbers in [0, 1)"),

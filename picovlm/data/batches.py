@@ -313,12 +313,17 @@ class BatchStream:
         seed: int = 0,
         on_reject: Callable[[Sample, str], None] | None = None,
         lengths: list[int] | None = None,
+        group_by_length: bool = False,
+        micro_batch: int = 0,
     ):
-        """`lengths` (each sample's tokens), when given, makes batches of samples of like length."""
+        """`lengths`: each sample's tokens, which `group_by_length` (batches of samples of like length,
+        `by_length`) and `micro_batch` (`next_parts`) need."""
         if len(samples) < batch_size:
             raise ValueError(f"{len(samples)} samples are fewer than one batch of {batch_size}")
+        if (group_by_length or micro_batch) and lengths is None:
+            raise ValueError("group_by_length and micro_batch need each sample's length")
         self.samples, self.batch_size, self.make_batch, self.seed = samples, batch_size, make_batch, seed
-        self.lengths = lengths
+        self.lengths, self.group_by_length, self.micro_batch = lengths, group_by_length, micro_batch
         self.on_reject = on_reject
         self.share = slice(0, None, 1)  # of each batch drawn: this rank's samples (`shard`)
         self.epoch, self.cursor = 0, 0
@@ -329,20 +334,44 @@ class BatchStream:
         order = list(range(len(self.samples)))
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
         rng.shuffle(order)
-        return order if self.lengths is None else by_length(order, self.lengths, self.batch_size, rng)
+        return by_length(order, self.lengths, self.batch_size, rng) if self.group_by_length else order
 
     def __iter__(self) -> BatchStream:
         return self
 
     def __next__(self) -> Batch:
+        """This rank's share of the next batch, as one batch."""
+        return self._next(lambda picked: [picked])[0]
+
+    def next_parts(self) -> list[Batch]:
+        """This rank's share of the next batch in parts of at most `micro_batch` samples of like length
+        (its samples sorted by length, then cut): each part is padded only to its own longest, and the
+        parts' gradients, weighted by their labelled tokens, sum to the whole share's. Without
+        `micro_batch`, the share as one part."""
+        return self._next(self._cut)
+
+    def _cut(self, picked: list[int]) -> list[list[int]]:
+        if not self.micro_batch or len(picked) <= self.micro_batch:
+            return [picked]
+        ordered = sorted(picked, key=lambda i: self.lengths[i])
+        return [ordered[k : k + self.micro_batch] for k in range(0, len(ordered), self.micro_batch)]
+
+    def _next(self, cut: Callable[[list[int]], list[list[int]]]) -> list[Batch]:
         while len(self.rejected) < len(self.samples):
             picked = [i for i in self._draw()[self.share] if i not in self.rejected]
-            while picked:
-                try:
-                    return self.make_batch([self.samples[i] for i in picked])
-                except UnreadableImage as e:
-                    picked = self._reject_users_of(picked, e)
+            made = [batch for part in cut(picked) if (batch := self._make(part)) is not None]
+            if made:
+                return made
         raise DataError(f"no sample left to train on: all {len(self.samples)} have an unreadable image")
+
+    def _make(self, picked: list[int]) -> Batch | None:
+        """The batch of the `picked` samples whose images can be read (None if none of them is left)."""
+        while picked:
+            try:
+                return self.make_batch([self.samples[i] for i in picked])
+            except UnreadableImage as e:
+                picked = self._reject_users_of(picked, e)
+        return None
 
     def shard(self, rank: int, world: int) -> None:
         """Make batches of the samples `rank::world` of each batch drawn: the `world` ranks of a

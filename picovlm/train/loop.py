@@ -190,21 +190,34 @@ def optimizer_step(
     par: Parallel | None = None,
 ) -> tuple[float, int]:
     """One optimizer step over `stage.grad_accum` batches: (the summed loss, the units of work done);
-    under torchrun this rank's share of them, gradients all-reduced on the last micro-step only."""
+    under torchrun this rank's share of them, gradients all-reduced on the last micro-step only. A batch
+    in parts (`stage.micro_batch`) weighs each part's mean loss by its share of the labelled units."""
     loss_sum, work, par = 0.0, 0, par or Parallel(device=device)
     for k in range(stage.grad_accum):
-        batch = to_device(next(batches), device)
-        with par.micro_step(task, last=k == stage.grad_accum - 1):
-            with autocast(stage, device):
-                loss = par.scale(task.loss(batch), partial(task.loss_weight, batch)) / stage.grad_accum
-            loss.backward()
-        loss_sum += loss.item()
-        work += task.count(batch)
+        parts = [to_device(b, device) for b in batches.next_parts()]
+        units = [task.loss_weight(b) for b in parts] if len(parts) > 1 else None
+        for j, batch in enumerate(parts):
+            with par.micro_step(task, last=k == stage.grad_accum - 1 and j == len(parts) - 1):
+                with autocast(stage, device):
+                    loss = part_loss(task, batch, par, units, j) / stage.grad_accum
+                loss.backward()
+            loss_sum += loss.item()
+            work += task.count(batch)
     if stage.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_([p for p in task.model.parameters() if p.requires_grad], stage.grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
     return loss_sum, work
+
+
+def part_loss(task: StageTask, batch: Batch, par: Parallel, units: list[int] | None, j: int) -> torch.Tensor:
+    """The loss of part `j` of a batch cut into parts of `units` labelled units each (None: one part),
+    weighted so that the parts' gradients sum to the whole batch's mean loss's, and (under torchrun)
+    the ranks' average to the global batch's."""
+    if units is None:
+        return par.scale(task.loss(batch), partial(task.loss_weight, batch))
+    total = sum(units)
+    return par.scale(task.loss(batch) * (units[j] / max(total, 1)), lambda: total)
 
 
 def validate(

@@ -89,8 +89,8 @@ class StageTask(ABC):
         raise ValueError(f"group_by_image is for stages of task 'vlm', not {type(self).__name__}")
 
     def length(self, sample: Sample) -> int:
-        """The tokens a prepared sample takes in a batch (`StageConfig.group_by_length`)."""
-        raise ValueError(f"group_by_length is for stages of task 'vlm', not {type(self).__name__}")
+        """The tokens a prepared sample takes in a batch (`StageConfig.group_by_length`, `micro_batch`)."""
+        raise ValueError(f"group_by_length and micro_batch are for stages of task 'vlm', not {type(self).__name__}")
 
     @abstractmethod
     def make_batch(self, samples: list[Sample]) -> Batch: ...

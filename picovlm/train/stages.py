@@ -260,8 +260,18 @@ def data_streams(
         report.reject(sample.meta["source"], BAD_IMAGE, message, sample_record(sample))
 
     train_samples = stage_samples(stage.data, recipe, stage, task, report, stage.batch_size)
-    lengths = [task.length(s) for s in train_samples] if stage.group_by_length else None
-    batches = BatchStream(train_samples, stage.batch_size, task.make_batch, stage.seed, on_reject, lengths)
+    sized = stage.group_by_length or stage.micro_batch
+    lengths = [task.length(s) for s in train_samples] if sized else None
+    batches = BatchStream(
+        train_samples,
+        stage.batch_size,
+        task.make_batch,
+        stage.seed,
+        on_reject,
+        lengths,
+        group_by_length=stage.group_by_length,
+        micro_batch=stage.micro_batch,
+    )
     if not stage.val_data:
         return batches, None
     val_samples = stage_samples(stage.val_data, recipe, stage, task, report, 1)

@@ -115,16 +115,19 @@ def test_batches_by_length_waste_less_padding_and_keep_every_sample():
     lengths = [random.Random(i).randint(5, 200) for i in range(103)]
     samples = [[1] * n for n in lengths]
     make = lambda s: {"rows": s, "x": torch.tensor([len(r) for r in s])}  # noqa: E731
-    grouped = BatchStream(samples, 4, make, seed=3, lengths=lengths)
+    grouped = BatchStream(samples, 4, make, seed=3, lengths=lengths, group_by_length=True)
     seen = [len(r) for _ in range(25) for r in next(grouped)["rows"]]  # one epoch: 25 batches, 3 dropped
     assert sorted(seen) != seen and len(seen) == 100  # batches in a shuffled order ...
     assert len(set(map(id, (samples[i] for i in grouped._order[:100])))) == 100  # ... each sample once
-    plain, grouped = BatchStream(samples, 4, make, seed=3), BatchStream(samples, 4, make, seed=3, lengths=lengths)
+    plain, grouped = (
+        BatchStream(samples, 4, make, seed=3),
+        BatchStream(samples, 4, make, seed=3, lengths=lengths, group_by_length=True),
+    )
     assert _padding(grouped, 25) < 0.05 < 0.3 < _padding(plain, 25)
-    again = BatchStream(samples, 4, make, seed=3, lengths=lengths)
+    again = BatchStream(samples, 4, make, seed=3, lengths=lengths, group_by_length=True)
     for _ in range(7):
         next(again)
-    resumed = BatchStream(samples, 4, make, seed=3, lengths=lengths)
+    resumed = BatchStream(samples, 4, make, seed=3, lengths=lengths, group_by_length=True)
     resumed.load_state_dict(again.state_dict())
     assert next(resumed)["x"].tolist() == next(again)["x"].tolist()
 
@@ -141,6 +144,27 @@ def test_shards_of_a_batch_are_disjoint_and_make_the_whole_batch():
         assert all(len(share) == 2 for share in shares)
     with pytest.raises(ValueError, match="cannot be shared by 7"):
         whole.shard(0, 7)
+
+
+def test_parts_of_a_batch_are_its_samples_sorted_by_length_and_cut():
+    lengths = [random.Random(i).randint(5, 200) for i in range(40)]
+    samples = [[1] * n for n in lengths]
+    make = lambda s: {"rows": s}  # noqa: E731
+    whole = BatchStream(samples, 8, make, seed=4, lengths=lengths)
+    cut = BatchStream(samples, 8, make, seed=4, lengths=lengths, micro_batch=3)
+    for _ in range(7):  # across an epoch boundary (5 batches an epoch)
+        rows, parts = next(whole)["rows"], [p["rows"] for p in cut.next_parts()]
+        assert [len(p) for p in parts] == [3, 3, 2]
+        flat = [len(r) for p in parts for r in p]
+        assert flat == sorted(flat) and sorted(flat) == sorted(map(len, rows))
+    ranks = [BatchStream(samples, 8, make, seed=4, lengths=lengths, micro_batch=3) for _ in range(2)]
+    for r, stream in enumerate(ranks):
+        stream.shard(r, 2)
+    shares = [[len(row) for p in s.next_parts() for row in p["rows"]] for s in ranks]
+    assert [len(s) for s in shares] == [4, 4]  # each rank cuts its own share
+    assert sorted(shares[0] + shares[1]) == sorted(map(len, next(BatchStream(samples, 8, make, seed=4))["rows"]))
+    with pytest.raises(ValueError, match="need each sample's length"):
+        BatchStream(samples, 8, make, micro_batch=3)
 
 
 def test_too_few_samples_for_a_batch():

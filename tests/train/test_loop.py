@@ -220,3 +220,53 @@ def test_length_grouped_batches_pad_less_and_keep_their_labels(recipe, tokenizer
     expected = task.make_batch(drawn)  # the batch of these samples as ever: the loss mask is untouched
     assert all(torch.equal(batch[k], expected[k]) for k in ("ids", "labels"))
     assert (batch["labels"] != -100).any()
+
+
+class _Recorder:
+    """An optimizer that keeps the gradients of its step instead of stepping."""
+
+    def __init__(self, model):
+        self.model, self.grads = model, {}
+
+    def step(self):
+        self.grads = {n: p.grad.clone() for n, p in self.model.named_parameters() if p.grad is not None}
+
+    def zero_grad(self, set_to_none=True):
+        self.model.zero_grad(set_to_none=set_to_none)
+
+
+def test_a_batch_in_length_sorted_parts_gives_the_whole_batchs_gradient(recipe, tokenizer):
+    """`micro_batch`: the same samples, cut into parts of like length, each padded to its own longest;
+    weighted by labelled tokens, the parts' gradients sum to the whole batch's."""
+    from picovlm.data.report import DataReport
+    from picovlm.train.loop import optimizer_step
+    from picovlm.train.stages import data_streams
+
+    tok, _ = tokenizer
+    files = tuple(f for s in recipe.stages if s.name in ("align", "instruct") for f in s.data)  # lengths vary
+    whole_stage = solo_stage(recipe, data=files, batch_size=8, grad_clip=0.0)
+    grads, pads = {}, {}
+    for micro in (0, 3):
+        stage = dataclasses.replace(whole_stage, micro_batch=micro)
+        torch.manual_seed(0)
+        task = build_stage_task(recipe, stage, tok)
+        stream, _ = data_streams(recipe, stage, task, DataReport(quiet=True))
+        parts = stream.next_parts()
+        assert len(parts) == (1 if micro == 0 else 3) and sum(len(p["ids"]) for p in parts) == 8
+        pads[micro] = sum(int((p["ids"] == tok.pad_id).sum()) for p in parts)
+        stream.rewind()
+        recorder = _Recorder(task.model)
+        optimizer_step(task, recorder, stream, stage, torch.device("cpu"))
+        grads[micro] = recorder.grads
+    assert pads[3] < pads[0]
+    assert grads[0].keys() == grads[3].keys() and grads[0]
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[3][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_micro_batch_needs_a_task_with_lengths(recipe, tokenizer, tmp_path):
+    tok, tok_path = tokenizer
+    shutil.copy(tok_path, tmp_path / "tokenizer.json")
+    stage = next(s for s in recipe.stages if s.task == "clip")
+    with pytest.raises(ValueError, match="micro_batch are for stages of task 'vlm'"):
+        run_stage(recipe, dataclasses.replace(stage, micro_batch=2, init={}), tmp_path, tok, progress=False)
