@@ -14,6 +14,7 @@ KEYS = (
     "train_memory_ratio_vs_hf",
     "mfu_vs_matmul",
     "length_grouped_useful_tokens_per_s_gain",
+    "micro_batch_useful_tokens_per_s_gain",
 )
 
 
@@ -29,3 +30,4 @@ def test_quick_run_ends_with_the_json_keys():
     assert 0 < result["useful_tokens"] < math.prod(result["batch"])  # rows are padded: not every token counts
     grouping = result["length_grouping"]
     assert grouping["by_length_padding_share"] < grouping["random_padding_share"]
+    assert grouping["micro_batch_padding_share"] < grouping["random_padding_share"]
