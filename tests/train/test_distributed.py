@@ -83,11 +83,13 @@ def assert_same_losses(a, b, tol=1e-5):
         assert x == pytest.approx(y, abs=tol), (step, x, y)
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_processes_train_as_one_on_the_same_global_batch(recipe, tok_path, tmp_path, parallel):
+@pytest.mark.parametrize(("parallel", "micro_batch"), [("ddp", 0), ("fsdp", 0), ("ddp", 1)])
+def test_two_processes_train_as_one_on_the_same_global_batch(recipe, tok_path, tmp_path, parallel, micro_batch):
+    """micro_batch 1: each rank computes its share of a batch one sample at a time, and still trains as one
+    process computing the whole batch at once."""
     stage = stage_of(recipe, parallel=parallel)
     _, one = run_stage(recipe, stage, run_dir(tmp_path, "one", tok_path), _tok(tok_path), progress=False)
-    two = run_ranks(2, recipe, stage, run_dir(tmp_path, "two", tok_path))
+    two = run_ranks(2, recipe, dataclasses.replace(stage, micro_batch=micro_batch), run_dir(tmp_path, "two", tok_path))
     assert_same_losses(one.train, two)
     logged = (tmp_path / "two" / "instruct" / "log.jsonl").read_text().splitlines()
     assert len([line for line in logged if '"train": true' in line]) == 1  # rank 0 alone logs (the last step)
