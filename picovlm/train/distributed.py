@@ -88,6 +88,7 @@ class Parallel:
             self.ddp = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
             return
         for module in trainable_modules:
+            module.to(memory_format=torch.contiguous_format)  # FSDP2 shards contiguous parameters only
             shard(module)
         loose = [n for n, p in model.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
         if loose:
