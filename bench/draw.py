@@ -117,10 +117,12 @@ def report(grids: dict[str, tuple], times: dict[str, dict[str, list[float]]], ar
             line += f" {kvc:>10.3f} {kvc / n * 1e3:>6.2f} {rec / kvc:>7.1f}x"
         print(line)
     print(f"medians of {args.repeats}, {args.threads} thread(s), same tokens every way (asserted)")
-    compiled_keys = {"compiled_kv_speedup": {n: r.get("compiled_kv_speedup") for n, r in rows.items()}}
+    compiled_keys = (
+        {"compiled_kv_speedup": {n: r["compiled_kv_speedup"] for n, r in rows.items()}} if args.compile else {}
+    )
     return {
         "kv_speedup": {name: row["kv_speedup"] for name, row in rows.items()},
-        **(compiled_keys if args.compile else {}),
+        **compiled_keys,
         "same_tokens": True,  # measure() asserts it
         "grids": rows,
         "threads": args.threads,

@@ -148,15 +148,20 @@ def length_grouping(model: VLM, tok: Tokenizer, size: str, n_batches: int = 16) 
     _, _, batch, (short, long) = SIZES[size]
     draw = random.Random(2)
     lengths = [draw.randint(short, 3 * long) for _ in range(batch * n_batches)]
+    index, same = list(range(len(lengths))), lambda idx: idx
     streams = {
-        "random": BatchStream(list(range(len(lengths))), batch, lambda idx: idx, seed=0),
-        "by_length": BatchStream(
-            list(range(len(lengths))), batch, lambda idx: idx, seed=0, lengths=lengths, group_by_length=True
-        ),
+        "random": BatchStream(index, batch, same, seed=0),
+        "by_length": BatchStream(index, batch, same, seed=0, lengths=lengths, group_by_length=True),
+        # the random batches again (same seed), each cut by the stream as a stage's `micro_batch` cuts it
+        "micro_batch": BatchStream(index, batch, same, seed=0, lengths=lengths, micro_batch=max(1, batch // PARTS)),
     }
-    drawn = {k: [[lengths[i] for i in next(s)] for _ in range(n_batches)] for k, s in streams.items()}
-    steps = {k: [[make_batch(model, tok, size, rows)] for rows in v] for k, v in drawn.items()}
-    steps["micro_batch"] = [micro_parts(model, tok, size, rows) for rows in drawn["random"]]
+    steps = {
+        k: [
+            [make_batch(model, tok, size, [lengths[i] for i in part]) for part in s.next_parts()]
+            for _ in range(n_batches)
+        ]
+        for k, s in streams.items()
+    }
     opt = torch.optim.AdamW(trainable(list(model.named_parameters()), ("projector.", "lm.")), lr=1e-4)
     seconds = dict.fromkeys(steps, 0.0)
     for k in range(-1, n_batches):  # k = -1: a warm-up step of each
@@ -173,12 +178,6 @@ def length_grouping(model: VLM, tok: Tokenizer, size: str, n_batches: int = 16) 
     out["useful_tokens_per_s_gain"] = out["by_length_useful_tokens_per_s"] / out["random_useful_tokens_per_s"]
     out["micro_batch_gain"] = out["micro_batch_useful_tokens_per_s"] / out["random_useful_tokens_per_s"]
     return out
-
-
-def micro_parts(model: VLM, tok: Tokenizer, size: str, rows: list[int]) -> list[dict[str, torch.Tensor]]:
-    """The batch of these text lengths as `PARTS` parts of rows of like length."""
-    ordered, n = sorted(rows), max(1, len(rows) // PARTS)
-    return [make_batch(model, tok, size, ordered[k : k + n]) for k in range(0, len(ordered), n)]
 
 
 def weighted_step(model: VLM, opt: torch.optim.Optimizer, parts: list[dict[str, torch.Tensor]]) -> None:

@@ -92,9 +92,8 @@ def demo_recipe(data_dir: str = "data/demo") -> RecipeConfig:
         # the binding of a word to its object is learned late, and at 900 steps only on lucky seeds and CPUs
         # (AVX2 EPYC, one thread, seed 0: 0.795 -> 0.948). 1600 steps: seeds 0-4 0.942/0.946/0.934/0.949 and
         # 0.894 (1800 was no safer: 0.930/0.924 on seeds 1/2; docs/experiments.md). The tower's features are
-        # cached, so a step is the LM's alone. micro_batch=4:
-        # each batch of 16 computed as 4 parts of like length (the same samples and gradient, less padding):
-        # 1.44x the stage's speed (two threads, AMD EPYC)
+        # cached, so a step is the LM's alone. micro_batch=4: each batch of 16 computed as 4 parts of like
+        # length (the same samples and gradient, less padding): 1.44x the stage's speed (two threads, AMD EPYC)
         instruct=StageConfig(
             steps=1600,
             batch_size=16,
