@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from picovlm.allocator import keep_freed_memory
 from picovlm.config import RecipeConfig, from_dict
 from picovlm.data.av import AVData, build_av_dataset
 from picovlm.data.scenes import build_dataset
@@ -923,6 +924,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2): argparse has printed what to say
         return int(e.code or 0)
+    keep_freed_memory()  # CPU steps stop page-faulting their activations in (allocator.py)
     try:
         return args.run(args)
     except (ValueError, KeyError, OSError) as e:  # incl. DataError, ImageError, FileNotFoundError

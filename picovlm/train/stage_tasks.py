@@ -30,6 +30,7 @@ from picovlm.checkpoint import EVERYTHING_ELSE, load_weights, read_config
 from picovlm.config import GPTConfig, RecipeConfig, StageConfig, from_dict
 from picovlm.data.batches import (
     Batch,
+    Encodings,
     ImageCache,
     MediaCache,
     TowerFeatures,
@@ -229,6 +230,7 @@ class VLMTask(StageTask):
         # a tower that does not learn in this stage is run once per image, not once per use (its weights
         # are loaded before the first batch is drawn, so the features are those of the trained tower)
         self.features = None if "tower" in stage.trainable else TowerFeatures(self.model.tower, self.images)
+        self.encodings = Encodings()  # each conversation tokenized once, not once per epoch
 
     def prepare(self, sample: Sample) -> Sample:
         """A conversation longer than the LM's context is skipped or cut after an answer (`too_long`)."""
@@ -246,7 +248,9 @@ class VLMTask(StageTask):
         return labelled_targets(batch)
 
     def make_batch(self, samples: list[Sample]) -> Batch:
-        return vlm_batch(samples, self.processor, self.images, self.features, self.isolate_turns, self.media)
+        return vlm_batch(
+            samples, self.processor, self.images, self.features, self.isolate_turns, self.media, self.encodings
+        )
 
     def checkpoint_config(self) -> dict[str, Any]:
         return vlm_checkpoint_config(self.model)

@@ -8,8 +8,10 @@ import torch
 from PIL import Image
 
 from picovlm.config import GPTConfig, VisionConfig, ViTConfig, VLMConfig
+from picovlm.data import batches
 from picovlm.data.batches import (
     BatchStream,
+    Encodings,
     ImageCache,
     TowerFeatures,
     as_chat,
@@ -278,6 +280,21 @@ def test_isolating_a_share_of_the_conversations_keeps_the_rest_whole(tok, images
     assert torch.equal(batch["position_ids"][whole], torch.arange(T).expand(int(whole.sum()), T))
     again = vlm_batch(samples, proc, ImageCache(), isolate_turns=0.5)
     assert torch.equal(again["segment_ids"], batch["segment_ids"])  # the same share in every epoch and run
+
+
+def test_encodings_tokenize_each_sample_once_and_change_no_batch(tok, images, monkeypatch):
+    proc = VLMProcessor(tok, ImageProcessor(16), tokens_per_image=4, max_len=64)
+    samples = [chat(images[i % 3], f"red {'cat ' * i}".strip()) for i in range(6)]
+    calls = []
+    real = batches.encode
+    monkeypatch.setattr(batches, "encode", lambda *a: calls.append(a[1]) or real(*a))
+    encodings = Encodings()
+    for epoch in (samples, samples[::-1]):
+        calls.clear()
+        kept = vlm_batch(epoch, proc, ImageCache(), isolate_turns=0.5, encodings=encodings)
+        assert len(calls) == (6 if epoch is samples else 0)  # the second epoch's draw tokenizes nothing
+        plain = vlm_batch(epoch, proc, ImageCache(), isolate_turns=0.5)
+        assert kept.keys() == plain.keys() and all(torch.equal(kept[k], plain[k]) for k in plain)
 
 
 def conversation(images: list[Path], answers: int, long_answer: str = "red") -> Sample:
