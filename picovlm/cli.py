@@ -420,14 +420,19 @@ def cmd_vq_decode(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- export, import
 
-EXPORT_FORMATS = ("hf-llava", "hf-internvl", "hf-clip")
+EXPORT_FORMATS = ("hf-llava", "hf-internvl", "hf-picovlm", "hf-clip")
 IMPORT_FORMATS = ("hf-llava", "hf-internvl")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from picovlm.interop import clip, internvl, llava  # transformers loads only when needed
+    from picovlm.interop import clip, internvl, llava, picovlm_llava  # transformers loads only when needed
 
-    exporters = {"hf-llava": llava.export_llava, "hf-internvl": internvl.export_internvl, "hf-clip": clip.export_clip}
+    exporters = {
+        "hf-llava": llava.export_llava,
+        "hf-internvl": internvl.export_internvl,
+        "hf-picovlm": picovlm_llava.export_picovlm_llava,
+        "hf-clip": clip.export_clip,
+    }
     print(f"wrote {llava.describe(exporters[args.format](args.model, args.out))}")
     return 0
 
@@ -880,6 +885,9 @@ def _export_parser(sub: Subparsers) -> None:
         "linear/mlp2x_gelu/identity projector; any GPT maps (Llama, or Qwen3 with qk_norm). "
         "hf-internvl: the same as an HF InternVLForConditionalGeneration folder; needs a pixel_shuffleR "
         "projector, a ViT with stem 'patch', use_cls and pre_norm false, and image_markers. "
+        "hf-picovlm: LLaVA with our stem and projector as code in the folder (transformers loads it with "
+        "trust_remote_code=True): the demo's model; stems patch/hybrid, projectors as hf-llava's or "
+        "pixel_shuffleR, each with or without +pos. "
         "hf-clip: a clip-stage checkpoint as an HF CLIPModel folder (needs clip.text_layout 'clip').",
     )
     p.add_argument("--model", metavar="DIR", type=Path, required=True, help="picovlm checkpoint folder")

@@ -94,7 +94,7 @@ def internvl_unmappable(cfg: VLMConfig) -> str | None:
     if r is None:
         return (
             f"projector {cfg.projector!r} has no InternVL counterpart (InternVL's is pixel shuffle -> LayerNorm -> "
-            "linear -> GELU -> linear: pixel_shuffleR, without '+pos' slot embeddings)"
+            "linear -> GELU -> linear: pixel_shuffleR, without '+pos' slot embeddings; those export as hf-picovlm)"
         )
     if r & (r - 1):
         return (
@@ -103,7 +103,10 @@ def internvl_unmappable(cfg: VLMConfig) -> str | None:
         )
     vit = cfg.vision.vit
     if vit.stem != "patch":
-        return f"stem {vit.stem!r}: InternVL's vision model embeds patches with one strided conv (stem 'patch')"
+        return (
+            f"stem {vit.stem!r}: InternVL's vision model embeds patches with one strided conv (stem 'patch'); "
+            "the hybrid stem exports as hf-picovlm"
+        )
     if not vit.use_cls:
         return "use_cls=False: InternVL's vision model always has a CLS token"
     if vit.pre_norm:

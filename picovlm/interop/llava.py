@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from picovlm.config import VisionConfig, VLMConfig
 from picovlm.interop.hf_text import CHAT_TEMPLATE, hf_tokenizer
 from picovlm.interop.mapping import (
+    StateDict,
     fit_state_dict,
     gpt_config_from_hf,
     gpt_from_hf,
@@ -63,7 +65,8 @@ def llava_unmappable(cfg: VLMConfig) -> str | None:
     if cfg.projector not in EXPORTABLE_PROJECTORS:
         return (
             f"projector {cfg.projector!r} has no LLaVA counterpart (LLaVA's is linear -> act -> linear; "
-            f"exportable: {', '.join(EXPORTABLE_PROJECTORS)}; pixel_shuffleR: export as hf-internvl)"
+            f"exportable: {', '.join(EXPORTABLE_PROJECTORS)}; pixel_shuffleR: export as hf-internvl, "
+            "or with '+pos' or a hybrid stem as hf-picovlm)"
         )
     if cfg.image_markers:
         return "image_markers=True: LLaVA's processor writes no image start/end tokens (export as hf-internvl)"
@@ -71,7 +74,7 @@ def llava_unmappable(cfg: VLMConfig) -> str | None:
     return why
 
 
-def _projector_to_hf(name: str, proj: torch.nn.Module, dim: int) -> tuple[dict[str, torch.Tensor], str]:
+def projector_to_hf(name: str, proj: torch.nn.Module, dim: int) -> tuple[dict[str, torch.Tensor], str]:
     """(linear_1/linear_2 tensors, act) of an exportable projector. LLaVA's is linear -> act -> linear,
     so one linear layer (or none, for identity) is written with act "linear" and identity matrices."""
     if name == "mlp2x_gelu":
@@ -87,13 +90,20 @@ def to_llava(model: VLM, tok: Tokenizer):
     """An in-memory `LlavaForConditionalGeneration` holding `model`'s weights."""
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-    cfg = model.cfg
-    why = llava_unmappable(cfg)
+    why = llava_unmappable(model.cfg)
     if why:
         raise ValueError(f"cannot export as hf-llava: {why}")
-    projector, act = _projector_to_hf(cfg.projector, model.projector, cfg.lm.n_embd)
+    projector, act = projector_to_hf(model.cfg.projector, model.projector, model.cfg.lm.n_embd)
+    hf = LlavaForConditionalGeneration(LlavaConfig(**llava_config_args(model, tok, act)))
+    vision = vit_to_hf(vit_state_for_export(model.tower))
+    return load_llava_weights(hf, model, tok, vision, projector)
+
+
+def llava_config_args(model: VLM, tok: Tokenizer, act: str) -> dict[str, Any]:
+    """The `LlavaConfig` arguments of `model` (its tower, LM, image token and projector act)."""
+    cfg = model.cfg
     special = dict(bos_token_id=tok.bos_id, eos_token_id=tok.end_id, pad_token_id=tok.pad_id)
-    config = LlavaConfig(
+    return dict(
         vision_config=vit_hf_config(cfg.vision.vit),
         text_config=gpt_hf_config(cfg.lm, **special),
         image_token_index=tok.image_id,
@@ -105,23 +115,28 @@ def to_llava(model: VLM, tok: Tokenizer):
         tie_word_embeddings=cfg.lm.tie_embeddings,
         **special,
     )
-    hf = LlavaForConditionalGeneration(config)
+
+
+def load_llava_weights(hf, model: VLM, tok: Tokenizer, vision: StateDict, projector: StateDict):
+    """`hf` (a LLaVA-layout model) with the tower's `vision` and the `projector` tensors under their HF
+    names and `model`'s LM, every weight placed (`fit_state_dict`), in eval mode."""
     ours = {
-        **{"vision." + k: v for k, v in vit_to_hf(vit_state_for_export(model.tower)).items()},
+        **{"vision." + k: v for k, v in vision.items()},
         **{"projector." + k: v for k, v in projector.items()},
         **{"text." + k: v for k, v in gpt_to_hf(model.lm.state_dict()).items()},
     }
     fitted = fit_state_dict(list(hf.state_dict()), ours, vlm_canonical)
-    hf.load_state_dict({k: v.detach().clone() for k, v in fitted.items()}, strict=False)
-    if cfg.lm.tie_embeddings:
+    hf.load_state_dict({k: v.detach().clone().contiguous() for k, v in fitted.items()}, strict=False)
+    if model.cfg.lm.tie_embeddings:
         hf.tie_weights()
-    for k, v in special.items():
-        setattr(hf.generation_config, k, v)
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(hf.generation_config, k, getattr(hf.config.text_config, k))
     return hf.eval()
 
 
-def llava_processor(model: VLM, tokenizer_file: Path):
-    """A `LlavaProcessor` that prepares images and text exactly as our `VLMProcessor` does."""
+def llava_processor(model: VLM, tokenizer_file: Path, patch_size: int | None = None):
+    """A `LlavaProcessor` that prepares images and text exactly as our `VLMProcessor` does. It writes
+    (image side / `patch_size`)^2 tokens per image (default: the tower's patch size)."""
     from transformers import CLIPImageProcessor, LlavaProcessor
 
     vit, ip = model.cfg.vision.vit, model.tower.processor
@@ -142,7 +157,7 @@ def llava_processor(model: VLM, tokenizer_file: Path):
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=hf_tokenizer(tokenizer_file),
-        patch_size=vit.patch_size,
+        patch_size=patch_size or vit.patch_size,
         vision_feature_select_strategy="default",
         chat_template=CHAT_TEMPLATE,
         image_token=IMAGE,

@@ -203,7 +203,10 @@ def vit_unmappable(cfg: ViTConfig) -> str | None:
     """Why our ViT has no CLIPVisionModel twin, or None. sincos2d positions do map: the fixed table
     is written as CLIP's (learned) position embedding."""
     if cfg.stem != "patch":
-        return f"stem {cfg.stem!r}: HF CLIPVisionModel embeds patches with one strided conv (stem 'patch')"
+        return (
+            f"stem {cfg.stem!r}: HF CLIPVisionModel embeds patches with one strided conv (stem 'patch'); "
+            "the hybrid stem exports as hf-picovlm"
+        )
     if not cfg.use_cls:
         return "use_cls=False: HF CLIPVisionModel always has a CLS token"
     if not cfg.pre_norm:

@@ -32,3 +32,23 @@ def image(seed: int, size=(20, 13)) -> Image.Image:
     """A random RGB image, by default of another size and aspect ratio than any tower's input."""
     g = torch.Generator().manual_seed(seed)
     return Image.fromarray((torch.rand(size[1], size[0], 3, generator=g) * 255).byte().numpy())
+
+
+def assert_runs_like_ours(hf, pipe, inputs, messages, images) -> None:
+    """transformers' `hf` on `inputs` (made by its own processor) sees our ids and pixels, and gives our
+    logits (1e-4) and greedy tokens, for the conversation `messages` about `images`."""
+    from picovlm.engine.sampling import SamplingParams
+
+    ours = pipe.processor.encode_prompt(messages, images)
+    assert inputs["input_ids"][0].tolist() == ours.ids  # same template, same image-token expansion
+    torch.testing.assert_close(inputs["pixel_values"], ours.pixels, atol=1e-5, rtol=0)
+    ids = torch.tensor([ours.ids])
+    with torch.no_grad():
+        theirs = hf(**inputs).logits
+        mine = pipe.model(ids, ours.pixels)
+    torch.testing.assert_close(theirs, mine, atol=1e-4, rtol=0)
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    answer = [step.token for (step,) in pipe.steps([messages], [images], params)]
+    with torch.no_grad():
+        gen = hf.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert gen[0, ids.shape[1] :].tolist() == answer

@@ -7,10 +7,9 @@ import torch
 
 from picovlm.config import GPTConfig, VisionConfig, ViTConfig, VLMConfig
 from picovlm.engine.pipeline import Pipeline
-from picovlm.engine.sampling import SamplingParams
 from picovlm.interop.llava import export_llava, import_llava, llava_unmappable
 from picovlm.text.tokens import IMAGE
-from tests.interop.helpers import image, random_checkpoint
+from tests.interop.helpers import assert_runs_like_ours, image, random_checkpoint
 
 
 def make_checkpoint(path, tok, projector="mlp2x_gelu", qk_norm=False, tie=False, pos_embed="learned"):
@@ -52,23 +51,8 @@ def test_export_runs_in_transformers_with_our_logits(tmp_path, tok, projector, q
     processor = AutoProcessor.from_pretrained(out)
 
     im = image(1)
-    ours = pipe.processor.encode_prompt(MESSAGES, [im])
     prompt = processor.apply_chat_template(HF_MESSAGES, add_generation_prompt=True)
-    inputs = processor(images=[im], text=prompt, return_tensors="pt")
-    assert inputs["input_ids"][0].tolist() == ours.ids  # same template, same image-token expansion
-    torch.testing.assert_close(inputs["pixel_values"], ours.pixels, atol=1e-5, rtol=0)
-
-    ids = torch.tensor([ours.ids])
-    with torch.no_grad():
-        theirs = hf(**inputs).logits
-        mine = pipe.model(ids, ours.pixels)
-    torch.testing.assert_close(theirs, mine, atol=1e-4, rtol=0)
-
-    params = SamplingParams(max_tokens=8, temperature=0.0)
-    answer = [step.token for (step,) in pipe.steps([MESSAGES], [[im]], params)]
-    with torch.no_grad():
-        gen = hf.generate(**inputs, max_new_tokens=8, do_sample=False)
-    assert gen[0, ids.shape[1] :].tolist() == answer
+    assert_runs_like_ours(hf, pipe, processor(images=[im], text=prompt, return_tensors="pt"), MESSAGES, [im])
 
 
 def test_import_round_trip(tmp_path, tok):
