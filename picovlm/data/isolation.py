@@ -16,7 +16,7 @@ import zlib
 
 import torch
 
-from picovlm.data.records import Sample
+from picovlm.data.records import ImageRef, ImageSource, Sample
 from picovlm.models.processor import Encoded, VLMProcessor
 from picovlm.text.padding import IGNORE_INDEX
 from picovlm.text.tokens import PLACEHOLDERS
@@ -24,9 +24,19 @@ from picovlm.text.tokens import PLACEHOLDERS
 
 def stable_draw(sample: Sample) -> float:
     """A pseudo-random number in [0, 1) drawn from the sample's content: the same in every run,
-    epoch and resume, so a share of the samples can be picked once and for all."""
-    content = (sample.images, sample.messages, sample.media) if sample.media else (sample.images, sample.messages)
+    epoch and resume, so a share of the samples can be picked once and for all. Its inputs count by
+    file name, not by the folder they are in: a dataset moved, or cloned to another path, draws the
+    same share (with full paths, the demo trained another model in every folder)."""
+    images = [file_name(s) for s in sample.images]
+    media = {k: [file_name(p) for p in v] for k, v in sample.media.items()}
+    content = (images, sample.messages, media) if media else (images, sample.messages)
     return zlib.crc32(repr(content).encode()) / 2**32
+
+
+def file_name(source: ImageSource) -> str:
+    """The last part of a source's name: a file's name, or a tar member's."""
+    name = source.name if isinstance(source, ImageRef) else str(source)
+    return name.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def alone_chats(messages: list[dict[str, str]]) -> list[list[dict[str, str]]] | None:

@@ -21,6 +21,7 @@ from picovlm.data.batches import (
     text_batch,
     vlm_batch,
 )
+from picovlm.data.isolation import stable_draw
 from picovlm.data.records import TOO_LONG, BadRecord, DataError, ImageRef, Sample
 from picovlm.models.clip import end_pooled_captions
 from picovlm.models.processor import VLMProcessor
@@ -388,3 +389,14 @@ def test_isolated_turns_share_the_image_end_marker(tok, images):
     assert seg[:prefix].eq(0).all() and seg[prefix] == 1 and pos[prefix] == prefix
     second = int(seg.eq(2).nonzero()[0])
     assert pos[second] == prefix  # turn 2 restarts right after the marker too
+
+
+def test_a_stable_draw_does_not_depend_on_the_folder_of_the_data(tmp_path):
+    messages = [{"role": "user", "content": f"{IMAGE}\nWhat colour?"}, {"role": "assistant", "content": "red"}]
+    here = Sample([tmp_path / "a" / "images" / "0001.png"], messages, {"kind": "chat"})
+    moved = Sample([Path("/elsewhere/images/0001.png")], messages, {"kind": "chat"})
+    packed = Sample([ImageRef("/shards/000.tar:0001.png", read=bytes)], messages, {"kind": "chat"})
+    assert stable_draw(here) == stable_draw(moved)
+    other = Sample([Path("/elsewhere/images/0002.png")], messages, {"kind": "chat"})
+    draws = {stable_draw(s) for s in (here, other, packed)}
+    assert len(draws) == 3 and all(0 <= d < 1 for d in draws)
