@@ -74,7 +74,7 @@ def demo_data() -> DataPreset:
 
 
 def demo_recipe(data_dir: str = "data/demo") -> RecipeConfig:
-    """Sized for 2 CPU cores (535-559 s on an AVX2 EPYC); see docs/experiments.md for what each choice bought."""
+    """Sized for 2 CPU cores (452 s on an AVX2 EPYC); see docs/experiments.md for what each choice bought."""
     # feature_layer=1: the projector reads the tower after its first block. The deeper, CLIP-pooled
     # layers had mixed away where each object is (position 0.19 -> 0.50 on 600 test questions).
     # stem="hybrid": a CNN on luminance beside the linear patches gives the tower shape (vision/vit.py);
@@ -92,8 +92,8 @@ def demo_recipe(data_dir: str = "data/demo") -> RecipeConfig:
         # isolate_turns: most questions trained as if asked alone (data/isolation.py), 1 in 10 conversations
         # whole, so that the model keeps answering once its own answers are in the history. 1600 steps, not 900:
         # the binding of a word to its object is learned late, and at 900 steps only on lucky seeds and CPUs
-        # (AVX2 EPYC, one thread, seed 0: 0.795 -> 0.948). 1600 steps: seeds 0-4 0.942/0.946/0.934/0.949 and
-        # 0.894 (1800 was no safer: 0.930/0.924 on seeds 1/2; docs/experiments.md). The tower's features are
+        # (AVX2 EPYC, one thread, seed 0: 0.795 -> 0.948). 1600 steps (with 200 CLIP steps): seeds 0-4
+        # 0.975/0.947/0.944/0.882/0.954 (1800 was no safer; docs/experiments.md). The tower's features are
         # cached, so a step is the LM's alone. micro_batch=4: each batch of 16 computed as 4 parts of like
         # length (the same samples and gradient, less padding): 1.44x the stage's speed (two threads, AMD EPYC)
         instruct=StageConfig(
