@@ -96,7 +96,7 @@ def to_llava(model: VLM, tok: Tokenizer):
     projector, act = projector_to_hf(model.cfg.projector, model.projector, model.cfg.lm.n_embd)
     hf = LlavaForConditionalGeneration(LlavaConfig(**llava_config_args(model, tok, act)))
     vision = vit_to_hf(vit_state_for_export(model.tower))
-    return load_llava_weights(hf, model, tok, vision, projector)
+    return load_llava_weights(hf, model, vision, projector)
 
 
 def llava_config_args(model: VLM, tok: Tokenizer, act: str) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def llava_config_args(model: VLM, tok: Tokenizer, act: str) -> dict[str, Any]:
     )
 
 
-def load_llava_weights(hf, model: VLM, tok: Tokenizer, vision: StateDict, projector: StateDict):
+def load_llava_weights(hf, model: VLM, vision: StateDict, projector: StateDict):
     """`hf` (a LLaVA-layout model) with the tower's `vision` and the `projector` tensors under their HF
     names and `model`'s LM, every weight placed (`fit_state_dict`), in eval mode."""
     ours = {

@@ -10,7 +10,7 @@ runs a picovlm model whose tower or projector has no counterpart in transformers
 vision encoder, Llama or Qwen3, `generate`, and the stock `LlavaProcessor`. It imports transformers
 and torch only (a user of the folder need not install picovlm); the layers below are the arithmetic
 of picovlm/vision/vit.py `HybridStem` and picovlm/models/projectors.py, checked against them by
-tests/interop/test_remote.py (the same logits and greedy tokens).
+tests/interop/test_picovlm_llava.py (the same logits and greedy tokens).
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def to_picovlm_llava(model: VLM, tok: Tokenizer):
     vision, stem_widths = _tower(model)
     config = remote.PicoVLMConfig(stem_widths=stem_widths, **shape, **llava_config_args(model, tok, act))
     config.auto_map = AUTO_MAP
-    return load_llava_weights(remote.PicoVLMForConditionalGeneration(config), model, tok, vision, projector)
+    return load_llava_weights(remote.PicoVLMForConditionalGeneration(config), model, vision, projector)
 
 
 def export_picovlm_llava(model_path: str | Path, out: str | Path) -> Path:
@@ -124,6 +124,6 @@ def export_picovlm_llava(model_path: str | Path, out: str | Path) -> Path:
     hf.save_pretrained(out, safe_serialization=True)
     shutil.copyfile(REMOTE_CODE, out / REMOTE_CODE.name)
     # the processor counts an image's tokens from its patch grid: one token per r x r block of patches
-    r = shuffle_factor(model.cfg.projector.removesuffix("+pos")) or 1
-    llava_processor(model, model_path / "tokenizer.json", model.cfg.vision.vit.patch_size * r).save_pretrained(out)
+    patch = model.cfg.vision.vit.patch_size * hf.config.pixel_shuffle
+    llava_processor(model, model_path / "tokenizer.json", patch).save_pretrained(out)
     return out
